@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Both create the virtual
+# environment on first use and refresh it when pyproject.toml or constraints.txt change.
+PYTHON ?= python3
+VENV ?= .venv
+# Empty it (`make demo TORCH_CONSTRAINT=`) to keep a torch you installed yourself.
+TORCH_CONSTRAINT ?= -c constraints.txt
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: demo test install install-test lint clean
+
+demo: $(VENV)/.installed
+	$(BIN)/probe demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check probe models analyses dashboard tests bench
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install $(TORCH_CONSTRAINT) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install $(TORCH_CONSTRAINT) -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info

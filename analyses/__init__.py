@@ -1,0 +1,1 @@
+"""Analyses over models and recorded runs: each a plain function returning a tidy result."""

@@ -1,0 +1,1 @@
+"""The Dash dashboard that browses recorded runs (see DESIGN.md, "Dashboard")."""

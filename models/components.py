@@ -1,0 +1,367 @@
+"""The pieces of a transformer, each a short module with its hook points.
+
+Attention is written as the textbook formulas (Q = X W_Q, scores = Q K^T / sqrt(d_head),
+pattern = softmax(scores), z = pattern V, out = concat_heads(z) W_O). When nothing is hooked
+on the scores or the pattern, the same maths runs through PyTorch's fused
+`scaled_dot_product_attention`, so an unhooked model costs what the bare model costs.
+
+Shapes: b = batch, p = position (q/k for query/key positions), h = head, d = d_head,
+m = d_model, f = d_mlp.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import einops
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe.hooks import HookPoint
+
+from .config import TransformerConfig
+
+
+# ---------------------------------------------------------------- attention context
+@dataclass
+class AttentionMask:
+    """What every attention layer of one forward pass needs to know about masking.
+
+    ``allowed`` is None when the fused kernel can mask by itself (no padding: causal via
+    ``is_causal``, or bidirectional with nothing to hide); otherwise a boolean
+    [b, 1, q, k] tensor, True where a query may attend to a key. A query at a padded
+    position may attend to itself only, so no row is empty (no NaN) and no real query ever
+    sees a padded key.
+    """
+
+    allowed: torch.Tensor | None  # [b, 1, q, k] bool
+    is_causal: bool  # use the fused kernel's own causal mask (only when allowed is None)
+    query_valid: torch.Tensor | None  # [b, q] bool, None when there is no padding
+
+    @classmethod
+    def build(
+        cls, key_valid: torch.Tensor | None, q_len: int, past_len: int, causal: bool
+    ) -> AttentionMask:
+        k_len = past_len + q_len
+        if key_valid is None or bool(key_valid.all()):
+            if not causal or q_len == 1:
+                return cls(None, False, None)
+            if past_len == 0:
+                return cls(None, True, None)
+            key_valid = torch.ones(1, k_len, dtype=torch.bool)
+        device = key_valid.device
+        q_pos = torch.arange(past_len, k_len, device=device)[:, None]  # [q, 1]
+        k_pos = torch.arange(k_len, device=device)[None, :]  # [1, k]
+        allowed = key_valid[:, None, :]  # [b, 1, k]
+        if causal:
+            allowed = allowed & (k_pos <= q_pos)  # [b, q, k]
+        allowed = allowed | (k_pos == q_pos)
+        query_valid = key_valid[:, past_len:]
+        return cls(allowed[:, None], False, query_valid if not bool(query_valid.all()) else None)
+
+
+# ---------------------------------------------------------------- embeddings
+class Embed(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [b, p] -> [b, p, m]
+        return F.embedding(tokens, self.W_E)
+
+
+class PosEmbed(nn.Module):
+    """Learned absolute positions (GPT-2, BERT)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # [b, p] -> [b, p, m]
+        return F.embedding(positions, self.W_pos)
+
+
+class SinusoidalPosEmbed(nn.Module):
+    """Fixed sinusoidal positions of Vaswani et al. (2017), section 3.5:
+    PE[pos, 2i] = sin(pos / 10000^(2i/m)), PE[pos, 2i+1] = cos(pos / 10000^(2i/m))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        pos = torch.arange(cfg.n_ctx, dtype=torch.float64)[:, None]
+        inv = 10000.0 ** (-torch.arange(0, cfg.d_model, 2, dtype=torch.float64) / cfg.d_model)
+        table = torch.zeros(cfg.n_ctx, cfg.d_model, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(pos * inv)
+        table[:, 1::2] = torch.cos(pos * inv)[:, : cfg.d_model // 2]
+        self.register_buffer("W_pos", table.float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return F.embedding(positions, self.W_pos)
+
+
+class TokenTypeEmbed(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.W_token_type = nn.Parameter(torch.empty(cfg.n_token_types, cfg.d_model))
+
+    def forward(self, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_type_ids, self.W_token_type)
+
+
+class Rotary(nn.Module):
+    """Rotary positions (Su et al. 2021) in the "rotate half" layout of GPT-NeoX and Llama,
+    applied to the first ``rotary_dim`` dimensions of each head (partial rotary)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        dim = cfg.rotary_dim
+        assert dim is not None
+        inv_freq = 1.0 / (cfg.rotary_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotary_dim = dim
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # [b, p, dim/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [b, p, 1, dim]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x: [b, p, h, d]
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        half = self.rotary_dim // 2
+        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+
+
+# ---------------------------------------------------------------- norms
+class LayerNorm(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_scale = HookPoint()  # [b, p, 1]
+        self.hook_normalized = HookPoint()  # [b, p, m]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
+            return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale * self.w + self.b)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.hook_scale = HookPoint()  # [b, p, 1]
+        self.hook_normalized = HookPoint()  # [b, p, m]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()  # as Llama does: the statistic in float32 whatever the model dtype
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized((x / scale).to(dtype) * self.w)
+
+
+def make_norm(cfg: TransformerConfig) -> nn.Module:
+    return RMSNorm(cfg) if cfg.norm == "rmsnorm" else LayerNorm(cfg)
+
+
+# ---------------------------------------------------------------- attention
+class KVCache:
+    """Keys and values of past positions for generation, one (k, v) per layer, each
+    [b, p, n_kv_heads, d] (keys after rotary), plus which past positions are real."""
+
+    def __init__(self, n_layers: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        self.key_valid: torch.Tensor | None = None  # [b, past] bool
+
+    @property
+    def past_len(self) -> int:
+        first = self.layers[0]
+        return 0 if first is None else first[0].shape[1]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        h, kv, d, m = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+        assert d is not None and kv is not None
+        # Stored as nn.Linear ([out, in]) so the unhooked path is three GEMMs, as in the
+        # bare model; W_Q etc. below give TransformerLens's per-head views.
+        self.q_proj = nn.Linear(m, h * d, bias=cfg.attn_qkv_bias)
+        self.k_proj = nn.Linear(m, kv * d, bias=cfg.attn_qkv_bias)
+        self.v_proj = nn.Linear(m, kv * d, bias=cfg.attn_qkv_bias)
+        self.o_proj = nn.Linear(h * d, m, bias=cfg.attn_out_bias)
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(d)
+        self.rotary = Rotary(cfg) if cfg.positional == "rotary" else None
+
+        self.hook_q = HookPoint()  # [b, p, h, d]
+        self.hook_k = HookPoint()  # [b, p, kv, d]
+        self.hook_v = HookPoint()  # [b, p, kv, d]
+        if self.rotary is not None:
+            self.hook_rot_q = HookPoint()  # [b, p, h, d]
+            self.hook_rot_k = HookPoint()  # [b, p, kv, d]
+        self.hook_attn_scores = HookPoint()  # [b, h, q, k]
+        self.hook_pattern = HookPoint()  # [b, h, q, k]
+        self.hook_z = HookPoint()  # [b, p, h, d]
+        self.hook_result = HookPoint()  # [b, p, h, m], computed only when hooked
+
+    # TransformerLens-shaped views of the weights (read-only conveniences).
+    @property
+    def W_Q(self) -> torch.Tensor:  # [h, m, d]
+        return einops.rearrange(self.q_proj.weight, "(h d) m -> h m d", h=self.cfg.n_heads)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [kv, m, d]
+        return einops.rearrange(self.k_proj.weight, "(h d) m -> h m d", h=self.cfg.n_kv_heads)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [kv, m, d]
+        return einops.rearrange(self.v_proj.weight, "(h d) m -> h m d", h=self.cfg.n_kv_heads)
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [h, d, m]
+        return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", h=self.cfg.n_heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [b, p, m]
+        mask: AttentionMask,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        q = self.hook_q(einops.rearrange(self.q_proj(x), "b p (h d) -> b p h d", h=cfg.n_heads))
+        k = self.hook_k(einops.rearrange(self.k_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads))
+        v = self.hook_v(einops.rearrange(self.v_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads))
+        if self.rotary is not None:
+            assert rotary is not None
+            q = self.hook_rot_q(self.rotary.apply(q, *rotary))
+            k = self.hook_rot_k(self.rotary.apply(k, *rotary))
+        if kv_cache is not None:
+            past = kv_cache.layers[self.layer]
+            if past is not None:
+                k, v = torch.cat((past[0], k), dim=1), torch.cat((past[1], v), dim=1)
+            kv_cache.layers[self.layer] = (k, v)
+
+        group = cfg.n_heads // cfg.n_kv_heads  # type: ignore[operator]
+        if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
+            if group > 1:
+                k = k.repeat_interleave(group, dim=2)
+                v = v.repeat_interleave(group, dim=2)
+            scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") * self.scale
+            if mask.is_causal:
+                n = scores.shape[-1]
+                causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
+                scores = scores.masked_fill(~causal, float("-inf"))
+            elif mask.allowed is not None:
+                scores = scores.masked_fill(~mask.allowed, float("-inf"))
+            scores = self.hook_attn_scores(scores)
+            pattern = scores.softmax(dim=-1)
+            if mask.query_valid is not None:
+                # Rows of padded queries carry no information; zero them so sums over a
+                # pattern (head metrics, caches) never count padding.
+                pattern = pattern * mask.query_valid[:, None, :, None]
+            pattern = self.hook_pattern(pattern)
+            z = einops.einsum(pattern, v, "b h q k, b k h d -> b q h d")
+        else:
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=mask.allowed,
+                is_causal=mask.is_causal,
+                scale=self.scale,
+                enable_gqa=group > 1,
+            ).transpose(1, 2)
+        z = self.hook_z(z)
+
+        if self.hook_result.has_hooks:
+            result = self.hook_result(einops.einsum(z, self.W_O, "b p h d, h d m -> b p h m"))
+            out = result.sum(dim=2)
+            return out + self.o_proj.bias if self.o_proj.bias is not None else out
+        return self.o_proj(einops.rearrange(z, "b p h d -> b p (h d)"))
+
+
+# ---------------------------------------------------------------- MLP
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        m, f = cfg.d_model, cfg.d_mlp
+        assert f is not None
+        self.act = ACTIVATIONS[cfg.act_fn]
+        self.gated = cfg.gated_mlp
+        self.w_in = nn.Linear(m, f, bias=cfg.mlp_bias)
+        if cfg.gated_mlp:
+            self.w_gate = nn.Linear(m, f, bias=cfg.mlp_bias)
+            self.hook_pre_linear = HookPoint()  # [b, p, f]: x W_in, the ungated branch
+        self.w_out = nn.Linear(f, m, bias=cfg.mlp_bias)
+        self.hook_pre = HookPoint()  # [b, p, f]: pre-activation (the gate's, if gated)
+        self.hook_post = HookPoint()  # [b, p, f]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            pre = self.hook_pre(self.w_gate(x))
+            post = self.hook_post(self.act(pre) * self.hook_pre_linear(self.w_in(x)))
+        else:
+            post = self.hook_post(self.act(self.hook_pre(self.w_in(x))))
+        return self.w_out(post)
+
+
+# ---------------------------------------------------------------- block
+class TransformerBlock(nn.Module):
+    """One layer. Pre-norm: x + attn(ln1 x), then + mlp(ln2 x) (or both from x in
+    parallel). Post-norm (BERT): ln1(x + attn x), then ln2(. + mlp .), so resid_mid and
+    resid_post are the normalised stream that flows on and resid_post of layer l is
+    resid_pre of layer l+1 in every family."""
+
+    def __init__(self, cfg: TransformerConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.ln1 = make_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.hook_resid_pre = HookPoint()  # [b, p, m]
+        self.hook_attn_out = HookPoint()  # [b, p, m]
+        self.hook_resid_post = HookPoint()  # [b, p, m]
+        if not cfg.attn_only:
+            self.ln2 = make_norm(cfg)
+            self.mlp = MLP(cfg)
+            self.hook_mlp_out = HookPoint()  # [b, p, m]
+            if not cfg.parallel_attn_mlp:
+                self.hook_resid_mid = HookPoint()  # [b, p, m]
+
+    def forward(self, x, mask: AttentionMask, rotary, kv_cache: KVCache | None = None):
+        cfg = self.cfg
+        resid_pre = self.hook_resid_pre(x)
+        if cfg.norm_position == "post":
+            attn_out = self.hook_attn_out(self.attn(resid_pre, mask, rotary, kv_cache))
+            if cfg.attn_only:
+                return self.hook_resid_post(self.ln1(resid_pre + attn_out))
+            resid_mid = self.hook_resid_mid(self.ln1(resid_pre + attn_out))
+            mlp_out = self.hook_mlp_out(self.mlp(resid_mid))
+            return self.hook_resid_post(self.ln2(resid_mid + mlp_out))
+
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), mask, rotary, kv_cache))
+        if cfg.attn_only:
+            return self.hook_resid_post(resid_pre + attn_out)
+        if cfg.parallel_attn_mlp:
+            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_pre)))
+            return self.hook_resid_post(resid_pre + attn_out + mlp_out)
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)

@@ -1,0 +1,234 @@
+"""`HookedTransformer`: one model class for every family, configured by `TransformerConfig`.
+
+Read top to bottom like nanoGPT: embeddings, blocks, final norm, unembedding. Every
+activation passes through a named `HookPoint` (TransformerLens names and axis orders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probe.hooks import HookedModule, HookFn, HookPoint, NamesFilter, name_matcher
+
+from .activation_cache import ActivationCache
+from .components import (
+    AttentionMask,
+    Embed,
+    KVCache,
+    PosEmbed,
+    Rotary,
+    SinusoidalPosEmbed,
+    TokenTypeEmbed,
+    TransformerBlock,
+    make_norm,
+)
+from .config import TransformerConfig
+from .tokens import InputError, Tokens, encode, str_tokens
+
+ModelInput = str | list[str] | torch.Tensor
+
+
+class HookedTransformer(HookedModule):
+    def __init__(self, cfg: TransformerConfig, tokenizer: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [b, p, m]
+        if cfg.positional in ("learned", "sinusoidal"):
+            self.pos_embed = PosEmbed(cfg) if cfg.positional == "learned" else SinusoidalPosEmbed(cfg)
+            self.hook_pos_embed = HookPoint()  # [b, p, m]
+        if cfg.n_token_types:
+            self.token_type_embed = TokenTypeEmbed(cfg)
+            self.hook_token_type_embed = HookPoint()  # [b, p, m]
+        if cfg.embed_norm:
+            self.ln_embed = make_norm(cfg)
+        # Rotary tables are shared by all layers; each Attention applies them.
+        self.rotary = Rotary(cfg) if cfg.positional == "rotary" else None
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
+        if cfg.final_norm:
+            self.ln_final = make_norm(cfg)
+        if cfg.has_unembed:
+            self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=cfg.unembed_bias)
+            if cfg.tie_embeddings:
+                self.unembed.weight = self.embed.W_E
+        self.setup_hooks()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.W_E.dtype
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str | list[str], prepend_bos: bool | None = None,
+                 padding_side: Literal["left", "right"] = "right", truncate: bool = False) -> Tokens:
+        """Token ids and attention mask for a text or a batch of texts (padded)."""
+        return encode(self.tokenizer, self.cfg, text, prepend_bos, padding_side, truncate)
+
+    def to_tokens(self, text: str | list[str], prepend_bos: bool | None = None,
+                  padding_side: Literal["left", "right"] = "right", truncate: bool = False) -> torch.Tensor:
+        """[batch, pos] token ids, as TransformerLens's `to_tokens` (padded with pad id)."""
+        return self.tokenize(text, prepend_bos, padding_side, truncate).ids.to(self.device)
+
+    def to_str_tokens(self, input: str | torch.Tensor | list[int], prepend_bos: bool | None = None) -> list[str]:
+        """One string per token of a single text or a 1-D / [1, pos] id tensor."""
+        if isinstance(input, str):
+            tokens = self.tokenize(input, prepend_bos)
+            ids = tokens.ids[0].tolist()
+        elif isinstance(input, torch.Tensor):
+            if input.dim() == 2:
+                if input.shape[0] != 1:
+                    raise InputError("to_str_tokens takes one sequence; index the batch first")
+                input = input[0]
+            ids = input.tolist()
+        else:
+            ids = list(input)
+        return str_tokens(self.tokenizer, ids)
+
+    def _prepare(self, input: ModelInput, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(input, (str, list)):
+            tok = self.tokenize(input)
+            ids, mask = tok.ids, tok.attention_mask
+            if bool(mask.all()):
+                mask = None
+        elif isinstance(input, torch.Tensor):
+            if input.dtype not in (torch.long, torch.int32, torch.int64):
+                raise InputError(f"token ids must be an integer tensor, got {input.dtype}")
+            ids = input if input.dim() == 2 else input[None]
+            if ids.shape[-1] == 0:
+                raise InputError("empty input: the token tensor has no positions")
+            mask = attention_mask
+        else:
+            raise InputError(f"input must be a str, a list of str or a LongTensor of token ids, got {type(input).__name__}")
+        if int(ids.max()) >= self.cfg.d_vocab or int(ids.min()) < 0:
+            raise InputError(f"token ids must lie in [0, {self.cfg.d_vocab}); got {int(ids.min())}..{int(ids.max())}")
+        return ids.to(self.device), (mask.to(self.device) if mask is not None else None)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input: ModelInput,
+        attention_mask: torch.Tensor | None = None,  # [b, p], 1 for real tokens
+        token_type_ids: torch.Tensor | None = None,  # [b, p]
+        position_ids: torch.Tensor | None = None,  # [b, p]
+        return_type: Literal["logits", "hidden", "loss", "both"] | None = None,
+        stop_at_layer: int | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+        """Run the model. Returns logits [b, p, vocab] (decoders), final hidden states
+        [b, p, m] (encoders without an LM head, or ``return_type="hidden"``), the mean
+        next-token loss over real tokens (``"loss"``), or None after ``stop_at_layer``."""
+        cfg = self.cfg
+        tokens, mask = self._prepare(input, attention_mask)
+        b, p = tokens.shape
+        past_len = kv_cache.past_len if kv_cache is not None else 0
+        if past_len + p > cfg.n_ctx and cfg.positional in ("learned", "sinusoidal"):
+            raise InputError(f"input is {past_len + p} tokens long but {cfg.model_name} takes at most {cfg.n_ctx}")
+
+        key_valid = None
+        if kv_cache is not None:
+            new_valid = mask.bool() if mask is not None else torch.ones(b, p, dtype=torch.bool, device=tokens.device)
+            key_valid = new_valid if kv_cache.key_valid is None else torch.cat((kv_cache.key_valid, new_valid), 1)
+            kv_cache.key_valid = key_valid
+        elif mask is not None:
+            key_valid = mask.bool()
+        if position_ids is None:
+            if key_valid is not None:
+                # Count only real tokens, so left padding does not shift positions.
+                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            else:
+                position_ids = torch.arange(past_len, past_len + p, device=tokens.device).expand(b, p)
+        attn_mask = AttentionMask.build(key_valid, p, past_len, cfg.causal)
+
+        x = self.hook_embed(self.embed(tokens))
+        if cfg.positional in ("learned", "sinusoidal"):
+            x = x + self.hook_pos_embed(self.pos_embed(position_ids))
+        if cfg.n_token_types:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(tokens)
+            x = x + self.hook_token_type_embed(self.token_type_embed(token_type_ids))
+        if cfg.embed_norm:
+            x = self.ln_embed(x)
+        rotary = self.rotary.cos_sin(position_ids, x.dtype) if self.rotary is not None else None
+
+        for block in self.blocks[:stop_at_layer]:
+            x = block(x, attn_mask, rotary, kv_cache)
+        if stop_at_layer is not None:
+            return None
+        if cfg.final_norm:
+            x = self.ln_final(x)
+        if return_type == "hidden" or not cfg.has_unembed:
+            if return_type in ("loss", "both"):
+                raise InputError(f"{cfg.model_name} has no LM head, so it has no next-token loss")
+            return x
+        logits = self.unembed(x)
+        if return_type in ("loss", "both"):
+            loss = lm_loss(logits, tokens, key_valid)
+            return loss if return_type == "loss" else (logits, loss)
+        return logits
+
+    # ------------------------------------------------------------------ hooks API
+    def run_with_hooks(self, input: ModelInput, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+                       **kwargs: Any):
+        """Forward with hooks attached for this call only (removed even if a hook raises)."""
+        with self.hooks(fwd_hooks):
+            return self(input, **kwargs)
+
+    def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: str | None = None,
+                       **kwargs: Any) -> tuple[Any, ActivationCache]:
+        """Forward and record activations: returns (output, cache).
+
+        ``names_filter``: None for every hook except ``hook_result`` (per-head outputs in
+        d_model are large, so they are recorded only when named), a name, a glob, a list of
+        them, or a predicate. Activations are detached; ``device`` moves them (e.g. "cpu")."""
+        match = name_matcher(names_filter)
+        names = [n for n in self.hook_dict if match(n)]
+        if names_filter is None:
+            names = [n for n in names if not n.endswith("hook_result")]
+        store: dict[str, torch.Tensor] = {}
+
+        def save(x: torch.Tensor, hook) -> None:
+            x = x.detach()
+            store[hook.name] = x.to(device) if device is not None else x
+
+        out = self.run_with_hooks(input, [(n, save) for n in names], **kwargs)
+        mask = kwargs.get("attention_mask")
+        if mask is None and isinstance(input, (str, list)):
+            mask = self.tokenize(input).attention_mask
+            mask = None if bool(mask.all()) else mask
+        return out, ActivationCache(store, mask)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, input: str | list[str] | torch.Tensor, max_new_tokens: int = 20, *,
+                 temperature: float = 1.0, do_sample: bool = False, top_k: int | None = None,
+                 top_p: float | None = None, stop_at_eos: bool = True, seed: int | None = None,
+                 use_kv_cache: bool = True, return_type: Literal["str", "tokens"] | None = None,
+                 attention_mask: torch.Tensor | None = None):
+        """Sample continuations. Greedy unless ``do_sample`` (then temperature, top-k and
+        nucleus top-p filtering, in that order, as Hugging Face applies them). Hooks fire at
+        every step; with the KV cache a step's hooks see only the new position."""
+        from .generation import generate
+
+        return generate(self, input, max_new_tokens, temperature=temperature, do_sample=do_sample,
+                        top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, seed=seed,
+                        use_kv_cache=use_kv_cache, return_type=return_type, attention_mask=attention_mask)
+
+
+def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions whose target is a real token."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    if key_valid is None:
+        return nll.mean()
+    valid = (key_valid[:, -tokens.shape[1]:][:, 1:] & key_valid[:, -tokens.shape[1]:][:, :-1]).float()
+    return (nll * valid).sum() / valid.sum().clamp(min=1)

