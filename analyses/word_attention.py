@@ -9,6 +9,7 @@ is the mean over its tokens.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,23 +28,24 @@ class HeadScore:
         return f"L{self.layer}H{self.head}"
 
 
+WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")  # "didn't" is one word; punctuation stands alone
+
+
 def word_token_spans(model: HookedTransformer, text: str) -> tuple[list[str], list[list[int]]]:
-    """The text's words (whitespace and punctuation split as the tokenizer's pre-tokenizer
-    does) and, for each, the token positions that make it up."""
+    """The text's words (contractions kept whole, punctuation separate) and, for each,
+    the positions of the tokens that overlap it. Special tokens belong to no word."""
     enc = model.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    prepend = int(model.cfg.default_prepend_bos and ids and ids[0] != model.tokenizer.bos_token_id)
-    word_ids = enc.word_ids()
-    words: dict[int, list[int]] = {}
-    for pos, w in enumerate(word_ids):
-        if w is not None:
-            words.setdefault(w, []).append(pos + prepend)
-    spans = [words[w] for w in sorted(words)]
-    names = []
-    for span in spans:
-        start = offsets[span[0] - prepend][0]
-        end = offsets[span[-1] - prepend][1]
-        names.append(text[start:end].strip().lower())
+    prepend = int(bool(model.cfg.default_prepend_bos and ids and ids[0] != model.tokenizer.bos_token_id))
+    special = set(model.tokenizer.all_special_ids)
+    names, spans = [], []
+    for match in WORD.finditer(text):
+        start, end = match.span()
+        span = [pos + prepend for pos, ((a, b), t) in enumerate(zip(offsets, ids))
+                if t not in special and b > a and a < end and b > start]
+        if span:
+            names.append(match.group().lower())
+            spans.append(span)
     return names, spans
 
 
