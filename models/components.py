@@ -135,6 +135,9 @@ class Rotary(nn.Module):
 
 
 # ---------------------------------------------------------------- norms
+# As in TransformerLens (and its TransformerBridge), ``hook_normalized`` is the
+# standardised input before the learned affine map: (x - mean) / scale for LayerNorm,
+# x / scale for RMSNorm. ``hook_scale`` is the divisor, [b, p, 1].
 class LayerNorm(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -149,7 +152,7 @@ class LayerNorm(nn.Module):
             return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        return self.hook_normalized(x / scale) * self.w + self.b
 
 
 class RMSNorm(nn.Module):
@@ -164,7 +167,7 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x = x.float()  # as Llama does: the statistic in float32 whatever the model dtype
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized((x / scale).to(dtype) * self.w)
+        return self.hook_normalized(x / scale).to(dtype) * self.w
 
 
 def make_norm(cfg: TransformerConfig) -> nn.Module:

@@ -44,7 +44,11 @@ def test_matches_transformers(family, hf_checkpoints):
     for layer in range(L):
         diff = (cache["resid_pre", layer] - ref.hidden_states[layer])[real].abs().max()
         assert diff < TOL, (family, layer, float(diff))
-    last = cache["resid_post", L - 1] if family == "bert" else cache["ln_final.hook_normalized"]
+    if family == "bert":
+        last = cache["resid_post", L - 1]
+    else:  # the final norm's output: its standardised input times w (plus b for LayerNorm)
+        ln = model.ln_final
+        last = cache["ln_final.hook_normalized"] * ln.w + (ln.b if hasattr(ln, "b") else 0)
     assert (last - ref.hidden_states[L])[real].abs().max() < TOL
 
     pair = real[:, None, :, None] & real[:, None, None, :]  # real query and real key
