@@ -18,8 +18,8 @@ from typing import Union
 import torch
 from torch import nn
 
-HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]  # noqa: UP007 (forward ref)
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]  # noqa: UP007 (runtime alias on 3.10)
 
 
 class HookPoint(nn.Module):

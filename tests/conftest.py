@@ -57,8 +57,7 @@ V = 64  # vocab size of the tiny models (>= the tokenizer's vocabulary)
 
 
 def hf_configs():
-    from transformers import (BertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                              Qwen2Config)
+    from transformers import BertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common_dec = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, max_position_embeddings=64)
