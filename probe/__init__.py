@@ -16,6 +16,10 @@ _LAZY = {
     "HookedTransformer": ("models", "HookedTransformer"),
     "TransformerConfig": ("models", "TransformerConfig"),
     "ActivationCache": ("models", "ActivationCache"),
+    "record": ("probe.recorder", "record"),
+    "open": ("probe.reader", "open_run"),
+    "Run": ("probe.reader", "Run"),
+    "load_prompts": ("probe.prompts", "load_prompts"),
 }
 
 

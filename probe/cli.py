@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from probe.errors import StoreError
+
 SEED = "The animal didn't cross the street because it was tired."
 
 
@@ -30,6 +32,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_attend(args)
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    import models
+    from probe.recorder import record
+
+    if args.resume and args.overwrite:
+        raise StoreError("--resume and --overwrite contradict each other; pick one")
+    from pathlib import Path
+
+    if Path(args.output).exists() and not (args.resume or args.overwrite):
+        raise StoreError(f"{args.output} already exists; pass --resume to continue it or --overwrite to replace it")
+    from probe.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts)  # before loading the model: bad prompt files fail fast
+    model = models.load(args.model, dtype=args.model_dtype)
+    run = record(model, prompts, args.output, names=args.names, batch_size=args.batch_size, dtype=args.dtype,
+                 compression=args.compression, resume=args.resume, overwrite=args.overwrite,
+                 truncate=args.truncate, shard_mb=args.shard_mb)
+    size = sum(f.stat().st_size for f in Path(args.output).rglob("*") if f.is_file())
+    print(f"recorded {run.n_prompts} prompts, {run.n_tokens} tokens, {len(run.hooks)} hooks "
+          f"({size / 2**20:.1f} MiB) to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description="Mechanistic-interpretability workbench.")
     from probe import __version__
@@ -48,6 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     attend.add_argument("--top", type=int, default=3)
     attend.add_argument("--model", default="minilm")
     attend.set_defaults(func=cmd_attend)
+
+    rec = sub.add_parser("record", help="record activations of a model on a prompt set into an HDF5 run")
+    rec.add_argument("--model", default="minilm", help="model name or checkpoint directory (default: minilm)")
+    rec.add_argument("--prompts", required=True,
+                     help="a .txt file (one prompt per line), a .jsonl file ({\"text\": ...}), or a bundled set: "
+                          "seed, winobias, winobias-dev, winobias-test")
+    rec.add_argument("-o", "--output", required=True, help="run directory to create")
+    rec.add_argument("--names", nargs="+", metavar="GLOB",
+                     help="hook names or globs to record (default: all but hook_result)")
+    rec.add_argument("--batch-size", type=int, default=16)
+    rec.add_argument("--dtype", choices=["float16", "float32"], default="float32", help="stored dtype")
+    rec.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    rec.add_argument("--compression", choices=["none", "gzip", "lz4"], default="none",
+                     help="lz4 = blosc-lz4 through hdf5plugin (readers need hdf5plugin too)")
+    rec.add_argument("--shard-mb", type=float, default=256.0, help="publish a shard every this many MiB")
+    rec.add_argument("--truncate", action="store_true",
+                     help="cut prompts longer than the context (recorded in the run's metadata) instead of failing")
+    rec.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    rec.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    rec.set_defaults(func=cmd_record)
     return parser
 
 
@@ -68,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def is_user_error(e: BaseException) -> bool:
     from models import CheckpointMismatch, InputError, ModelNotFound, UnsupportedArchitecture
+    from probe.prompts import PromptSetError
 
     return isinstance(e, (InputError, ModelNotFound, UnsupportedArchitecture, CheckpointMismatch, KeyError,
-                          FileNotFoundError, PermissionError))
+                          FileNotFoundError, PermissionError, StoreError, PromptSetError))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,457 @@
+"""Prompt sets: what `probe record --prompts PROMPTS` reads.
+
+`load_prompts(source)` accepts
+
+* a **bundled set name** (`bundled_sets()` lists them): ``seed``, ``winobias``, ``winobias-dev``,
+  ``winobias-test``;
+* a **.txt file**: one prompt per line, UTF-8 (a leading byte-order mark is ignored);
+* a **.jsonl file**: one JSON object per line with a non-empty string field ``"text"``; every other
+  field is kept, unchanged, as the prompt's labels;
+* a **list of strings** already in memory (prompts without labels; `Prompt` objects pass through).
+
+In files, only the line ending (``\\n`` or ``\\r\\n``) is removed: leading, trailing and inner spaces stay as
+written, because tokenizers see them. Blank (whitespace-only) lines are skipped with a `PromptSetWarning`
+naming them. Every user mistake raises `PromptSetError` (a `ValueError`) whose message names the file, the
+line, the problem and the fix.
+
+`prompt_set_fingerprint(prompts)` is a sha256 over the texts and labels (canonical JSON) so a resumed
+recording can check it is reading the same prompts.
+
+Label convention (coreference sets)
+-----------------------------------
+All spans are ``[start, end)`` character offsets into ``Prompt.text``, stored as two-element lists, so
+``text[start:end]`` is exactly the labelled string. Mentions are the strings the source annotates
+(``seed`` labels bare nouns, WinoBias labels noun phrases such as ``"The developer"``).
+
+* ``pronoun``, ``pronoun_span``: the pronoun whose referent is asked about.
+* ``antecedent``, ``antecedent_span``: its gold antecedent.
+* ``candidates``, ``candidate_spans``: the two candidate antecedents **in order of appearance** in the
+  text; ``answer`` is the index (0 or 1) of the gold antecedent in ``candidates``, so
+  ``candidates[answer] == antecedent`` and ``candidate_spans[answer] == antecedent_span``.
+* ``pair_id``, ``variant``: prompts sharing a ``pair_id`` form a contrast pair; ``variant`` tells them
+  apart (``seed``: ``"tired"``/``"wide"``, which flip the antecedent; WinoBias: ``"pro"``/``"anti"``).
+
+WinoBias (Zhao et al. 2018; MIT; files in ``prompt_sets/winobias/``, copied unchanged) lines look like
+``1 [The developer] argued with the designer because [he] did not like the design.``. At load time the
+leading number and the brackets are removed to give the text, and each prompt gets, besides the labels
+above:
+
+* ``pronouns``, ``pronoun_spans``: every bracketed pronoun in order (87 lines bracket two, e.g.
+  ``[she] needed to cut [her] hair``); ``pronoun`` is the first of them;
+* ``gender``: ``"male"`` or ``"female"``, the pronoun's grammatical gender;
+* ``candidate_occupations``: the occupation word of each candidate (from the shipped occupation lists);
+* ``type`` (1 or 2), ``stereotype`` (``"pro"``/``"anti"``), ``split`` (``"dev"``/``"test"``),
+  ``source`` (file name), ``line`` (1-based line in that file), ``sentence_id`` (the leading number);
+* ``pair_id`` (``"winobias-type1-dev-1"``) shared by line N of the pro and the anti file, ``variant``
+  (= ``stereotype``), and ``minimal_pair``: True when the two lines differ only in the bracketed
+  pronouns (22 of the 1,584 pairs differ elsewhere too, e.g. a typo fixed in one of them).
+
+The other candidate is the one occupation mention outside the antecedent that comes before the pronoun,
+extended over a determiner (``the``/``a``/``an``) just before it. Two raw lines bracket the bare
+occupation (``the [housekeeper] 's car``, ``the [ physician]``); the antecedent is then the bracketed
+word, and whitespace just inside a bracket is dropped. Typos in the source (``the the chief``,
+``[she] he did``) are kept as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Prompt",
+    "PromptSetError",
+    "PromptSetWarning",
+    "bundled_sets",
+    "load_prompts",
+    "prompt_set_fingerprint",
+]
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt: the exact text given to the model, plus any labels that came with it."""
+
+    text: str
+    labels: dict = field(default_factory=dict)
+
+
+PromptSource = str | os.PathLike | Sequence[str | Prompt]
+"""What `load_prompts` accepts: a bundled set name, a .txt/.jsonl path, or prompts in memory."""
+
+
+class PromptSetError(ValueError):
+    """A prompt set that cannot be loaded; the message says where, what, and how to fix it."""
+
+
+class PromptSetWarning(UserWarning):
+    """Something in a prompt set was skipped (blank lines)."""
+
+
+_SUFFIXES = (".txt", ".jsonl")
+_SHOWN_LINES = 5  # how many offending line numbers a warning lists
+
+_WINOBIAS_SPLITS = ("dev", "test")
+_WINOBIAS_FILES = [  # (type, stereotype); the order prompts come out in, within a split
+    (1, "pro"), (1, "anti"), (2, "pro"), (2, "anti"),
+]
+
+_BUNDLED: dict[str, str] = {
+    "seed": "2 sentences: 'The animal didn't cross the street because it was tired/wide.' with coreference labels",
+    "winobias": "WinoBias (Zhao et al. 2018), 3,168 occupation coreference sentences, dev then test",
+    "winobias-dev": "WinoBias dev split, 1,584 sentences (type 1/2 x pro/anti-stereotyped)",
+    "winobias-test": "WinoBias test split, 1,584 sentences (type 1/2 x pro/anti-stereotyped)",
+}
+
+
+def bundled_sets() -> dict[str, str]:
+    """Names of the prompt sets shipped with the package, each with a one-line description."""
+    return dict(_BUNDLED)
+
+
+def load_prompts(source: PromptSource) -> list[Prompt]:
+    """Load a prompt set from a bundled name, a .txt or .jsonl path, or a list of strings.
+
+    Raises `PromptSetError` for anything that is not a usable prompt set.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, str) and not source.strip():
+            raise PromptSetError(f"the prompt source is an empty string; {_what_is_accepted()}")
+        if isinstance(source, str) and source in _BUNDLED:
+            return _load_bundled(source)
+        return _load_file(Path(source))
+    if isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
+        return _load_list(source)
+    raise PromptSetError(
+        f"cannot load prompts from a {type(source).__name__}; {_what_is_accepted()}"
+    )
+
+
+def prompt_set_fingerprint(prompts: Sequence[Prompt]) -> str:
+    """sha256 hex digest of the prompts' texts and labels, in order (canonical JSON).
+
+    Two prompt sets have the same fingerprint exactly when they have the same texts and labels in the
+    same order; a resumed recording compares it with the one stored in the cache.
+    """
+    payload = [[p.text, p.labels] for p in prompts]
+    try:
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    except TypeError as err:
+        raise PromptSetError(
+            f"cannot fingerprint the prompts: a label is not JSON-serialisable ({err}); "
+            "use strings, numbers, booleans, None, lists and dicts as label values"
+        ) from None
+    return hashlib.sha256(b"probe-prompt-set-v1\n" + blob.encode("utf-8")).hexdigest()
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+def _what_is_accepted() -> str:
+    names = ", ".join(sorted(_BUNDLED))
+    return (
+        f"give a bundled prompt set ({names}), a file ending in .txt (one prompt per line) or "
+        ".jsonl (one JSON object with a \"text\" field per line), or a list of strings"
+    )
+
+
+# --- in-memory lists ------------------------------------------------------------------------------------
+
+
+def _load_list(items: Sequence[str | Prompt]) -> list[Prompt]:
+    prompts = []
+    for i, item in enumerate(items):
+        if isinstance(item, Prompt):
+            prompts.append(item)
+            continue
+        if not isinstance(item, str):
+            raise PromptSetError(
+                f"prompt list item {i} is a {type(item).__name__}, not a string; pass prompts as strings"
+            )
+        text = item.rstrip("\r\n")
+        if not text.strip():
+            raise PromptSetError(
+                f"prompt list item {i} is empty or whitespace only ({item!r}); remove it or give it text"
+            )
+        prompts.append(Prompt(text))
+    if not prompts:
+        raise PromptSetError("the prompt list is empty; give at least one prompt")
+    return prompts
+
+
+# --- files ----------------------------------------------------------------------------------------------
+
+
+def _load_file(path: Path) -> list[Prompt]:
+    if path.is_dir():
+        raise PromptSetError(f"{path} is a directory, not a prompt file; {_what_is_accepted()}")
+    if not path.exists():
+        raise PromptSetError(f"no prompt set or file named {str(path)!r}; {_what_is_accepted()}")
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise PromptSetError(
+            f"{path}: unknown prompt file type {path.suffix or '(no extension)'!r}; {_what_is_accepted()}"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PromptSetError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+    lines = _decode_lines(data, str(path))
+    if suffix == ".txt":
+        return _parse_txt(lines, str(path))
+    return _parse_jsonl(lines, str(path))
+
+
+def _decode_lines(data: bytes, name: str) -> list[str]:
+    """UTF-8 text split on \\n, line endings removed; a final newline does not start an extra line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        bad = data[err.start:err.end].hex(" ")
+        raise PromptSetError(
+            f"{name}: line {line_no} is not valid UTF-8 (byte {bad} at byte offset {err.start} of the file, "
+            f"byte {err.start - line_start} of the line); re-encode the file as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8 {name} > fixed{Path(name).suffix}`"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def _warn_blank(blank: list[int], name: str) -> None:
+    if not blank:
+        return
+    shown = ", ".join(str(n) for n in blank[:_SHOWN_LINES]) + (", ..." if len(blank) > _SHOWN_LINES else "")
+    noun = "line" if len(blank) == 1 else "lines"
+    warnings.warn(
+        f"{name}: skipped {len(blank)} blank {noun} (line {shown})",
+        PromptSetWarning,
+        stacklevel=5,  # the caller of load_prompts
+    )
+
+
+def _empty_file(name: str, blank: list[int], fmt: str) -> PromptSetError:
+    where = f" (all {len(blank)} lines are blank)" if blank else ""
+    return PromptSetError(f"empty prompt file {name}{where}: it holds no prompts; write {fmt}")
+
+
+def _parse_txt(lines: list[str], name: str) -> list[Prompt]:
+    prompts, blank = [], []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            blank.append(line_no)
+            continue
+        prompts.append(Prompt(line))
+    if not prompts:
+        raise _empty_file(name, blank, "one prompt per line")
+    _warn_blank(blank, name)
+    return prompts
+
+
+def _reject_duplicate_keys(name: str, line_no: int) -> Callable[[list[tuple[str, Any]]], dict]:
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        obj: dict = {}
+        for key, value in pairs:
+            if key in obj:
+                raise PromptSetError(
+                    f"{name}: line {line_no}: key {key!r} appears twice in one object; keep one of them"
+                )
+            obj[key] = value
+        return obj
+
+    return hook
+
+
+def _parse_jsonl(lines: list[str], name: str) -> list[Prompt]:
+    fmt = 'one JSON object per line, e.g. {"text": "The cat sat.", "label": 1}'
+    prompts, blank = [], []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            blank.append(line_no)
+            continue
+        try:
+            obj = json.loads(line, object_pairs_hook=_reject_duplicate_keys(name, line_no))
+        except json.JSONDecodeError as err:
+            raise PromptSetError(
+                f"{name}: line {line_no}: invalid JSON ({err.msg} at column {err.colno}); write {fmt}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise PromptSetError(
+                f"{name}: line {line_no}: expected a JSON object, found {type(obj).__name__}; write {fmt}"
+            )
+        if "text" not in obj:
+            raise PromptSetError(f'{name}: line {line_no}: the object has no "text" field; write {fmt}')
+        text = obj.pop("text")
+        if not isinstance(text, str):
+            raise PromptSetError(
+                f'{name}: line {line_no}: "text" is a {type(text).__name__}, not a string; '
+                f'put the prompt in "text" as a JSON string'
+            )
+        if not text.strip():
+            raise PromptSetError(
+                f'{name}: line {line_no}: "text" is empty or whitespace only; give the prompt text or drop the line'
+            )
+        prompts.append(Prompt(text, obj))
+    if not prompts:
+        raise _empty_file(name, blank, fmt)
+    _warn_blank(blank, name)
+    return prompts
+
+
+# --- bundled sets ---------------------------------------------------------------------------------------
+
+
+def _data_dir() -> Any:
+    return resources.files("probe").joinpath("prompt_sets")
+
+
+def _load_bundled(name: str) -> list[Prompt]:
+    if name == "seed":
+        resource = _data_dir().joinpath("seed.jsonl")
+        return _parse_jsonl(_decode_lines(resource.read_bytes(), f"bundled:{name}"), f"bundled:{name}")
+    if name == "winobias":
+        return [p for split in _WINOBIAS_SPLITS for p in _load_winobias(split)]
+    return _load_winobias(name.removeprefix("winobias-"))
+
+
+# WinoBias ------------------------------------------------------------------------------------------------
+
+_PRONOUN_GENDER = {
+    "he": "male", "him": "male", "his": "male", "himself": "male",
+    "she": "female", "her": "female", "hers": "female", "herself": "female",
+}
+_DETERMINERS = ("the ", "The ", "a ", "A ", "an ", "An ")
+_LINE_RE = re.compile(r"(\d+) (.*)")
+
+
+def _winobias_file(kind: int, stereotype: str, split: str) -> str:
+    return f"{stereotype}_stereotyped_type{kind}.txt.{split}"
+
+
+def _read_winobias(file_name: str) -> list[str]:
+    data = _data_dir().joinpath("winobias", file_name).read_bytes()
+    return _decode_lines(data, f"winobias/{file_name}")
+
+
+def _occupation_pattern() -> re.Pattern[str]:
+    words = [w.strip() for f in ("male_occupations.txt", "female_occupations.txt") for w in _read_winobias(f)]
+    words = sorted({w for w in words if w}, key=len, reverse=True)  # longest first: "construction worker"
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
+
+
+def _strip_brackets(body: str, where: str) -> tuple[str, list[tuple[str, list[int]]]]:
+    """Clean text and the bracketed mentions as (string, [start, end)) in that text."""
+    out: list[str] = []
+    mentions: list[tuple[str, list[int]]] = []
+    pos = 0
+    for m in re.finditer(r"\[([^\[\]]*)\]", body):
+        outside = body[pos:m.start()]
+        if "[" in outside or "]" in outside:
+            raise PromptSetError(f"{where}: unbalanced brackets in {body!r}")
+        out.append(outside)
+        inner = m.group(1).strip()  # "[ physician]" -> "physician"
+        if not inner:
+            raise PromptSetError(f"{where}: empty brackets in {body!r}")
+        start = sum(map(len, out))
+        out.append(inner)
+        mentions.append((inner, [start, start + len(inner)]))
+        pos = m.end()
+    rest = body[pos:]
+    if "[" in rest or "]" in rest:
+        raise PromptSetError(f"{where}: unbalanced brackets in {body!r}")
+    out.append(rest)
+    return "".join(out), mentions
+
+
+def _parse_winobias_line(
+    line: str, occupations: re.Pattern[str], where: str
+) -> tuple[int, str, dict[str, Any]]:
+    """(sentence number, clean text, labels) for one raw WinoBias line; `where` names it in errors."""
+    m = _LINE_RE.fullmatch(line)
+    if not m:
+        raise PromptSetError(f"{where}: expected '<number> <sentence>', found {line!r}")
+    text, mentions = _strip_brackets(m.group(2), where)
+    pronouns = [(s, span) for s, span in mentions if s.lower() in _PRONOUN_GENDER]
+    others = [(s, span) for s, span in mentions if s.lower() not in _PRONOUN_GENDER]
+    if len(others) != 1 or not pronouns:
+        raise PromptSetError(
+            f"{where}: expected one bracketed antecedent and at least one bracketed pronoun, found {mentions}"
+        )
+    antecedent, ante_span = others[0]
+    genders = {_PRONOUN_GENDER[s.lower()] for s, _ in pronouns}
+    if len(genders) != 1:
+        raise PromptSetError(f"{where}: bracketed pronouns of both genders: {[s for s, _ in pronouns]}")
+    pronoun, pron_span = pronouns[0]
+
+    ante_occ = [o for o in occupations.finditer(text) if ante_span[0] <= o.start() and o.end() <= ante_span[1]]
+    other_occ = [o for o in occupations.finditer(text)
+                 if o.end() <= pron_span[0] and (o.end() <= ante_span[0] or o.start() >= ante_span[1])]
+    if len(ante_occ) != 1 or len(other_occ) != 1:
+        raise PromptSetError(
+            f"{where}: expected one occupation in the antecedent and one other before the pronoun, found "
+            f"{[o.group() for o in ante_occ]} and {[o.group() for o in other_occ]} in {text!r}"
+        )
+    occ = other_occ[0]
+    start = occ.start()
+    for det in _DETERMINERS:
+        if text[:start].endswith(det):
+            start -= len(det)
+            break
+    other_span = [start, occ.end()]
+    cands = sorted([(antecedent, ante_span, ante_occ[0].group()), (text[start:occ.end()], other_span, occ.group())],
+                   key=lambda c: c[1][0])
+    labels: dict[str, Any] = {
+        "pronoun": pronoun,
+        "pronoun_span": pron_span,
+        "antecedent": antecedent,
+        "antecedent_span": ante_span,
+        "candidates": [c[0] for c in cands],
+        "candidate_spans": [c[1] for c in cands],
+        "answer": [c[1] for c in cands].index(ante_span),
+        "candidate_occupations": [c[2] for c in cands],
+        "pronouns": [s for s, _ in pronouns],
+        "pronoun_spans": [span for _, span in pronouns],
+        "gender": genders.pop(),
+    }
+    return int(m.group(1)), text, labels
+
+
+def _pronoun_blind(line: str) -> str:
+    return re.sub(r"\[\s*(?:" + "|".join(_PRONOUN_GENDER) + r")\s*\]", "[PRONOUN]", line, flags=re.IGNORECASE)
+
+
+def _load_winobias(split: str) -> list[Prompt]:
+    occupations = _occupation_pattern()
+    raw = {(k, s): _read_winobias(_winobias_file(k, s, split)) for k, s in _WINOBIAS_FILES}
+    prompts = []
+    for kind, stereotype in _WINOBIAS_FILES:
+        file_name = _winobias_file(kind, stereotype, split)
+        partner = raw[(kind, "anti" if stereotype == "pro" else "pro")]
+        for line_no, line in enumerate(raw[(kind, stereotype)], start=1):
+            sentence_id, text, labels = _parse_winobias_line(line, occupations, f"winobias/{file_name}: line {line_no}")
+            twin = partner[line_no - 1] if line_no <= len(partner) else ""
+            labels.update(
+                type=kind,
+                stereotype=stereotype,
+                split=split,
+                source=file_name,
+                line=line_no,
+                sentence_id=sentence_id,
+                pair_id=f"winobias-type{kind}-{split}-{sentence_id}",
+                variant=stereotype,
+                minimal_pair=_pronoun_blind(line) == _pronoun_blind(twin),
+            )
+            prompts.append(Prompt(text, labels))
+    return prompts

@@ -1,0 +1,219 @@
+"""`record`: run a model over a prompt set and write every requested activation to a run.
+
+Prompts are batched in order (batch k holds prompts k*B .. k*B+B-1), right-padded, and
+only real tokens are written. Shards close on batch boundaries, so a resumed run forms
+exactly the batches an uninterrupted run would and its contents are equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import __version__
+from .hooks import name_matcher
+from .store import RunWriter, StoreError, is_attention
+
+if TYPE_CHECKING:
+    from models import HookedTransformer
+
+    from .reader import Run
+
+
+def weights_digest(model: HookedTransformer) -> str:
+    """sha256 over every weight (name, dtype, shape, bytes) in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        arr = t.detach().cpu().contiguous()
+        h.update(f"{name}|{arr.dtype}|{tuple(arr.shape)}".encode())
+        h.update(arr.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes view works for bfloat16 too
+    return h.hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    if tokenizer is None:
+        return {"class": None}
+    ident: dict[str, Any] = {"class": type(tokenizer).__name__,
+                             "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+                             "vocab_size": len(tokenizer)}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        ident["sha256"] = hashlib.sha256(backend.to_str().encode()).hexdigest()
+    return ident
+
+
+def select_hooks(model: HookedTransformer, names: Sequence[str] | None) -> list[str]:
+    """Hook names to record: all but ``hook_result`` by default, else those matching the globs."""
+    if not names:
+        return [n for n in model.hook_dict if not n.endswith("hook_result")]
+    chosen = []
+    for pattern in names:
+        hits = [n for n in model.hook_dict if name_matcher(pattern)(n)]
+        if not hits:
+            layer0 = [n for n in model.hook_dict if not n.startswith("blocks.") or n.startswith("blocks.0.")]
+            raise StoreError(f"--names {pattern!r} matches no hook point; hook names look like {layer0} "
+                             "('blocks.N.' repeats for every layer; globs such as 'blocks.*.attn.hook_pattern' work)")
+        chosen += [n for n in hits if n not in chosen]
+    return [n for n in model.hook_dict if n in chosen]  # model order
+
+
+def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, names: Sequence[str] | None = None,
+           batch_size: int = 16, dtype: str = "float32", compression: str = "none", resume: bool = False,
+           overwrite: bool = False, truncate: bool = False, shard_mb: float = 256.0,
+           progress: bool = True) -> Run:
+    """Record activations of ``model`` on ``prompts`` into the run directory ``path``.
+
+    ``prompts``: a list of strings or `Prompt` objects, or anything `load_prompts` takes
+    (a .txt / .jsonl path or a bundled set name). Returns the opened run."""
+    import torch
+
+    from .prompts import Prompt, load_prompts, prompt_set_fingerprint
+    from .reader import open_run
+
+    if isinstance(prompts, (str, Path)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], str)):
+        prompts = load_prompts(prompts if not isinstance(prompts, Path) else str(prompts))
+    prompts = [p if isinstance(p, Prompt) else Prompt(str(p), {}) for p in prompts]
+    if not prompts:
+        raise StoreError("no prompts to record")
+    if dtype not in ("float16", "float32"):
+        raise StoreError(f"dtype must be float16 or float32, got {dtype!r}")
+    if batch_size < 1:
+        raise StoreError("batch size must be at least 1")
+    path = Path(path)
+
+    hooks = select_hooks(model, names)
+    token_rows, truncated = tokenize_all(model, prompts, truncate)
+    n_tokens = sum(len(r) for r in token_rows)
+    hook_info = hook_shapes(model, hooks, token_rows[0])
+    settings = {
+        "model": {"name": model.cfg.model_name, "family": model.cfg.family, "config": model.cfg.to_dict(),
+                  "weights_sha256": weights_digest(model), "tokenizer": tokenizer_identity(model.tokenizer)},
+        "hooks": hook_info, "dtype": dtype, "compression": compression, "batch_size": batch_size,
+        "shard_mb": shard_mb, "prompts_sha256": prompt_set_fingerprint(prompts), "n_prompts": len(prompts),
+        "n_tokens": n_tokens, "truncated_prompts": truncated,
+    }
+    if resume and path.exists():
+        writer = RunWriter.resume(path, settings)
+        if writer.manifest["complete"]:
+            print(f"{path} is already complete", file=sys.stderr)
+            return open_run(path)
+    else:
+        labels = sorted({k for p in prompts for k in p.labels})
+        manifest = {**settings, "package_version": __version__, "label_fields": labels}
+        jsonl = "".join(json.dumps({"text": p.text, **p.labels}, ensure_ascii=False) + "\n" for p in prompts)
+        writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite)
+
+    start = writer.next_prompt
+    if start % batch_size and start != len(prompts):
+        raise StoreError(f"{path}: published prompts ({start}) do not end on a batch boundary; cannot resume")
+    from .progress import Progress
+
+    bar = Progress(len(prompts), n_tokens, f"recording {path.name}", done_prompts=start,
+                   done_tokens=sum(len(r) for r in token_rows[:start])) if progress else None
+    budget = shard_mb * 2**20
+    per_token_values = sum(int(np.prod(i["shape"])) for i in hook_info.values() if i["kind"] == "token")
+    n_heads = model.cfg.n_heads
+    n_attn = sum(1 for i in hook_info.values() if i["kind"] == "attention")
+    itemsize = np.dtype(dtype).itemsize
+    shard = None
+    try:
+        for b0 in range(start, len(prompts), batch_size):
+            rows = token_rows[b0:b0 + batch_size]
+            acts = run_batch(model, rows, hooks, dtype, torch)
+            if shard is None:
+                rest = token_rows[b0:]
+                cap = int(budget / itemsize / max(per_token_values, 1))
+                shard = writer.open_shard(hook_info, dtype, compression,
+                                          expected_tokens=min(sum(len(r) for r in rest), cap),
+                                          expected_attn=sum(n_heads * len(r) ** 2 for r in rest))
+            ids = np.concatenate([np.asarray(r) for r in rows])
+            strs = [s for r in rows for s in model.to_str_tokens(r)]
+            shard.add([len(r) for r in rows], n_heads, ids, strs, acts)
+            size = itemsize * (shard.n_tokens * per_token_values + shard.n_attn * n_attn)
+            if size >= budget:
+                writer.publish(shard)
+                shard = None
+            if bar:
+                bar.advance(len(rows), int(ids.size))
+        if shard is not None:
+            writer.publish(shard)
+            shard = None
+        writer.finish()
+    except OSError as e:
+        if shard is not None:
+            shard.discard()
+        done = writer.next_prompt
+        raise StoreError(f"writing {path} failed ({e.strerror or e}); prompts 0..{done - 1} are published intact. "
+                         "Free space or fix permissions, then rerun with --resume") from None
+    except BaseException:
+        if shard is not None:
+            shard.discard()
+        raise
+    finally:
+        if bar:
+            bar.close()
+    return open_run(path)
+
+
+def tokenize_all(model: HookedTransformer, prompts: list, truncate: bool) -> tuple[list[list[int]], list[int]]:
+    """Token ids of every prompt, checked up front so a bad prompt fails before any work."""
+    from models import InputError
+
+    rows, truncated = [], []
+    for i, p in enumerate(prompts):
+        try:
+            tok = model.tokenize(p.text, truncate=truncate)
+        except InputError as e:
+            raise StoreError(f"prompt {i} ({p.text[:40]!r}...): {e}") from None
+        rows.append(tok.ids[0].tolist())
+        if tok.truncated:
+            truncated.append(i)
+    return rows, truncated
+
+
+def hook_shapes(model: HookedTransformer, hooks: list[str], row: list[int]) -> dict[str, dict]:
+    """Per-token shape of each hook (attention hooks are per prompt [head, n, n])."""
+    import torch
+
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([row]), names_filter=hooks)
+    info = {}
+    for name in hooks:
+        if is_attention(name):
+            info[name] = {"kind": "attention", "shape": [model.cfg.n_heads]}
+        else:
+            info[name] = {"kind": "token", "shape": list(cache[name].shape[2:])}
+    return info
+
+
+def run_batch(model: HookedTransformer, rows: list[list[int]], hooks: list[str], dtype: str, torch) -> dict:
+    """One forward pass; returns each hook's activations without padding, as numpy in
+    ``dtype``: [tokens, ...] for per-token hooks, flat [head, n, n] blocks for attention."""
+    from models.tokens import pad
+
+    batch = pad(rows, 0, "right")
+    mask = batch.attention_mask.bool().to(model.device)
+    lengths = [len(r) for r in rows]
+    tdtype = getattr(torch, dtype)
+    out: dict[str, np.ndarray] = {}
+
+    def save(x, hook):
+        if is_attention(hook.name):
+            parts = [x[i, :, :n, :n].reshape(-1) for i, n in enumerate(lengths)]
+            flat = torch.cat(parts)
+        else:
+            flat = x[mask]
+        out[hook.name] = flat.detach().to(device="cpu", dtype=tdtype).numpy()
+
+    with torch.no_grad(), model.hooks([(n, save) for n in hooks]):
+        model(batch.ids.to(model.device), attention_mask=batch.attention_mask.to(model.device))
+    return out

@@ -1,0 +1,155 @@
+"""The activation store: values read back equal `run_with_cache`, the documented layout
+reads with plain h5py, and the reader's views slice lazily across shards."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import VOCAB_WORDS
+
+import models
+import probe
+from probe.errors import StoreError
+
+
+def word_prompts(n: int, seed: int = 0, lo: int = 2, hi: int = 12) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(VOCAB_WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def gpt2(hf_checkpoints):
+    return models.load(hf_checkpoints["gpt2"][0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_values_read_back_equal_run_with_cache(gpt2, tmp_path, dtype):
+    """Exactly equal, in the recorded dtype, to run_with_cache on the same forward pass:
+    the prompt alone when recorded with batch size 1, its padded batch otherwise."""
+    prompts = word_prompts(7)
+    tdtype = getattr(torch, dtype)
+    alone = probe.record(gpt2, prompts, tmp_path / "alone", batch_size=1, dtype=dtype, progress=False)
+    batched = probe.record(gpt2, prompts, tmp_path / "batched", batch_size=3, dtype=dtype, progress=False)
+    assert alone.complete and batched.n_prompts == 7
+    assert set(alone.hooks) == {n for n in gpt2.hook_dict if not n.endswith("hook_result")}
+    for i, text in enumerate(prompts):
+        _, single = gpt2.run_with_cache(text)
+        b0 = i // 3 * 3
+        _, batch = gpt2.run_with_cache(prompts[b0:b0 + 3])  # right-padded, as the recorder pads
+        assert alone.str_tokens(i) == gpt2.to_str_tokens(text)
+        assert alone.tokens(i).tolist() == gpt2.to_tokens(text)[0].tolist()
+        got_alone, got_batched = alone.cache(i), batched.cache(i)
+        assert set(got_alone) == set(single)
+        for name in single:
+            want = single[name].to(tdtype)
+            assert got_alone[name].dtype == tdtype and torch.equal(got_alone[name], want), name
+            in_batch = batch.unpadded(name, i - b0)[None].to(tdtype)
+            assert torch.equal(got_batched[name], in_batch), name
+            # Batching changes float rounding only (different GEMM shapes), never values.
+            finite = torch.isfinite(want)
+            assert torch.equal(finite, torch.isfinite(got_batched[name]))
+            assert torch.allclose(got_batched[name][finite].float(), want[finite].float(), rtol=1e-3, atol=1e-4)
+
+
+def test_plain_h5py_reads_the_documented_layout(gpt2, tmp_path):
+    prompts = word_prompts(5, seed=1)
+    probe.record(gpt2, prompts, tmp_path / "run", batch_size=2, shard_mb=0.01, progress=False)
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) > 1
+    seen = 0
+    for shard in manifest["shards"]:
+        with h5py.File(tmp_path / "run" / shard["file"], "r") as f:
+            off, aoff = f["offsets"][:], f["attn_offsets"][:]
+            for i in range(shard["n_prompts"]):
+                text = prompts[shard["first_prompt"] + i]
+                _, cache = gpt2.run_with_cache(text)
+                n = off[i + 1] - off[i]
+                assert list(f["token_str"][off[i]:off[i + 1]].astype(str)) == gpt2.to_str_tokens(text)
+                resid = f["act/blocks.1.hook_resid_post"][off[i]:off[i + 1]]
+                assert np.allclose(resid, cache["resid_post", 1][0].numpy(), atol=2e-6)
+                pattern = f["attn/blocks.0.attn.hook_pattern"][aoff[i]:aoff[i + 1]].reshape(-1, n, n)
+                assert np.allclose(pattern, cache["pattern", 0][0].numpy(), atol=2e-6)
+                seen += 1
+    assert seen == 5
+    assert [json.loads(line)["text"] for line in (tmp_path / "run" / "prompts.jsonl").read_text().splitlines()] \
+        == prompts
+
+
+def test_views_slice_across_shards(gpt2, tmp_path):
+    prompts = word_prompts(9, seed=2)
+    run = probe.record(gpt2, prompts, tmp_path / "run", batch_size=2, shard_mb=0.01, progress=False)
+    assert len(run.manifest["shards"]) >= 3
+    name = "blocks.0.hook_resid_pre"
+    full = np.concatenate([run.prompt_activation(name, i) for i in range(9)])
+    assert np.array_equal(run.activations(name), full)
+    assert np.array_equal(run.activations(name, [3, 1]), np.concatenate([full[run.token_offsets()[3]:
+                                                                          run.token_offsets()[4]],
+                                                                          full[run.token_offsets()[1]:
+                                                                          run.token_offsets()[2]]]))
+    view = run[name]
+    assert view.shape == full.shape and len(view) == len(full)
+    for sl in [slice(0, 5), slice(3, 40), slice(10, None), slice(None, None, 3), slice(-7, -1)]:
+        assert np.array_equal(view[sl], full[sl]), sl
+    assert np.array_equal(view[5], full[5]) and np.array_equal(view[-1], full[-1])
+    assert np.array_equal(view[[7, 2, 30]], full[[7, 2, 30]])
+    assert np.array_equal(view[2:9, 3], full[2:9, 3])
+    q = run["blocks.1.attn.hook_q"]
+    assert q.shape[1:] == (gpt2.cfg.n_heads, gpt2.cfg.d_head)
+    pat = run["blocks.1.attn.hook_pattern"]
+    assert np.array_equal(pat[4, 2], run.pattern(4, 1, 2))
+    assert np.array_equal(pat[4][2], run.pattern(4, 1)[2])
+
+
+def test_names_globs_and_unknown_names(gpt2, tmp_path):
+    run = probe.record(gpt2, word_prompts(3), tmp_path / "run", names=["blocks.*.attn.hook_pattern", "hook_embed"],
+                       progress=False)
+    assert run.hooks == ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    with pytest.raises(KeyError, match="was not recorded"):
+        run["blocks.0.hook_resid_post"]
+    with pytest.raises(StoreError, match="matches no hook point"):
+        probe.record(gpt2, word_prompts(3), tmp_path / "run2", names=["blocks.*.hook_nothing"], progress=False)
+    result = probe.record(gpt2, word_prompts(2), tmp_path / "run3", names=["blocks.0.attn.hook_result"],
+                          progress=False)
+    _, cache = gpt2.run_with_cache(word_prompts(2)[1], names_filter="blocks.0.attn.hook_result")
+    assert np.allclose(result.prompt_activation("blocks.0.attn.hook_result", 1),
+                       cache["blocks.0.attn.hook_result"][0].numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lz4"])
+def test_compressed_runs_read_back(gpt2, tmp_path, compression):
+    prompts = word_prompts(4)
+    plain = probe.record(gpt2, prompts, tmp_path / "plain", progress=False)
+    packed = probe.record(gpt2, prompts, tmp_path / "packed", compression=compression, progress=False)
+    for name in plain.hooks:
+        for i in range(4):
+            assert np.array_equal(plain.prompt_activation(name, i), packed.prompt_activation(name, i))
+
+
+def test_labels_from_jsonl_are_kept(gpt2, tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"text": "the cat sat", "label": "a", "n": 1}\n{"text": "a dog ran", "label": "b", "n": 2}\n')
+    run = probe.record(gpt2, str(src), tmp_path / "run", progress=False)
+    assert run.labels(1) == {"label": "b", "n": 2}
+    assert run.manifest["label_fields"] == ["label", "n"]
+
+
+def test_metadata_is_self_describing(gpt2, tmp_path):
+    run = probe.record(gpt2, word_prompts(2), tmp_path / "run", dtype="float16", progress=False)
+    m = run.manifest
+    assert m["schema_version"] == 1 and m["package_version"] == probe.__version__
+    assert m["dtype"] == "float16" and m["model"]["config"]["d_model"] == gpt2.cfg.d_model
+    assert m["model"]["tokenizer"]["class"] and len(m["model"]["tokenizer"]["sha256"]) == 64
+    assert m["hooks"]["blocks.0.attn.hook_q"] == {"kind": "token", "shape": [gpt2.cfg.n_heads, gpt2.cfg.d_head]}
+    assert m["hooks"]["blocks.0.attn.hook_pattern"]["kind"] == "attention"
+    # The weights digest changes when any weight changes.
+    other = models.load(gpt2.cfg.model_name)
+    with torch.no_grad():
+        other.blocks[1].mlp.w_out.bias[0] += 1e-3
+    from probe.recorder import weights_digest
+
+    assert weights_digest(other) != m["model"]["weights_sha256"] == weights_digest(gpt2)
