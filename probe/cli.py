@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     rec.add_argument("--compression", choices=["none", "gzip", "lz4"], default="none",
                      help="lz4 = blosc-lz4 through hdf5plugin (readers need hdf5plugin too)")
-    rec.add_argument("--shard-mb", type=float, default=256.0, help="publish a shard every this many MiB")
+    rec.add_argument("--shard-mb", type=float, default=64.0,
+                     help="publish a shard every this many MiB (also the bound on buffered data)")
     rec.add_argument("--truncate", action="store_true",
                      help="cut prompts longer than the context (recorded in the run's metadata) instead of failing")
     rec.add_argument("--resume", action="store_true", help="continue an interrupted run")

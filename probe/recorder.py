@@ -68,7 +68,7 @@ def select_hooks(model: HookedTransformer, names: Sequence[str] | None) -> list[
 
 def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, names: Sequence[str] | None = None,
            batch_size: int = 16, dtype: str = "float32", compression: str = "none", resume: bool = False,
-           overwrite: bool = False, truncate: bool = False, shard_mb: float = 256.0,
+           overwrite: bool = False, truncate: bool = False, shard_mb: float = 64.0,
            progress: bool = True) -> Run:
     """Record activations of ``model`` on ``prompts`` into the run directory ``path``.
 
@@ -130,11 +130,9 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
             rows = token_rows[b0:b0 + batch_size]
             acts = run_batch(model, rows, hooks, dtype, torch)
             if shard is None:
-                rest = token_rows[b0:]
-                cap = int(budget / itemsize / max(per_token_values, 1))
-                shard = writer.open_shard(hook_info, dtype, compression,
-                                          expected_tokens=min(sum(len(r) for r in rest), cap),
-                                          expected_attn=sum(n_heads * len(r) ** 2 for r in rest))
+                exp_tokens, exp_attn = expected_shard_size(token_rows[b0:], budget / itemsize,
+                                                           per_token_values, n_heads, n_attn)
+                shard = writer.open_shard(hook_info, dtype, compression, exp_tokens, exp_attn)
             ids = np.concatenate([np.asarray(r) for r in rows])
             strs = [s for r in rows for s in model.to_str_tokens(r)]
             shard.add([len(r) for r in rows], n_heads, ids, strs, acts)
@@ -162,6 +160,20 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
         if bar:
             bar.close()
     return open_run(path)
+
+
+def expected_shard_size(rows: list[list[int]], budget_values: float, per_token: int, n_heads: int,
+                        n_attn_hooks: int) -> tuple[int, int]:
+    """Tokens, and values per attention dataset, that the next shard will hold, so small
+    shards get small chunks (HDF5 allocates whole chunks)."""
+    tokens = attn = 0
+    for r in rows:
+        n = len(r)
+        tokens += n
+        attn += n_heads * n * n
+        if tokens * per_token + attn * n_attn_hooks >= budget_values:
+            break
+    return tokens, attn
 
 
 def tokenize_all(model: HookedTransformer, prompts: list, truncate: bool) -> tuple[list[list[int]], list[int]]:

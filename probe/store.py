@@ -84,8 +84,10 @@ def shard_name(index: int) -> str:
 
 
 class ShardWriter:
-    """Appends batches of prompts to one shard under a temporary name; `publish` makes it
-    immutable and visible. Memory stays at one batch: data goes to disk as it comes."""
+    """Builds one shard as an in-memory HDF5 image; `publish` writes it to a temporary
+    name with plain file writes, fsyncs and renames it. Memory is bounded by the shard size
+    (``--shard-mb``); a failed write (disk full, permissions) is a plain OSError and leaves
+    nothing published half-written."""
 
     def __init__(self, run_dir: Path, index: int, first_prompt: int, hooks: dict[str, dict], dtype: str,
                  compression: str, expected_tokens: int = TOKEN_CHUNK, expected_attn: int = ATTN_CHUNK):
@@ -95,7 +97,7 @@ class ShardWriter:
         self.tmp = self.final.with_name(self.final.name + ".tmp")
         self.index, self.first_prompt = index, first_prompt
         self.n_prompts = self.n_tokens = self.n_attn = 0
-        self.f = h5py.File(self.tmp, "w", libver="latest")
+        self.f = h5py.File(f"shard-{index}", "w", driver="core", backing_store=False, libver="latest")
         self.f.attrs["schema_version"] = SCHEMA_VERSION
         self.f.attrs["first_prompt"] = first_prompt
         comp = compression_options(compression)
@@ -147,9 +149,17 @@ class ShardWriter:
         """Close, fsync and rename into place. Returns the manifest entry."""
         self.f.attrs["n_prompts"] = self.n_prompts
         self.f.attrs["n_tokens"] = self.n_tokens
+        self.f.flush()
+        image = self.f.id.get_file_image()
         self.f.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            with open(self.tmp, "wb") as fh:
+                fh.write(image)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            self.discard()
+            raise
         os.replace(self.tmp, self.final)
         fsync_dir(self.final.parent)
         return {"file": f"{SHARD_DIR}/{self.final.name}", "first_prompt": self.first_prompt,
