@@ -120,24 +120,18 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
     bar = Progress(len(prompts), n_tokens, f"recording {path.name}", done_prompts=start,
                    done_tokens=sum(len(r) for r in token_rows[:start])) if progress else None
     budget = shard_mb * 2**20
-    per_token_values = sum(int(np.prod(i["shape"])) for i in hook_info.values() if i["kind"] == "token")
     n_heads = model.cfg.n_heads
-    n_attn = sum(1 for i in hook_info.values() if i["kind"] == "attention")
-    itemsize = np.dtype(dtype).itemsize
     shard = None
     try:
         for b0 in range(start, len(prompts), batch_size):
             rows = token_rows[b0:b0 + batch_size]
             acts = run_batch(model, rows, hooks, dtype, torch)
             if shard is None:
-                exp_tokens, exp_attn = expected_shard_size(token_rows[b0:], budget / itemsize,
-                                                           per_token_values, n_heads, n_attn)
-                shard = writer.open_shard(hook_info, dtype, compression, exp_tokens, exp_attn)
+                shard = writer.open_shard(hook_info, dtype, compression)
             ids = np.concatenate([np.asarray(r) for r in rows])
             strs = [s for r in rows for s in model.to_str_tokens(r)]
             shard.add([len(r) for r in rows], n_heads, ids, strs, acts)
-            size = itemsize * (shard.n_tokens * per_token_values + shard.n_attn * n_attn)
-            if size >= budget:
+            if shard.nbytes >= budget:
                 writer.publish(shard)
                 shard = None
             if bar:
@@ -160,20 +154,6 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
         if bar:
             bar.close()
     return open_run(path)
-
-
-def expected_shard_size(rows: list[list[int]], budget_values: float, per_token: int, n_heads: int,
-                        n_attn_hooks: int) -> tuple[int, int]:
-    """Tokens, and values per attention dataset, that the next shard will hold, so small
-    shards get small chunks (HDF5 allocates whole chunks)."""
-    tokens = attn = 0
-    for r in rows:
-        n = len(r)
-        tokens += n
-        attn += n_heads * n * n
-        if tokens * per_token + attn * n_attn_hooks >= budget_values:
-            break
-    return tokens, attn
 
 
 def tokenize_all(model: HookedTransformer, prompts: list, truncate: bool) -> tuple[list[list[int]], list[int]]:

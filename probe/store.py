@@ -33,10 +33,11 @@ MANIFEST = "run.json"
 PROMPTS = "prompts.jsonl"
 SHARD_DIR = "shards"
 
-# Chunk shapes, chosen by measurement (bench/record.py, docs/cache-format.md): 128 tokens
-# per chunk for per-token activations; attention is a flat per-layer array of every
-# prompt's [head, query, key] block, in chunks of 32768 values, so one (prompt, head)
-# pattern of a prompt up to ~180 tokens touches one or two chunks.
+# Chunk shapes for compressed shards (uncompressed shards are contiguous), chosen by
+# measurement (bench/store_reads.py, docs/cache-format.md): 128 tokens per chunk for
+# per-token activations; attention is a flat per-layer array of every prompt's
+# [head, query, key] block, in chunks of 32768 values, so one (prompt, head) pattern of a
+# prompt up to ~180 tokens touches one or two chunks.
 TOKEN_CHUNK = 128
 ATTN_CHUNK = 32768
 ATTENTION_HOOKS = ("hook_attn_scores", "hook_pattern")
@@ -84,92 +85,129 @@ def shard_name(index: int) -> str:
 
 
 class ShardWriter:
-    """Builds one shard as an in-memory HDF5 image; `publish` writes it to a temporary
-    name with plain file writes, fsyncs and renames it. Memory is bounded by the shard size
-    (``--shard-mb``); a failed write (disk full, permissions) is a plain OSError and leaves
-    nothing published half-written."""
+    """Collects the batches of one shard in memory (bounded by ``--shard-mb``); `publish`
+    writes them to ``NNNNN.h5.tmp``, fsyncs and renames it into place.
+
+    Uncompressed shards use contiguous datasets written straight from the batch arrays:
+    one copy from the model's tensors to numpy, one into the file, and every read this
+    format serves (a prompt's rows, a whole layer, one head's pattern) is a contiguous
+    range. Compressed shards are chunked (`TOKEN_CHUNK`, `ATTN_CHUNK`).
+    """
 
     def __init__(self, run_dir: Path, index: int, first_prompt: int, hooks: dict[str, dict], dtype: str,
-                 compression: str, expected_tokens: int = TOKEN_CHUNK, expected_attn: int = ATTN_CHUNK):
-        import h5py
-
+                 compression: str):
         self.final = run_dir / SHARD_DIR / shard_name(index)
         self.tmp = self.final.with_name(self.final.name + ".tmp")
         self.index, self.first_prompt = index, first_prompt
-        self.n_prompts = self.n_tokens = self.n_attn = 0
-        self.f = h5py.File(f"shard-{index}", "w", driver="core", backing_store=False, libver="latest")
-        self.f.attrs["schema_version"] = SCHEMA_VERSION
-        self.f.attrs["first_prompt"] = first_prompt
-        comp = compression_options(compression)
-        # A shard expected to be small gets smaller chunks: HDF5 allocates whole chunks.
-        token_chunk = max(1, min(TOKEN_CHUNK, expected_tokens))
-        attn_chunk = max(1, min(ATTN_CHUNK, expected_attn))
-        np_dtype = np.dtype(dtype)
-        str_dtype = h5py.string_dtype("utf-8")
-        self.ds: dict[str, Any] = {
-            "offsets": self.f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(1024,)),
-            "attn_offsets": self.f.create_dataset("attn_offsets", data=np.zeros(1, np.int64), maxshape=(None,),
-                                                  chunks=(1024,)),
-            "token_ids": self.f.create_dataset("token_ids", (0,), np.int32, maxshape=(None,), chunks=(4096,)),
-            "token_str": self.f.create_dataset("token_str", (0,), str_dtype, maxshape=(None,), chunks=(4096,)),
-        }
-        act, attn = self.f.create_group("act"), self.f.create_group("attn")
-        for name, info in hooks.items():
-            rest = tuple(info["shape"])
-            if info["kind"] == "attention":
-                self.ds[name] = attn.create_dataset(name, (0,), np_dtype, maxshape=(None,), chunks=(attn_chunk,),
-                                                    **comp)
-            else:
-                self.ds[name] = act.create_dataset(name, (0, *rest), np_dtype, maxshape=(None, *rest),
-                                                   chunks=(token_chunk, *rest), **comp)
+        self.hooks, self.dtype, self.compression = hooks, np.dtype(dtype), compression
+        self.comp = compression_options(compression)
+        self.lengths: list[int] = []
+        self.n_heads = 0
+        self.token_ids: list[np.ndarray] = []
+        self.token_str: list[str] = []
+        self.batches: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
+        self.n_tokens = self.n_attn = self.nbytes = 0
 
-    @staticmethod
-    def _append(ds, data: np.ndarray) -> None:
-        n = ds.shape[0]
-        ds.resize(n + data.shape[0], axis=0)
-        ds[n:] = data
+    @property
+    def n_prompts(self) -> int:
+        return len(self.lengths)
 
     def add(self, lengths: list[int], n_heads: int, token_ids: np.ndarray, token_str: list[str],
             acts: dict[str, np.ndarray]) -> None:
-        """Append a batch: ``acts[name]`` is [tokens, ...] for per-token hooks and the flat
+        """Add a batch: ``acts[name]`` is [tokens, ...] for per-token hooks and the flat
         concatenation of each prompt's [head, n, n] block for attention hooks."""
-        ends = self.n_tokens + np.cumsum(lengths)
-        attn_ends = self.n_attn + np.cumsum([n_heads * n * n for n in lengths])
-        self._append(self.ds["offsets"], ends)
-        self._append(self.ds["attn_offsets"], attn_ends)
-        self._append(self.ds["token_ids"], token_ids.astype(np.int32))
-        self._append(self.ds["token_str"], np.array(token_str, dtype=object))
+        self.lengths += lengths
+        self.n_heads = n_heads
+        self.token_ids.append(token_ids.astype(np.int32))
+        self.token_str += token_str
         for name, data in acts.items():
-            self._append(self.ds[name], data)
-        self.n_prompts += len(lengths)
-        self.n_tokens = int(ends[-1])
-        self.n_attn = int(attn_ends[-1])
+            self.batches[name].append(data)
+            self.nbytes += data.nbytes
+        self.n_tokens += sum(lengths)
+        self.n_attn += sum(n_heads * n * n for n in lengths)
+
+    def _write(self) -> None:
+        import h5py
+
+        lengths = np.asarray(self.lengths, np.int64)
+        with h5py.File(self.tmp, "w", libver="latest") as f:
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["first_prompt"] = self.first_prompt
+            f.attrs["n_prompts"] = self.n_prompts
+            f.attrs["n_tokens"] = self.n_tokens
+            f["offsets"] = np.concatenate([[0], np.cumsum(lengths)])
+            f["attn_offsets"] = np.concatenate([[0], np.cumsum(self.n_heads * lengths * lengths)])
+            f["token_ids"] = np.concatenate(self.token_ids)
+            f.create_dataset("token_str", data=np.array(self.token_str, dtype=object),
+                             dtype=h5py.string_dtype("utf-8"))
+            act, attn = f.create_group("act"), f.create_group("attn")
+            for name, parts in self.batches.items():
+                info = self.hooks[name]
+                rest = tuple(info["shape"])
+                if info["kind"] == "attention":
+                    shape, chunks, group = (self.n_attn,), (min(ATTN_CHUNK, self.n_attn),), attn
+                else:
+                    shape, chunks, group = (self.n_tokens, *rest), (min(TOKEN_CHUNK, self.n_tokens), *rest), act
+                ds = group.create_dataset(name, shape, self.dtype, chunks=chunks if self.comp else None,
+                                          **self.comp)
+                at = 0
+                for part in parts:
+                    ds[at:at + len(part)] = part
+                    at += len(part)
+                parts.clear()  # free each batch as soon as it is on disk
 
     def publish(self) -> dict[str, Any]:
-        """Close, fsync and rename into place. Returns the manifest entry."""
-        self.f.attrs["n_prompts"] = self.n_prompts
-        self.f.attrs["n_tokens"] = self.n_tokens
-        self.f.flush()
-        image = self.f.id.get_file_image()
-        self.f.close()
+        """Write, fsync and rename into place. Returns the manifest entry. A failed write
+        raises OSError and leaves no file behind."""
         try:
-            with open(self.tmp, "wb") as fh:
-                fh.write(image)
-                fh.flush()
+            self._write()
+            with open(self.tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        except OSError:
+        except (OSError, RuntimeError) as e:  # h5py reports some write failures as RuntimeError
+            _collect_quietly()
             self.discard()
-            raise
+            raise OSError(_errno_of(e), _reason(e)) from None
         os.replace(self.tmp, self.final)
         fsync_dir(self.final.parent)
         return {"file": f"{SHARD_DIR}/{self.final.name}", "first_prompt": self.first_prompt,
                 "n_prompts": self.n_prompts, "n_tokens": self.n_tokens}
 
     def discard(self) -> None:
-        with contextlib.suppress(Exception):
-            self.f.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+
+def _collect_quietly() -> None:
+    """After a failed write h5py's object destructors report the same failure again as
+    'Exception ignored' noise on stderr; collect them now with that report silenced (the
+    error itself is raised once, with a clear message)."""
+    import gc
+    import sys
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+
+
+def _errno_of(e: BaseException) -> int:
+    import errno
+
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    text = str(e)
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS):
+        if f"errno = {code}" in text:
+            return code
+    return errno.EIO
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return os.strerror(_errno_of(e))
 
 
 class RunWriter:
@@ -229,10 +267,8 @@ class RunWriter:
     def next_prompt(self) -> int:
         return sum(s["n_prompts"] for s in self.manifest["shards"])
 
-    def open_shard(self, hooks: dict[str, dict], dtype: str, compression: str, expected_tokens: int,
-                   expected_attn: int) -> ShardWriter:
-        return ShardWriter(self.path, len(self.manifest["shards"]), self.next_prompt, hooks, dtype, compression,
-                           expected_tokens, expected_attn)
+    def open_shard(self, hooks: dict[str, dict], dtype: str, compression: str) -> ShardWriter:
+        return ShardWriter(self.path, len(self.manifest["shards"]), self.next_prompt, hooks, dtype, compression)
 
     def publish(self, shard: ShardWriter) -> None:
         entry = shard.publish()
