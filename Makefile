@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test install install-test lint clean
+.PHONY: demo test install install-test lint clean toys
 
 demo: $(VENV)/.installed
 	$(BIN)/probe demo
@@ -18,6 +18,11 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check probe models analyses dashboard tests bench
+
+# Retrain the shipped toy models (models/zoo/) from scratch; deterministic for the seed.
+toys: $(VENV)/.installed
+	$(BIN)/probe train induction -o models/zoo/toy-induction --seed 0 --overwrite
+	$(BIN)/probe train coref -o models/zoo/toy-coref --seed 0 --overwrite
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

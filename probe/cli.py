@@ -55,6 +55,30 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from models.training import describe, train
+    from probe.progress import StepProgress
+
+    if Path(args.output).exists() and any(Path(args.output).iterdir()) and not args.overwrite:
+        raise StoreError(f"{args.output} already exists and is not empty; pass --overwrite to replace its checkpoint")
+    command = "probe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    from models.tasks import get_task
+
+    steps = args.steps or get_task(args.task).training_defaults["steps"]
+    bar = StepProgress(steps, f"training {args.task}")
+    try:
+        out = train(args.task, args.output, steps=steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                    command=command, on_step=bar)
+    finally:
+        bar.close()
+    metrics = describe(out)["final_metrics"]
+    print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description="Mechanistic-interpretability workbench.")
     from probe import __version__
@@ -94,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--resume", action="store_true", help="continue an interrupted run")
     rec.add_argument("--overwrite", action="store_true", help="replace an existing run")
     rec.set_defaults(func=cmd_record)
+
+    tr = sub.add_parser("train", help="train a toy model with known ground truth (induction, coref)")
+    tr.add_argument("task", help="induction or coref")
+    tr.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    tr.add_argument("--steps", type=int, help="optimisation steps (default: the task's)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

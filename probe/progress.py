@@ -59,3 +59,40 @@ class Progress:
     def close(self) -> None:
         if self._rich is not None:
             self._rich.stop()
+
+
+class StepProgress:
+    """Progress over optimisation steps, with the latest loss: a rich bar on a terminal,
+    a plain line every ``interval`` seconds otherwise."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None, interval: float = 5.0):
+        self.total, self.label = total, label
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.t0 = time.perf_counter()
+        self.last_print = 0.0
+        self._rich = None
+        if self.stream.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
+            self._task = self._rich.add_task(label, total=total, loss="")
+            self._rich.start()
+
+    def __call__(self, step: int, loss: float) -> None:
+        done = step + 1
+        if self._rich is not None:
+            self._rich.update(self._task, completed=done, loss=f"{loss:.4f}")
+            return
+        dt = time.perf_counter() - self.t0
+        if dt - self.last_print >= self.interval or done == self.total:
+            self.last_print = dt
+            eta = dt / done * (self.total - done)
+            print(f"{self.label}: step {done}/{self.total}, loss {loss:.4f}, {done / dt:.1f} steps/s, ETA {eta:.0f}s",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()

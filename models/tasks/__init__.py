@@ -1,0 +1,29 @@
+"""Synthetic tasks with known ground truth, used to train the shipped toy models and to
+check that analyses find what is really there.
+
+Each task module defines:
+    NAME, DESCRIPTION
+    vocabulary() -> list[str]                  word-level vocabulary (specials first)
+    model_config(vocab_size) -> TransformerConfig
+    training_defaults: dict                    steps, batch size, learning rate...
+    sample_batch(generator, batch_size) -> (ids [b, p], attention_mask [b, p] or None, loss_mask [b, p-1])
+    evaluate(model) -> dict[str, float]         the task's metrics on held-out data
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def get_task(name: str) -> ModuleType:
+    from . import coref, induction
+
+    tasks = {m.NAME: m for m in (induction, coref)}
+    if name not in tasks:
+        from ..tokens import InputError
+
+        raise InputError(f"unknown task {name!r}; tasks: {sorted(tasks)}")
+    return tasks[name]
+
+
+SPECIALS = ["<pad>", "<bos>", "<unk>"]

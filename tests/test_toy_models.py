@@ -1,0 +1,95 @@
+"""The shipped toy models do what their ground truth says, and the training code is
+deterministic and learns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import models
+from models.tasks import coref, induction
+from models.training import train
+
+
+@pytest.fixture(scope="module")
+def toy_induction():
+    return models.load("toy-induction")
+
+
+@pytest.fixture(scope="module")
+def toy_coref():
+    return models.load("toy-coref")
+
+
+def test_induction_model_predicts_the_repeated_half(toy_induction):
+    ids = induction.repeated_tokens(torch.Generator().manual_seed(7), 128)
+    loss = induction.per_position_loss(toy_induction, ids)
+    first, repeated = induction.repeated_positions()
+    first_half, repeated_half = loss[:, first].mean().item(), loss[:, repeated].mean().item()
+    assert first_half > 3.0  # random tokens stay unpredictable (uniform: ln 48 = 3.87)
+    assert first_half - repeated_half > 2.0, (first_half, repeated_half)
+
+
+def test_coref_model_resolves_held_out_combinations(toy_coref):
+    test = coref.all_examples("test")
+    train_triples = {(e.answer, e.other, e.adjective) for e in coref.all_examples("train")}
+    assert not any((e.answer, e.other, e.adjective) in train_triples for e in test)  # truly held out
+    preds = coref.predictions(toy_coref, test)
+    accuracy = sum(p == e.answer for p, e in zip(preds, test)) / len(test)
+    assert accuracy > 0.95, accuracy
+    # Both answer positions occur, so position alone cannot score this.
+    first = [e for e in test if e.antecedent_pos < e.other_pos]
+    assert 0.3 < len(first) / len(test) < 0.7
+
+
+def test_coref_ground_truth_positions_match_the_tokenizer(toy_coref):
+    for e in coref.all_examples("test")[:50]:
+        toks = toy_coref.to_str_tokens(e.text)
+        assert toks[e.pronoun_pos] == "it"
+        assert toks[e.antecedent_pos] == e.answer and toks[e.other_pos] == e.other
+        assert toks[e.adjective_pos] == e.adjective
+        vocab = {w: i for i, w in enumerate(coref.vocabulary())}
+        assert toy_coref.to_tokens(e.text)[0].tolist() == coref.ids_of(e, vocab)
+
+
+def test_seed_sentence_with_the_toy_coref_model(toy_coref):
+    for adj, answer in [("tired", "animal"), ("wide", "street")]:
+        text = f"The animal didn't cross the street because it was {adj}. The {adj} one was the"
+        out = toy_coref.generate(text, max_new_tokens=1)
+        assert out.split()[-1] == answer
+
+
+def test_short_training_is_deterministic_and_learns(tmp_path):
+    a = train("coref", tmp_path / "a", steps=200, seed=3)
+    b = train("coref", tmp_path / "b", steps=200, seed=3)
+    c = train("coref", tmp_path / "c", steps=20, seed=4)
+    wa, wb, wc = (models.load(p).state_dict() for p in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    curve = json.loads((a / "training_log.json").read_text())["loss_curve"]["loss"]
+    assert curve[-1] < 0.5 * curve[0], curve  # from ~ln(vocab): it learns to name the right noun
+    assert (a / "loss_curve.svg").read_text().startswith("<svg")
+
+
+def test_train_cli_writes_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "ind"
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "train", "induction", "-o", str(out), "--steps", "20",
+                        "--seed", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["seed"] == 1 and log["hyperparameters"]["steps"] == 20
+    assert log["command"].startswith("probe train induction")
+    model = models.load(out)
+    assert model.cfg.attn_only and model.cfg.n_layers == 2
+    assert model.to_str_tokens("t1 t2") == ["<bos>", "t1", "t2"]
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "train", "nope", "-o", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "unknown task 'nope'" in r.stderr
+
+
+def test_toy_models_are_in_the_zoo():
+    assert {"minilm", "toy-induction", "toy-coref"} <= set(models.zoo())
