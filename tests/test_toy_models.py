@@ -93,3 +93,28 @@ def test_train_cli_writes_a_loadable_checkpoint(tmp_path):
 
 def test_toy_models_are_in_the_zoo():
     assert {"minilm", "toy-induction", "toy-coref"} <= set(models.zoo())
+
+
+def test_induction_model_has_previous_token_and_induction_heads(toy_induction):
+    """The ground truth later analyses are checked against: layer 0 holds previous-token
+    heads, layer 1 induction heads, and ablating the induction heads destroys the repeat."""
+    ids = induction.repeated_tokens(torch.Generator().manual_seed(11), 64)
+    _, cache = toy_induction.run_with_cache(ids, names_filter="blocks.*.attn.hook_pattern")
+    half = induction.HALF
+    queries = torch.arange(half + 1, 2 * half)
+    prev = {layer: cache["pattern", layer].diagonal(offset=-1, dim1=-2, dim2=-1)[:, :, 1:].mean((0, 2))
+            for layer in range(2)}
+    ind = {layer: cache["pattern", layer][:, :, queries, queries - half + 1].mean((0, 2)) for layer in range(2)}
+    assert prev[0].max() > 2 * prev[1].max() and prev[0].max() > 0.2
+    assert ind[1].max() > 3 * ind[0].max() and ind[1].max() > 0.4
+    induction_heads = [h for h in range(4) if ind[1][h] > 0.3]
+
+    def ablate(z, hook):
+        z = z.clone()
+        z[:, :, induction_heads] = 0
+        return z
+
+    first, repeated = induction.repeated_positions()
+    with toy_induction.hooks([("blocks.1.attn.hook_z", ablate)]):
+        loss = induction.per_position_loss(toy_induction, ids)
+    assert loss[:, repeated].mean() > 3.0  # back near chance without the induction heads

@@ -19,7 +19,7 @@ NAME = "induction"
 DESCRIPTION = "2-layer attention-only model on random tokens whose second half repeats the first"
 N_RANDOM = 48  # random-token vocabulary
 HALF = 20  # tokens per half; a sequence is <bos> + 2 * HALF tokens
-training_defaults = {"steps": 5000, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.0, "warmup": 100}
+training_defaults = {"steps": 6000, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "warmup": 100}
 
 
 def vocabulary() -> list[str]:
@@ -49,12 +49,12 @@ def repeated_positions(half: int = HALF) -> tuple[slice, slice]:
 
 
 def sample_batch(generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, None, torch.Tensor]:
-    """Training data: a random segment of random length (4..HALF) at a random place,
+    """Training data: a random segment of random length (2..HALF) at a random place,
     repeated right after itself, inside random tokens. The varying offset means only an
     induction mechanism (not a fixed positional copy) predicts the repeat."""
     n = 2 * HALF
     tokens = torch.randint(len(SPECIALS), len(SPECIALS) + N_RANDOM, (batch_size, n), generator=generator)
-    lengths = torch.randint(4, HALF + 1, (batch_size,), generator=generator)
+    lengths = torch.randint(2, HALF + 1, (batch_size,), generator=generator)
     for row in range(batch_size):
         length = int(lengths[row])
         start = int(torch.randint(0, n - 2 * length + 1, (1,), generator=generator))
