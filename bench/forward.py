@@ -34,6 +34,7 @@ Run (from the repository root, in the project's environment; no network needed):
     python bench/forward.py              # full: 10 repeats after 2 warm-ups, batch 4 x 128
     python bench/forward.py --quick      # 3 repeats after 1 warm-up, batch 2 x 64
     python bench/forward.py --repeats 20 --models gpt2
+    python bench/forward.py --threads 1  # steadier when other processes share the cores
     python bench/forward.py --profile    # also print torch.profiler op tables for the headline pairs
 """
 
@@ -284,8 +285,10 @@ def report(results: list[dict], args) -> None:
         print()
         print(f"== {res['title']}  (timed section {res['wall']:.1f} s{busy})")
         if other is not None and other > 0.10:
-            print("   !! the machine was shared while timing: medians are inflated by scheduling noise; "
-                  "trust the paired and min ratios more")
+            print("   !! the machine was shared while timing: medians are inflated by scheduling noise; trust the "
+                  "paired and min ratios more" + (", or rerun with --threads 1 (an OpenMP team waits at every op for "
+                                                  "its slowest, descheduled thread)" if torch.get_num_threads() > 1
+                                                  else ""))
         base = ms(times["ours fwd"]) if "ours fwd" in times else None
         print(f"  {'competitor':<17}{'median':>9}{'min':>9}{'max':>9}{'median / ours fwd':>19}")
         for name in ROWS:
