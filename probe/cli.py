@@ -79,6 +79,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heads(args: argparse.Namespace) -> int:
+    from analyses.head_metrics import METRICS, head_metrics, save_result
+    from probe.reader import open_run
+
+    run = open_run(args.run)
+    if not run.complete:
+        print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
+              file=sys.stderr)
+    table = head_metrics(run)
+    out = save_result(args.run, "head_metrics", table)
+    print(f"head metrics over {run.n_prompts} prompts -> {out}")
+    for metric in METRICS:
+        top = table.sort_values(metric, ascending=metric == "entropy").head(args.top)
+        heads = ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r[metric]:.3f}" for _, r in top.iterrows())
+        print(f"  {metric:<16} {'lowest' if metric == 'entropy' else 'highest'}: {heads}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description="Mechanistic-interpretability workbench.")
     from probe import __version__
@@ -128,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float)
     tr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     tr.set_defaults(func=cmd_train)
+
+    heads = sub.add_parser("heads", help="per-head attention metrics of a recorded run (saved next to it)")
+    heads.add_argument("run", help="run directory written by `probe record`")
+    heads.add_argument("--top", type=int, default=3, help="heads to print per metric")
+    heads.set_defaults(func=cmd_heads)
     return parser
 
 
