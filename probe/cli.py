@@ -97,6 +97,50 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    import torch
+
+    import models
+    from analyses.ablation import head_ablation_sweep, next_token_loss
+    from models import InputError
+
+    model = models.load(args.model)
+    if not model.cfg.has_unembed:
+        raise InputError(f"{args.model} is an encoder without an LM head; the sweep's metric (next-token loss) "
+                         "needs a decoder such as toy-induction or toy-coref")
+    if args.task == "induction":
+        from models.tasks import induction
+
+        g = torch.Generator().manual_seed(args.seed)
+        tokens = induction.repeated_tokens(g, args.n)
+        reference = induction.repeated_tokens(g, args.n)
+        metric = next_token_loss(induction.repeated_positions()[1])
+        what = f"next-token loss on the repeated half of {args.n} repeated random sequences"
+    else:
+        from probe.prompts import load_prompts
+
+        if not args.prompts:
+            raise InputError("give --prompts (equal-length texts) or --task induction")
+        texts = [p.text for p in load_prompts(args.prompts)]
+        rows = [model.tokenize(t).ids[0] for t in texts]
+        if len({len(r) for r in rows}) != 1:
+            raise InputError("ablation sweeps compare positions across prompts: give prompts of equal token length "
+                             f"(these have {sorted({len(r) for r in rows})} tokens)")
+        tokens, reference = torch.stack(rows), torch.stack(rows)
+        metric = next_token_loss()
+        what = f"next-token loss on {len(texts)} prompts"
+    table = head_ablation_sweep(model, tokens, metric, method=args.method, reference=reference)
+    from pathlib import Path
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.output, index=False)
+    print(f"{args.method}-ablation sweep of {args.model}: {what}; clean {table.clean.iloc[0]:.3f}")
+    for _, r in table.sort_values("effect", ascending=False).head(args.top).iterrows():
+        print(f"  L{int(r.layer)}H{int(r['head'])}  {r.effect:+.3f}")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description="Mechanistic-interpretability workbench.")
     from probe import __version__
@@ -151,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("run", help="run directory written by `probe record`")
     heads.add_argument("--top", type=int, default=3, help="heads to print per metric")
     heads.set_defaults(func=cmd_heads)
+
+    abl = sub.add_parser("ablate", help="effect of ablating each head in turn ([layer, head] table)")
+    abl.add_argument("--model", required=True)
+    abl.add_argument("--task", choices=["induction"], help="built-in data and metric (repeated random tokens)")
+    abl.add_argument("--prompts", help="equal-length prompts (txt/jsonl/bundled); metric: next-token loss")
+    abl.add_argument("--method", choices=["zero", "mean", "resample"], default="mean")
+    abl.add_argument("-n", type=int, default=64, help="examples for --task")
+    abl.add_argument("--seed", type=int, default=0)
+    abl.add_argument("--top", type=int, default=5)
+    abl.add_argument("-o", "--output", required=True, help="CSV file to write")
+    abl.set_defaults(func=cmd_ablate)
     return parser
 
 
