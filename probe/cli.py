@@ -141,6 +141,31 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probes(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from analyses.head_metrics import save_result
+    from analyses.probes import layer_probes, prompt_features
+    from models import InputError
+    from probe.reader import open_run
+
+    run = open_run(args.run)
+    fields = run.manifest.get("label_fields", [])
+    if args.label not in fields:
+        raise InputError(f"{args.run} has no label field {args.label!r}; its prompts carry {fields}")
+    layers = range(run.config["n_layers"])
+    missing = [f"blocks.{layer}.{args.hook}" for layer in layers if f"blocks.{layer}.{args.hook}" not in run.hooks]
+    if missing:
+        raise InputError(f"{args.run} lacks {missing[:2]}...; record with --names 'blocks.*.{args.hook}'")
+    labels = np.array([str(run.labels(i).get(args.label)) for i in range(run.n_prompts)])
+    table = layer_probes(prompt_features(run, layers, args.hook, args.pool), labels, np.arange(run.n_prompts),
+                         seed=args.seed)
+    out = save_result(args.run, f"probes_{args.label}", table)
+    print(f"probe for {args.label!r} from {args.pool}-pooled {args.hook}, {run.n_prompts} prompts -> {out}")
+    print(table.round(3).to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description="Mechanistic-interpretability workbench.")
     from probe import __version__
@@ -206,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--top", type=int, default=5)
     abl.add_argument("-o", "--output", required=True, help="CSV file to write")
     abl.set_defaults(func=cmd_ablate)
+
+    pr = sub.add_parser("probes", help="linear probes per layer for a prompt-level label field of a run")
+    pr.add_argument("run")
+    pr.add_argument("--label", required=True, help="a label field of the run's prompts (e.g. gender, stereotype)")
+    pr.add_argument("--hook", default="hook_resid_post", help="per-layer hook to probe (default hook_resid_post)")
+    pr.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(func=cmd_probes)
     return parser
 
 
