@@ -134,9 +134,10 @@ def head_ablation_sweep(model: HookedTransformer, tokens: torch.Tensor, metric: 
                                                              seed)
                 return z
 
-            values = metric(model.run_with_hooks(batch, [(f"blocks.{layer}.attn.hook_z", hook)]), batch)
+            logits = model.run_with_hooks(batch, [(f"blocks.{layer}.attn.hook_z", hook)])
             for i, h in enumerate(heads):
-                ablated = values[i * b:(i + 1) * b].mean().item()
+                # the metric sees one copy at a time, so per-example metrics (answer ids) line up
+                ablated = metric(logits[i * b:(i + 1) * b], tokens).mean().item()
                 rows.append({"layer": layer, "head": h, "method": method, "clean": clean, "ablated": ablated,
                              "effect": ablated - clean})
     return pd.DataFrame(rows)

@@ -109,3 +109,18 @@ def test_ablate_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "probe.cli", "ablate", "--model", "minilm", "--prompts", "seed",
                         "-o", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_sweep_with_a_per_example_metric_on_toy_coref():
+    model = models.load("toy-coref")
+    vocab = {w: i for i, w in enumerate(coref.vocabulary())}
+    examples = [e for e in coref.all_examples("test") if e.template == 1][:16]
+    tokens = torch.tensor([coref.ids_of(e, vocab) for e in examples])
+    metric = logit_difference(torch.tensor([vocab[e.answer] for e in examples]),
+                              torch.tensor([vocab[e.other] for e in examples]))
+    sweep = head_ablation_sweep(model, tokens, metric, method="mean", reference=tokens)
+    assert sweep.ablated.notna().all() and len(sweep) == 8
+    with torch.no_grad():
+        hooks = ablate_heads_hooks(model, [(1, 1)], method="mean", reference=tokens)
+        alone = metric(model.run_with_hooks(tokens, hooks), tokens).mean().item()
+    assert abs(sweep[(sweep.layer == 1) & (sweep["head"] == 1)].ablated.iloc[0] - alone) < 1e-4

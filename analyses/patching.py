@@ -1,0 +1,96 @@
+"""Activation patching between clean and corrupted prompts of equal length.
+
+Reports the normalised metric (Heimersheim & Nanda 2024, "How to use and interpret
+activation patching"):  (patched - corrupt) / (clean - corrupt), so 1 means the patched
+activation alone restores the clean behaviour and 0 means it does nothing.
+
+- ``denoise`` (the default): run the corrupted input and patch in one clean activation
+  (does this component suffice to restore the clean behaviour?);
+- ``noise``: run the clean input and patch in one corrupted activation (is it necessary?).
+  For noising the same normalisation is reported, so values near 1 mean "no damage".
+
+Batched like the ablation sweep: one forward pass per layer runs one copy of the batch per
+patched position (or head).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pandas as pd
+import torch
+
+from models import HookedTransformer, InputError
+
+from .ablation import Metric
+
+Direction = Literal["denoise", "noise"]
+
+
+def _setup(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
+           direction: Direction, names: str):
+    if clean.shape != corrupt.shape:
+        raise InputError(f"clean and corrupted prompts must have the same token length; got {tuple(clean.shape)} "
+                         f"and {tuple(corrupt.shape)}")
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"direction must be denoise or noise, got {direction!r}")
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
+        corrupt_logits, corrupt_cache = model.run_with_cache(corrupt, names_filter=names)
+    clean_value = metric(clean_logits, clean).mean().item()
+    corrupt_value = metric(corrupt_logits, corrupt).mean().item()
+    if abs(clean_value - corrupt_value) < 1e-6:
+        raise InputError("the metric is the same on clean and corrupted prompts, so nothing can be normalised")
+    source, target = (clean_cache, corrupt) if direction == "denoise" else (corrupt_cache, clean)
+    return source, target, clean_value, corrupt_value
+
+
+@torch.no_grad()
+def patch_residual(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
+                   direction: Direction = "denoise") -> pd.DataFrame:
+    """Patch ``resid_pre`` of each [layer, position]; one row per cell."""
+    source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
+                                                        "blocks.*.hook_resid_pre")
+    b, n = target.shape
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        src = source["resid_pre", layer]  # [b, n, m]
+
+        def hook(x, hook, src=src):
+            x = x.clone()
+            for pos in range(n):
+                x[pos * b:(pos + 1) * b, pos] = src[:, pos]
+            return x
+
+        logits = model.run_with_hooks(target.repeat(n, 1), [(f"blocks.{layer}.hook_resid_pre", hook)])
+        for pos in range(n):
+            patched = metric(logits[pos * b:(pos + 1) * b], target).mean().item()
+            rows.append({"layer": layer, "position": pos, "patched": patched,
+                         "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
+    return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)
+
+
+@torch.no_grad()
+def patch_heads(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
+                direction: Direction = "denoise") -> pd.DataFrame:
+    """Patch each head's output z (all positions) per [layer, head]; one row per head."""
+    source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
+                                                        "blocks.*.attn.hook_z")
+    b = target.shape[0]
+    H = model.cfg.n_heads
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        src = source["z", layer]  # [b, n, h, d]
+
+        def hook(z, hook, src=src):
+            z = z.clone()
+            for h in range(H):
+                z[h * b:(h + 1) * b, :, h] = src[:, :, h]
+            return z
+
+        logits = model.run_with_hooks(target.repeat(H, 1), [(f"blocks.{layer}.attn.hook_z", hook)])
+        for h in range(H):
+            patched = metric(logits[h * b:(h + 1) * b], target).mean().item()
+            rows.append({"layer": layer, "head": h, "patched": patched,
+                         "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
+    return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)

@@ -1,0 +1,63 @@
+"""Activation patching on the toy coreference model with the tired/wide twins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from analyses.ablation import logit_difference
+from analyses.patching import patch_heads, patch_residual
+from models.tasks import coref
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = models.load("toy-coref")
+    vocab = {w: i for i, w in enumerate(coref.vocabulary())}
+    pairs = [(coref.make_example(a, p, "tired", 0), coref.make_example(a, p, "wide", 0))
+             for a, p in [("animal", "street"), ("dog", "road"), ("horse", "river"), ("cat", "bridge")]]
+    clean = torch.tensor([coref.ids_of(c, vocab) for c, _ in pairs])
+    corrupt = torch.tensor([coref.ids_of(w, vocab) for _, w in pairs])
+    animate = torch.tensor([vocab[c.answer] for c, _ in pairs])  # clean answer
+    place = torch.tensor([vocab[w.answer] for _, w in pairs])  # corrupted answer
+    adjective_positions = {pairs[0][0].adjective_pos, len(coref.ids_of(pairs[0][0], vocab)) - 4}
+    return model, clean, corrupt, logit_difference(animate, place), adjective_positions
+
+
+def test_residual_patching_finds_the_adjective(setup):
+    model, clean, corrupt, metric, adjective_positions = setup
+    table = patch_residual(model, clean, corrupt, metric)
+    assert table.clean.iloc[0] > 0 > table.corrupt.iloc[0]  # the twins flip the answer
+    layer0 = table[table.layer == 0].set_index("position").normalized
+    differing = set((clean[0] != corrupt[0]).nonzero()[:, 0].tolist())
+    assert differing == adjective_positions
+    for pos, value in layer0.items():
+        if pos not in differing:
+            assert abs(value) < 1e-5  # identical tokens: patching changes nothing
+    assert layer0[sorted(differing)].sum() > 0.5  # the adjective mentions carry the answer
+    # Later layers: the answer has moved to the final position.
+    last = table[(table.layer == model.cfg.n_layers - 1)].set_index("position").normalized
+    assert last.idxmax() == clean.shape[1] - 1
+
+
+def test_batched_patching_equals_one_at_a_time(setup):
+    model, clean, corrupt, metric, _ = setup
+    heads = patch_heads(model, clean, corrupt, metric)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter="blocks.1.attn.hook_z")
+        base_clean = metric(model(clean), clean).mean().item()
+        base_corrupt = metric(model(corrupt), corrupt).mean().item()
+
+        def hook(z, hook):
+            z = z.clone()
+            z[:, :, 2] = clean_cache["z", 1][:, :, 2]
+            return z
+
+        patched = metric(model.run_with_hooks(corrupt, [("blocks.1.attn.hook_z", hook)]), corrupt).mean().item()
+    row = heads[(heads.layer == 1) & (heads["head"] == 2)].iloc[0]
+    assert abs(row.normalized - (patched - base_corrupt) / (base_clean - base_corrupt)) < 1e-5
+    noised = patch_residual(model, clean, corrupt, metric, direction="noise")
+    assert set(noised.direction) == {"noise"}
+    with pytest.raises(ValueError, match="same token length"):
+        patch_residual(model, clean, corrupt[:, :-1], metric)
