@@ -127,6 +127,17 @@ class Run:
         shard, a, b = self._span(prompt)
         return [s.decode() if isinstance(s, bytes) else s for s in self._file(shard)["token_str"][a:b]]
 
+    def token_spans(self, prompt: int) -> np.ndarray:
+        """[n, 2] character offsets of the prompt's tokens in its text; (-1, -1) for
+        special tokens."""
+        shard, a, b = self._span(prompt)
+        return self._file(shard)["token_spans"][a:b]
+
+    def tokens_in(self, prompt: int, start: int, end: int) -> list[int]:
+        """Positions of the prompt's tokens that overlap the characters [start, end)."""
+        spans = self.token_spans(prompt)
+        return [i for i, (a, b) in enumerate(spans) if a >= 0 and a < end and b > start]
+
     def token_offsets(self) -> np.ndarray:
         """[n_prompts + 1] start of each prompt on the run's flat token axis."""
         return np.concatenate([[0], np.cumsum([len(self.tokens(i)) for i in range(self.n_prompts)])]) \

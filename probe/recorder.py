@@ -130,7 +130,9 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
                 shard = writer.open_shard(hook_info, dtype, compression)
             ids = np.concatenate([np.asarray(r) for r in rows])
             strs = [s for r in rows for s in model.to_str_tokens(r)]
-            shard.add([len(r) for r in rows], n_heads, ids, strs, acts)
+            spans = np.concatenate([char_spans(model, prompts[i].text, len(token_rows[i]))
+                                    for i in range(b0, b0 + len(rows))])
+            shard.add([len(r) for r in rows], n_heads, ids, strs, acts, spans)
             if shard.nbytes >= budget:
                 writer.publish(shard)
                 shard = None
@@ -154,6 +156,23 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
         if bar:
             bar.close()
     return open_run(path)
+
+
+def char_spans(model: HookedTransformer, text: str, n_tokens: int) -> np.ndarray:
+    """[n_tokens, 2] character offsets of each token in the prompt text, (-1, -1) for
+    special tokens (what lets analyses map labelled spans, e.g. a pronoun, to tokens)."""
+    out = np.full((n_tokens, 2), -1, np.int32)
+    tok = model.tokenizer
+    if tok is None or not getattr(tok, "is_fast", False):
+        return out
+    enc = tok(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    shift = n_tokens - len(ids) if n_tokens > len(ids) else 0  # a BOS the model prepended itself
+    special = set(tok.all_special_ids)
+    for i, (t, (a, b)) in enumerate(zip(ids, offsets)):
+        if i + shift < n_tokens and t not in special and b > a:
+            out[i + shift] = (a, b)
+    return out
 
 
 def tokenize_all(model: HookedTransformer, prompts: list, truncate: bool) -> tuple[list[list[int]], list[int]]:

@@ -105,6 +105,7 @@ class ShardWriter:
         self.n_heads = 0
         self.token_ids: list[np.ndarray] = []
         self.token_str: list[str] = []
+        self.token_spans: list[np.ndarray] = []
         self.batches: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
         self.n_tokens = self.n_attn = self.nbytes = 0
 
@@ -113,13 +114,16 @@ class ShardWriter:
         return len(self.lengths)
 
     def add(self, lengths: list[int], n_heads: int, token_ids: np.ndarray, token_str: list[str],
-            acts: dict[str, np.ndarray]) -> None:
+            acts: dict[str, np.ndarray], token_spans: np.ndarray | None = None) -> None:
         """Add a batch: ``acts[name]`` is [tokens, ...] for per-token hooks and the flat
         concatenation of each prompt's [head, n, n] block for attention hooks."""
         self.lengths += lengths
         self.n_heads = n_heads
         self.token_ids.append(token_ids.astype(np.int32))
         self.token_str += token_str
+        if token_spans is None:
+            token_spans = np.full((len(token_ids), 2), -1, np.int32)
+        self.token_spans.append(token_spans.astype(np.int32))
         for name, data in acts.items():
             self.batches[name].append(data)
             self.nbytes += data.nbytes
@@ -140,6 +144,7 @@ class ShardWriter:
             f["token_ids"] = np.concatenate(self.token_ids)
             f.create_dataset("token_str", data=np.array(self.token_str, dtype=object),
                              dtype=h5py.string_dtype("utf-8"))
+            f["token_spans"] = np.concatenate(self.token_spans)
             act, attn = f.create_group("act"), f.create_group("attn")
             for name, parts in self.batches.items():
                 info = self.hooks[name]
