@@ -40,6 +40,14 @@ class AttentionMask:
     is_causal: bool  # use the fused kernel's own causal mask (only when allowed is None)
     query_valid: torch.Tensor | None  # [b, q] bool, None when there is no padding
 
+    def future(self, n: int, device: torch.device) -> torch.Tensor:
+        """[n, n] True above the diagonal (keys after the query), built once per forward."""
+        cached = getattr(self, "_future", None)
+        if cached is None or cached.shape[0] != n or cached.device != device:
+            cached = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+            self._future = cached
+        return cached
+
     @classmethod
     def build(
         cls, key_valid: torch.Tensor | None, q_len: int, past_len: int, causal: bool
@@ -259,13 +267,12 @@ class Attention(nn.Module):
             if group > 1:
                 k = k.repeat_interleave(group, dim=2)
                 v = v.repeat_interleave(group, dim=2)
-            scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k") * self.scale
+            # scores is a fresh temporary, so scale and mask it in place (no extra copies)
+            scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k").mul_(self.scale)
             if mask.is_causal:
-                n = scores.shape[-1]
-                causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
-                scores = scores.masked_fill(~causal, float("-inf"))
+                scores.masked_fill_(mask.future(scores.shape[-1], scores.device), float("-inf"))
             elif mask.allowed is not None:
-                scores = scores.masked_fill(~mask.allowed, float("-inf"))
+                scores.masked_fill_(~mask.allowed, float("-inf"))
             scores = self.hook_attn_scores(scores)
             pattern = scores.softmax(dim=-1)
             if mask.query_valid is not None:

@@ -166,6 +166,17 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coref(args: argparse.Namespace) -> int:
+    from analyses.coref import write_report
+    from probe.reader import open_run
+
+    run = open_run(args.run)
+    report = write_report(run, seed=args.seed, top=args.top)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description="Mechanistic-interpretability workbench.")
     from probe import __version__
@@ -239,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=cmd_probes)
+
+    co = sub.add_parser("coref", help="coreference study: which heads attend from the pronoun to its antecedent")
+    co.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
+    co.add_argument("--top", type=int, default=5)
+    co.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    co.set_defaults(func=cmd_coref)
     return parser
 
 
