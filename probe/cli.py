@@ -28,8 +28,42 @@ def cmd_attend(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The seed question, then the pipeline: record -> head metrics -> coreference study ->
+    probe, on the default model."""
     args.text, args.from_word, args.to, args.top = SEED, "it", ["animal", "street"], 3
-    return cmd_attend(args)
+    cmd_attend(args)
+    if args.no_record:
+        return 0
+    import numpy as np
+
+    import models
+    from analyses.coref import write_report
+    from analyses.head_metrics import head_metrics, save_result
+    from analyses.probes import layer_probes, prompt_features
+    from probe.prompts import load_prompts
+    from probe.recorder import record
+
+    prompts = load_prompts("seed") + load_prompts("winobias-dev")[: args.n]
+    print(f"\nrecording {len(prompts)} prompts (the seed pair + WinoBias dev) to {args.output} ...")
+    model = models.load(args.model)
+    run = record(model, prompts, args.output, names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"],
+                 batch_size=32, overwrite=True)
+    metrics = head_metrics(run)
+    save_result(run.path, "head_metrics", metrics)
+    print("\nhead metrics (saved to analyses/head_metrics.csv): strongest previous-token heads:",
+          ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.prev_token:.2f}"
+                    for _, r in metrics.sort_values("prev_token", ascending=False).head(3).iterrows()))
+    report = write_report(run)
+    print("\n" + report.read_text())
+    labels = np.array([str(run.labels(i).get("gender")) for i in range(run.n_prompts)])
+    keep = np.flatnonzero(labels != "None")
+    table = layer_probes(prompt_features(run, range(run.config["n_layers"]))[:, keep], labels[keep], keep)
+    save_result(run.path, "probes_gender", table)
+    print("linear probe, pronoun gender from mean-pooled resid_post (test accuracy per layer): "
+          + ", ".join(f"L{int(r.layer)} {r.test_acc:.2f}" for _, r in table.iterrows())
+          + f" (majority {table.majority_baseline.iloc[0]:.2f})")
+    print(f"\nreport: {report}")
+    return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -186,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the seed sentence through the default model and show its heads")
     demo.add_argument("--model", default="minilm", help="model name or checkpoint directory (default: minilm)")
+    demo.add_argument("-o", "--output", default="runs/demo", help="run directory to (re)create (default runs/demo)")
+    demo.add_argument("-n", type=int, default=400, help="WinoBias dev prompts to record (default 400)")
+    demo.add_argument("--no-record", action="store_true", help="only print the seed sentence's heads")
     demo.set_defaults(func=cmd_demo)
 
     attend = sub.add_parser("attend", help="heads that attend most from one word to others in a text")

@@ -45,9 +45,13 @@ def test_multi_token_words_sum_over_keys_and_average_over_queries(minilm):
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_demo_cli_prints_the_heads(minilm):
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "demo"], capture_output=True, text=True, timeout=300)
+def test_demo_cli_prints_the_heads(minilm, tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "demo", "-o", str(out), "-n", "40"], capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert (out / "analyses" / "coref" / "report.md").exists() and (out / "analyses" / "head_metrics.csv").exists()
+    assert f"report: {out / 'analyses' / 'coref' / 'report.md'}" in r.stdout
     best = top_heads(word_to_word_attention(minilm, SEED, "it", "animal"), 3)
     assert "heads attending most from 'it' to 'animal'" in r.stdout
     for h in best:
