@@ -135,3 +135,32 @@ def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", p
             vecs.append(x.mean(0) if pool == "mean" else x[0] if pool == "first" else x[-1])
         out.append(np.stack(vecs))
     return np.stack(out).astype(np.float32)
+
+
+def word_features(run, layers: Sequence[int], spans_field: str = "words", label_field: str = "upos",
+                  hook: str = "hook_resid_post", pool: str = "first"):
+    """Word-level data for a token-level probe: features [layers, words, d] (each word's
+    first subword token, or the mean over its tokens), labels [words], prompt_of [words] and
+    the lower-cased word forms (the control task's types). Words whose span covers no token
+    (e.g. truncated) are skipped."""
+    feats: list[list[np.ndarray]] = [[] for _ in layers]
+    labels, prompt_of, types = [], [], []
+    for i in range(run.n_prompts):
+        lab = run.labels(i)
+        if spans_field not in lab or label_field not in lab:
+            continue
+        text = run.prompt_records[i]["text"]
+        acts = [run.prompt_activation(f"blocks.{layer}.{hook}", i) for layer in layers]
+        for (start, end), tag in zip(lab[spans_field], lab[label_field]):
+            toks = run.tokens_in(i, start, end)
+            if not toks:
+                continue
+            for j, a in enumerate(acts):
+                feats[j].append(a[toks[0]] if pool == "first" else a[toks].mean(0))
+            labels.append(tag)
+            prompt_of.append(i)
+            types.append(text[start:end].lower())
+    if not labels:
+        raise ValueError(f"no prompt carries the word-level labels {spans_field!r} and {label_field!r}")
+    return (np.stack([np.stack(f) for f in feats]).astype(np.float32), np.asarray(labels), np.asarray(prompt_of),
+            types)

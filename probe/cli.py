@@ -62,6 +62,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("linear probe, pronoun gender from mean-pooled resid_post (test accuracy per layer): "
           + ", ".join(f"L{int(r.layer)} {r.test_acc:.2f}" for _, r in table.iterrows())
           + f" (majority {table.majority_baseline.iloc[0]:.2f})")
+    from analyses.probes import word_features
+
+    pos_prompts = load_prompts("ud-ewt-dev")[: args.n // 2]
+    print(f"\nrecording {len(pos_prompts)} UD English-EWT sentences for a part-of-speech probe ...")
+    pos_run = record(model, pos_prompts, str(args.output) + "-pos", names=["blocks.*.hook_resid_post"],
+                     batch_size=32, overwrite=True)
+    feats, labels, prompt_of, types = word_features(pos_run, range(run.config["n_layers"]))
+    pos = layer_probes(feats, labels, prompt_of, types=types)
+    save_result(pos_run.path, "probes_pos", pos)
+    print("part-of-speech probe per layer (test accuracy / selectivity over a control task): "
+          + ", ".join(f"L{int(r.layer)} {r.test_acc:.2f}/{r.selectivity:.2f}" for _, r in pos.iterrows())
+          + f" (majority {pos.majority_baseline.iloc[0]:.2f})")
     print(f"\nreport: {report}")
     return 0
 
@@ -179,23 +191,33 @@ def cmd_probes(args: argparse.Namespace) -> int:
     import numpy as np
 
     from analyses.head_metrics import save_result
-    from analyses.probes import layer_probes, prompt_features
+    from analyses.probes import layer_probes, prompt_features, word_features
     from models import InputError
     from probe.reader import open_run
 
     run = open_run(args.run)
-    fields = run.manifest.get("label_fields", [])
-    if args.label not in fields:
-        raise InputError(f"{args.run} has no label field {args.label!r}; its prompts carry {fields}")
     layers = range(run.config["n_layers"])
     missing = [f"blocks.{layer}.{args.hook}" for layer in layers if f"blocks.{layer}.{args.hook}" not in run.hooks]
     if missing:
         raise InputError(f"{args.run} lacks {missing[:2]}...; record with --names 'blocks.*.{args.hook}'")
-    labels = np.array([str(run.labels(i).get(args.label)) for i in range(run.n_prompts)])
-    table = layer_probes(prompt_features(run, layers, args.hook, args.pool), labels, np.arange(run.n_prompts),
-                         seed=args.seed)
-    out = save_result(args.run, f"probes_{args.label}", table)
-    print(f"probe for {args.label!r} from {args.pool}-pooled {args.hook}, {run.n_prompts} prompts -> {out}")
+    fields = run.manifest.get("label_fields", [])
+    if args.task == "pos":
+        if "upos" not in fields:
+            raise InputError(f"{args.run} has no part-of-speech labels; record the bundled 'ud-ewt-dev' set")
+        feats, labels, prompt_of, types = word_features(run, layers, hook=args.hook)
+        table = layer_probes(feats, labels, prompt_of, types=types, seed=args.seed)
+        name, what = "probes_pos", f"UPOS of {len(labels)} words (first subword token)"
+    else:
+        if not args.label:
+            raise InputError("give --label FIELD (a prompt-level label) or --task pos")
+        if args.label not in fields:
+            raise InputError(f"{args.run} has no label field {args.label!r}; its prompts carry {fields}")
+        labels = np.array([str(run.labels(i).get(args.label)) for i in range(run.n_prompts)])
+        table = layer_probes(prompt_features(run, layers, args.hook, args.pool), labels, np.arange(run.n_prompts),
+                             seed=args.seed)
+        name, what = f"probes_{args.label}", f"{args.label!r} from {args.pool}-pooled {args.hook}"
+    out = save_result(args.run, name, table)
+    print(f"probe for {what}, {run.n_prompts} prompts -> {out}")
     print(table.round(3).to_string(index=False))
     return 0
 
@@ -282,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("probes", help="linear probes per layer for a prompt-level label field of a run")
     pr.add_argument("run")
-    pr.add_argument("--label", required=True, help="a label field of the run's prompts (e.g. gender, stereotype)")
+    pr.add_argument("--label", help="a prompt-level label field of the run's prompts (e.g. gender, stereotype)")
+    pr.add_argument("--task", choices=["pos"], help="pos: part of speech per word (runs of the ud-ewt sets)")
     pr.add_argument("--hook", default="hook_resid_post", help="per-layer hook to probe (default hook_resid_post)")
     pr.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
     pr.add_argument("--seed", type=int, default=0)

@@ -108,6 +108,8 @@ _BUNDLED: dict[str, str] = {
     "winobias": "WinoBias (Zhao et al. 2018), 3,168 occupation coreference sentences, dev then test",
     "winobias-dev": "WinoBias dev split, 1,584 sentences (type 1/2 x pro/anti-stereotyped)",
     "winobias-test": "WinoBias test split, 1,584 sentences (type 1/2 x pro/anti-stereotyped)",
+    "ud-ewt-dev": "UD English-EWT dev, 2,001 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
+    "ud-ewt-test": "UD English-EWT test, 2,077 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
 }
 
 
@@ -323,7 +325,64 @@ def _load_bundled(name: str) -> list[Prompt]:
         return _parse_jsonl(_decode_lines(resource.read_bytes(), f"bundled:{name}"), f"bundled:{name}")
     if name == "winobias":
         return [p for split in _WINOBIAS_SPLITS for p in _load_winobias(split)]
+    if name.startswith("ud-ewt-"):
+        return _load_conllu(name.removeprefix("ud-ewt-"))
     return _load_winobias(name.removeprefix("winobias-"))
+
+
+# UD English-EWT ------------------------------------------------------------------------------------------
+
+
+def _load_conllu(split: str) -> list[Prompt]:
+    """Sentences of a CoNLL-U file as prompts. Labels: ``words`` ([start, end) character spans
+    in the text), ``upos`` (one tag per word) and ``sent_id``. Syntactic words inside a
+    multiword token (e.g. "don't" = do + n't) get their sub-span when their forms spell the
+    surface token, and are left out otherwise; empty nodes are skipped."""
+    text_of = _data_dir().joinpath("ud_ewt", f"en_ewt-ud-{split}.conllu").read_text(encoding="utf-8")
+    prompts: list[Prompt] = []
+    for block in text_of.strip().split("\n\n"):
+        meta, rows = {}, []
+        for line in block.splitlines():
+            if line.startswith("#"):
+                key, _, value = line[1:].partition("=")
+                meta[key.strip()] = value.strip()
+            elif line.strip():
+                rows.append(line.split("\t"))
+        text = meta.get("text")
+        if not text:
+            continue
+        words, tags, cursor, skip_until = [], [], 0, 0
+        for i, cols in enumerate(rows):
+            wid, form, upos = cols[0], cols[1], cols[3]
+            if "." in wid:
+                continue
+            if "-" in wid:  # a multiword token: place its surface form, then split it if possible
+                first, last = (int(x) for x in wid.split("-"))
+                start = text.find(form, cursor)
+                parts = [r for r in rows[i + 1:] if "-" not in r[0] and "." not in r[0]
+                         and first <= int(r[0]) <= last]
+                if start < 0:
+                    skip_until = last
+                    continue
+                cursor = start + len(form)
+                if "".join(p[1] for p in parts) == form:
+                    at = start
+                    for p in parts:
+                        words.append([at, at + len(p[1])])
+                        tags.append(p[3])
+                        at += len(p[1])
+                skip_until = last
+                continue
+            if int(wid) <= skip_until:
+                continue
+            start = text.find(form, cursor)
+            if start < 0:
+                continue
+            words.append([start, start + len(form)])
+            tags.append(upos)
+            cursor = start + len(form)
+        prompts.append(Prompt(text, {"words": words, "upos": tags, "sent_id": meta.get("sent_id", "")}))
+    return prompts
 
 
 # WinoBias ------------------------------------------------------------------------------------------------

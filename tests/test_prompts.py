@@ -22,7 +22,7 @@ from probe.prompts import (
     prompt_set_fingerprint,
 )
 
-BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test")
+BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test")
 
 
 def write(tmp_path, name: str, content: str | bytes):
@@ -374,3 +374,19 @@ def test_winobias_line_parser_rejects_malformed_lines():
         with pytest.raises(PromptSetError, match=re.escape(problem)) as err:
             _parse_winobias_line(bad, occupations, "f: line 7")
         assert "f: line 7" in str(err.value)
+
+
+def test_ud_ewt_sentences_with_word_spans_and_upos():
+    for split, n_sentences in (("dev", 2001), ("test", 2077)):
+        prompts = load_prompts(f"ud-ewt-{split}")
+        assert len(prompts) == n_sentences
+        for p in prompts[:300]:
+            assert len(p.labels["words"]) == len(p.labels["upos"]) > 0
+            for a, b in p.labels["words"]:
+                assert p.text[a:b].strip() == p.text[a:b] != ""
+    first = load_prompts("ud-ewt-dev")[0]
+    assert first.text == "From the AP comes this story :"
+    assert [first.text[a:b] for a, b in first.labels["words"]] == first.text.split()
+    assert first.labels["upos"] == ["ADP", "DET", "PROPN", "VERB", "DET", "NOUN", "PUNCT"]
+    data = resources.files("probe").joinpath("prompt_sets", "ud_ewt")
+    assert data.joinpath("LICENSE.txt").is_file() and data.joinpath("ATTRIBUTION.md").is_file()
