@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model", default="minilm", help="model name or checkpoint directory (default: minilm)")
     rec.add_argument("--prompts", required=True,
                      help="a .txt file (one prompt per line), a .jsonl file ({\"text\": ...}), or a bundled set: "
-                          "seed, winobias, winobias-dev, winobias-test")
+                          "seed, winobias, winobias-dev, winobias-test, ud-ewt-dev, ud-ewt-test")
     rec.add_argument("-o", "--output", required=True, help="run directory to create")
     rec.add_argument("--names", nargs="+", metavar="GLOB",
                      help="hook names or globs to record (default: all but hook_result)")
