@@ -222,6 +222,55 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_patch(args: argparse.Namespace) -> int:
+    """Activation patching on the toy coreference model's tired/wide twins."""
+    from pathlib import Path
+
+    import torch
+
+    import models
+    from analyses.ablation import logit_difference
+    from analyses.patching import patch_heads, patch_residual
+    from models import InputError
+    from models.tasks import coref
+
+    model = models.load(args.model)
+    if model.cfg.model_name != "toy-coref" and args.model != "toy-coref":
+        raise InputError("probe patch currently builds its clean/corrupted pairs from the toy coreference task; "
+                         "use --model toy-coref (or analyses.patching from Python for other models)")
+    adjectives = coref.ANIMATE_ADJ + coref.PLACE_ADJ
+    for adj in (args.clean, args.corrupt):
+        if adj not in adjectives:
+            raise InputError(f"adjective {adj!r} is not in the toy task's vocabulary; use one of {adjectives}")
+    if (args.clean in coref.ANIMATE_ADJ) == (args.corrupt in coref.ANIMATE_ADJ):
+        raise InputError("the clean and corrupted adjectives must point to different nouns: pair an animate one "
+                         f"({', '.join(coref.ANIMATE_ADJ)}) with a place one ({', '.join(coref.PLACE_ADJ)})")
+    vocab = {w: i for i, w in enumerate(coref.vocabulary())}
+    pairs = [(coref.make_example(a, p, args.clean, t), coref.make_example(a, p, args.corrupt, t))
+             for a in coref.ANIMATES[:4] for p in coref.PLACES[:4] for t in (0,)]
+    clean = torch.tensor([coref.ids_of(c, vocab) for c, _ in pairs])
+    corrupt = torch.tensor([coref.ids_of(w, vocab) for _, w in pairs])
+    metric = logit_difference(torch.tensor([vocab[c.answer] for c, _ in pairs]),
+                              torch.tensor([vocab[w.answer] for _, w in pairs]))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    resid = patch_residual(model, clean, corrupt, metric, direction=args.direction)
+    heads = patch_heads(model, clean, corrupt, metric, direction=args.direction)
+    resid.to_csv(out / "patch_resid.csv", index=False)
+    heads.to_csv(out / "patch_heads.csv", index=False)
+    tokens = model.to_str_tokens(clean[0])
+    print(f"{args.direction} patching, {len(pairs)} pairs '{args.clean}' vs '{args.corrupt}', metric: logit difference "
+          f"clean {resid.clean.iloc[0]:.2f}, corrupt {resid.corrupt.iloc[0]:.2f}; normalised (patched - corrupt) / "
+          "(clean - corrupt):")
+    grid = resid.pivot(index="layer", columns="position", values="normalized")
+    print("resid_pre  " + " ".join(f"{t[:6]:>6}" for t in tokens))
+    for layer, row in grid.iterrows():
+        print(f"layer {layer:<4} " + " ".join(f"{v:6.2f}" for v in row))
+    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in heads.iterrows()))
+    print(f"wrote {out / 'patch_resid.csv'} and {out / 'patch_heads.csv'}")
+    return 0
+
+
 def cmd_coref(args: argparse.Namespace) -> int:
     from analyses.coref import write_report
     from probe.reader import open_run
@@ -310,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=cmd_probes)
+
+    pa = sub.add_parser("patch", help="activation patching of clean/corrupted twins (toy coreference task)")
+    pa.add_argument("--model", default="toy-coref")
+    pa.add_argument("--clean", default="tired", help="adjective of the clean prompts (default tired)")
+    pa.add_argument("--corrupt", default="wide", help="adjective of the corrupted prompts (default wide)")
+    pa.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
+    pa.add_argument("-o", "--output", required=True, help="directory for patch_resid.csv and patch_heads.csv")
+    pa.set_defaults(func=cmd_patch)
 
     co = sub.add_parser("coref", help="coreference study: which heads attend from the pronoun to its antecedent")
     co.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")

@@ -61,3 +61,20 @@ def test_batched_patching_equals_one_at_a_time(setup):
     assert set(noised.direction) == {"noise"}
     with pytest.raises(ValueError, match="same token length"):
         patch_residual(model, clean, corrupt[:, :-1], metric)
+
+
+def test_patch_cli(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "-o", str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    resid = pd.read_csv(tmp_path / "patch_resid.csv")
+    last = resid[resid.layer == resid.layer.max()]
+    assert last.sort_values("normalized").position.iloc[-1] == last.position.max()  # answer lives at the end
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--corrupt", "hungry", "-o", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "different nouns" in r.stderr
