@@ -24,17 +24,19 @@ REQUIRED = ("pronoun_span", "candidate_spans", "answer")
 MIN_PROMPTS_FOR_CLAIMS = 20  # below this a bootstrap interval is too coarse to say a head beats a baseline
 
 
-def candidate_attention(run, prompts: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """attn [prompts, layers, heads, 2] (pronoun -> each candidate), gold [prompts], and
-    the prompt indices used (those with complete labels whose spans map to tokens)."""
+def candidate_attention(run, prompts: list[int] | None = None, query: str = "pronoun_span"
+                        ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """attn [prompts, layers, heads, 2] (query span, the pronoun by default, -> each
+    candidate), gold [prompts], and the prompt indices used (those with complete labels
+    whose spans map to tokens)."""
     n_layers = run.config["n_layers"]
     prompts = list(range(run.n_prompts)) if prompts is None else prompts
     attn, gold, used = [], [], []
     for i in prompts:
         labels = run.labels(i)
-        if any(k not in labels for k in REQUIRED):
+        if any(k not in labels for k in REQUIRED) or query not in labels:
             continue
-        q = run.tokens_in(i, *labels["pronoun_span"])
+        q = run.tokens_in(i, *labels[query])
         cands = [run.tokens_in(i, *span) for span in labels["candidate_spans"]]
         if not q or any(not c for c in cands) or len(cands) != 2:
             continue
@@ -76,9 +78,9 @@ def positional_baselines(run, used: list[int], gold: np.ndarray) -> dict[str, fl
     return {"nearest mention": float(np.mean(nearest)), "first mention": float(np.mean(first)), "chance": 0.5}
 
 
-def coref_heads(run, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float], int]:
+def coref_heads(run, seed: int = 0, query: str = "pronoun_span") -> tuple[pd.DataFrame, dict[str, float], int]:
     """Per-head antecedent accuracy table, the baselines, and the number of prompts."""
-    attn, gold, used = candidate_attention(run)
+    attn, gold, used = candidate_attention(run, query=query)
     choice = attn.argmax(-1)  # [n, L, H]
     correct = (choice == gold[:, None, None]).astype(float)
     lo, hi = bootstrap_ci(correct, seed=seed)
@@ -99,11 +101,12 @@ def coref_heads(run, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float], int
     return pd.DataFrame(rows), base, len(used)
 
 
-def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5) -> Path:
+def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5,
+                 query: str = "pronoun_span") -> Path:
     """Run the study and write RUN/analyses/coref/{coref_heads.csv, heads.html, report.md}."""
     import plotly.graph_objects as go
 
-    table, base, n = coref_heads(run, seed)
+    table, base, n = coref_heads(run, seed, query)
     out = Path(out_dir) if out_dir else Path(run.path) / "analyses" / "coref"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "coref_heads.csv", index=False)
@@ -118,7 +121,8 @@ def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int
     best_positional = max(base["nearest mention"], base["first mention"])
     best = table.sort_values("accuracy", ascending=False).head(top)
     lines = [f"# Coreference study: {run.model_name}", "",
-             f"{n} prompts with gold antecedents from `{run.path}`. For each head, attention from the pronoun to "
+             f"{n} prompts with gold antecedents from `{run.path}`. For each head, attention from the "
+             f"{query.removesuffix('_span')} to "
              "each candidate (sum over a mention's tokens, mean over the pronoun's tokens); the head picks the "
              "candidate it attends to more. 95% bootstrap intervals over prompts.", "",
              "| baseline | accuracy |", "|---|---|"]

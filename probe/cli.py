@@ -276,7 +276,7 @@ def cmd_coref(args: argparse.Namespace) -> int:
     from probe.reader import open_run
 
     run = open_run(args.run)
-    report = write_report(run, seed=args.seed, top=args.top)
+    report = write_report(run, seed=args.seed, top=args.top, query=args.query)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
     co.add_argument("--top", type=int, default=5)
     co.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    co.add_argument("--query", default="pronoun_span",
+                    help="label field of the span that attends (default pronoun_span; the toy task also has "
+                         "question_span, where its model answers)")
     co.set_defaults(func=cmd_coref)
     return parser
 

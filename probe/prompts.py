@@ -110,6 +110,7 @@ _BUNDLED: dict[str, str] = {
     "winobias-test": "WinoBias test split, 1,584 sentences (type 1/2 x pro/anti-stereotyped)",
     "ud-ewt-dev": "UD English-EWT dev, 2,001 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
     "ud-ewt-test": "UD English-EWT test, 2,077 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
+    "toy-coref-test": "the toy coreference task's held-out split (3,332 prompts, generated; for toy-coref)",
 }
 
 
@@ -325,6 +326,10 @@ def _load_bundled(name: str) -> list[Prompt]:
         return _parse_jsonl(_decode_lines(resource.read_bytes(), f"bundled:{name}"), f"bundled:{name}")
     if name == "winobias":
         return [p for split in _WINOBIAS_SPLITS for p in _load_winobias(split)]
+    if name == "toy-coref-test":
+        from models.tasks.coref import prompt_records
+
+        return [Prompt(r["text"], {k: v for k, v in r.items() if k != "text"}) for r in prompt_records("test")]
     if name.startswith("ud-ewt-"):
         return _load_conllu(name.removeprefix("ud-ewt-"))
     return _load_winobias(name.removeprefix("winobias-"))

@@ -22,7 +22,7 @@ from probe.prompts import (
     prompt_set_fingerprint,
 )
 
-BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test")
+BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test", "toy-coref-test")
 
 
 def write(tmp_path, name: str, content: str | bytes):

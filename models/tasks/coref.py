@@ -167,3 +167,25 @@ def evaluate(model) -> dict[str, float]:
         metrics[f"accuracy_{split}"] = sum(p == e.answer for p, e in zip(preds, examples)) / len(examples)
         metrics[f"n_{split}"] = len(examples)
     return metrics
+
+
+def prompt_records(split: str) -> list[dict]:
+    """The split as prompt records with the coreference labels probe's analyses read:
+    ``pronoun_span``, ``candidate_spans`` (in order of appearance), ``answer`` (index of the
+    antecedent among them), and ``question_span`` (the final "the", where the model answers)."""
+    records = []
+    for e in all_examples(split):
+        text = e.text
+        sentence_end = text.index(".")
+        spans = {}
+        for noun in (e.answer, e.other):
+            m = re.search(rf"\b{noun}\b", text[:sentence_end])
+            spans[noun] = [m.start(), m.end()]
+        pron = re.search(r"\bit\b", text[:sentence_end])
+        cands = sorted([e.answer, e.other], key=lambda n: spans[n][0])
+        records.append({"text": text, "pronoun": "it", "pronoun_span": [pron.start(), pron.end()],
+                        "candidates": cands, "candidate_spans": [spans[n] for n in cands],
+                        "answer": cands.index(e.answer), "antecedent": e.answer,
+                        "question_span": [len(text) - 3, len(text)], "adjective": e.adjective,
+                        "template": e.template})
+    return records
