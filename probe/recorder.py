@@ -27,6 +27,23 @@ if TYPE_CHECKING:
     from .reader import Run
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to reuse freed memory instead of returning it to the OS. Recording
+    allocates and frees the same large buffers batch after batch; on VMs whose freed pages
+    go back to the host, every fresh page then costs a slow first touch (measured here:
+    ~390 MB/s, which made recording 1.9x the forward+write floor on a quiet machine)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 512 * 2**20)  # serve big buffers from the reusable heap
+        libc.mallopt(M_TRIM_THRESHOLD, 2**30)  # and keep up to 1 GiB of freed heap for reuse
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        pass
+
+
 def weights_digest(model: HookedTransformer) -> str:
     """sha256 over every weight (name, dtype, shape, bytes) in name order."""
     import torch
@@ -112,6 +129,7 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
         jsonl = "".join(json.dumps({"text": p.text, **p.labels}, ensure_ascii=False) + "\n" for p in prompts)
         writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite)
 
+    keep_freed_memory()
     start = writer.next_prompt
     if start % batch_size and start != len(prompts):
         raise StoreError(f"{path}: published prompts ({start}) do not end on a batch boundary; cannot resume")
