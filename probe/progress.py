@@ -7,6 +7,21 @@ import time
 from typing import TextIO
 
 
+def rich_bar(stream: TextIO, label: str, total: int, extra: str, completed: int = 0, **fields):
+    """A started rich progress bar (label, bar, n/total, ``extra`` text, ETA) when ``stream``
+    is a terminal; (None, None) otherwise, and the caller prints plain lines."""
+    if not stream.isatty():
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
+
+    bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(extra),
+                       TimeRemainingColumn())
+    task = bar.add_task(label, total=total, completed=completed, **fields)
+    bar.start()
+    return bar, task
+
+
 class Progress:
     """Counts prompts and tokens; shows rate and ETA.
 
@@ -25,15 +40,8 @@ class Progress:
         self.interval = interval
         self.t0 = time.perf_counter()
         self.last_print = 0.0
-        self._rich = None
-        if self.stream.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=False)
-            self._task = self._rich.add_task(label, total=total_prompts, completed=done_prompts, rate="")
-            self._rich.start()
+        self._rich, self._task = rich_bar(self.stream, label, total_prompts, "{task.fields[rate]}",
+                                          completed=done_prompts, rate="")
 
     def rate(self) -> tuple[float, float]:
         dt = max(time.perf_counter() - self.t0, 1e-9)
@@ -71,15 +79,7 @@ class StepProgress:
         self.interval = interval
         self.t0 = time.perf_counter()
         self.last_print = 0.0
-        self._rich = None
-        if self.stream.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
-            self._task = self._rich.add_task(label, total=total, loss="")
-            self._rich.start()
+        self._rich, self._task = rich_bar(self.stream, label, total, "loss {task.fields[loss]}", loss="")
 
     def __call__(self, step: int, loss: float) -> None:
         done = step + 1
