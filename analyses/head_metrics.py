@@ -12,6 +12,10 @@ computed from the recorded `hook_pattern` of each layer and the run's token ids:
 - ``induction``: attention to positions right after an earlier occurrence of the query's
   token (k with token[k-1] == token[q], k <= q), over queries that have one. On repeated
   random tokens this is TransformerLens's induction pattern (q attends to q - len + 1).
+- ``antecedent`` (only for runs whose prompts carry coreference labels, e.g. seed or
+  WinoBias): attention mass from the pronoun to the gold antecedent minus the mass to the
+  other candidate, aggregated as Clark et al. (2019) do (sum over a mention's tokens, mean
+  over the pronoun's tokens), averaged over prompts. See analyses/coref.py for accuracies.
 """
 
 from __future__ import annotations
@@ -71,14 +75,34 @@ def head_metrics(run, prompts: list[int] | None = None) -> pd.DataFrame:
             for m, (s, c) in pattern_metrics(run.pattern(i, layer), tokens).items():
                 sums[m][layer] += s
                 counts[m][layer] += c
+    antecedent = antecedent_scores(run, prompts)
     rows = []
     for layer in range(n_layers):
         for head in range(n_heads):
             row = {"layer": layer, "head": head}
             for m in METRICS:
                 row[m] = sums[m][layer, head] / counts[m][layer] if counts[m][layer] else float("nan")
+            if antecedent is not None:
+                row["antecedent"] = antecedent[layer, head]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def antecedent_scores(run, prompts: list[int] | None = None) -> np.ndarray | None:
+    """[layer, head] mean (gold - other) attention mass from the pronoun, or None when the
+    run's prompts carry no coreference labels."""
+    from models import InputError
+
+    from .coref import candidate_attention
+
+    try:
+        attn, gold, _ = candidate_attention(run, prompts)
+    except InputError:
+        return None
+    g = gold[:, None, None]
+    gold_mass = np.where(g == 0, attn[..., 0], attn[..., 1])
+    other_mass = np.where(g == 0, attn[..., 1], attn[..., 0])
+    return (gold_mass - other_mass).mean(0)
 
 
 def save_result(run_path: str | Path, name: str, table: pd.DataFrame) -> Path:

@@ -136,7 +136,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
     table = head_metrics(run)
     out = save_result(args.run, "head_metrics", table)
     print(f"head metrics over {run.n_prompts} prompts -> {out}")
-    for metric in METRICS:
+    for metric in [*METRICS, *(["antecedent"] if "antecedent" in table.columns else [])]:
         top = table.sort_values(metric, ascending=metric == "entropy").head(args.top)
         heads = ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r[metric]:.3f}" for _, r in top.iterrows())
         print(f"  {metric:<16} {'lowest' if metric == 'entropy' else 'highest'}: {heads}")

@@ -91,3 +91,16 @@ def test_toy_coref_study_names_heads_whose_ablation_matters(tmp_path):
     assert not from_pronoun.beats_positional.any()
     report = write_report(run, query="pronoun_span").read_text()
     assert "No head beats the better positional baseline" in report
+
+
+def test_head_metrics_include_the_antecedent_score(seed_run):
+    from analyses.head_metrics import head_metrics
+
+    table = head_metrics(seed_run)
+    assert "antecedent" in table.columns
+    toks = seed_run.str_tokens(0)
+    it, animal, street = toks.index("it"), toks.index("animal"), toks.index("street")
+    # prompt 0 (tired): gold animal; prompt 1 (wide): gold street
+    p0, p1 = seed_run.pattern(0, 3), seed_run.pattern(1, 3)
+    expected = ((p0[:, it, animal] - p0[:, it, street]) + (p1[:, it, street] - p1[:, it, animal])) / 2
+    assert np.allclose(table[table.layer == 3].antecedent.to_numpy(), expected, atol=1e-6)
