@@ -59,6 +59,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine_load import OtherLoad  # noqa: E402
+
 import models  # noqa: E402
 
 Fn = Callable[[], object]
@@ -117,31 +119,6 @@ def first_tensor(out) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- timing
-def cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) clock ticks of the whole machine from /proc/stat, or None off Linux."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
-class OtherLoad:
-    """Share of the machine's CPU time used by *other* processes between start() and stop()."""
-
-    def start(self) -> None:
-        self.j0, self.own0 = cpu_jiffies(), time.process_time()
-
-    def stop(self) -> float | None:
-        j1, own = cpu_jiffies(), time.process_time() - self.own0
-        if self.j0 is None or j1 is None or j1[1] == self.j0[1]:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        busy, total = (j1[0] - self.j0[0]) / hz, (j1[1] - self.j0[1]) / hz
-        return max(0.0, busy - own) / total
-
-
 def bench(fns: dict[str, Fn], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Interleaved timing: warm-up calls, then rounds of one call each, the order rotating per round."""
     names = list(fns)
@@ -237,7 +214,6 @@ def run_model(title: str, path: Path, ours_src: str | Path, hf_cls: str, ids: to
         del cache
 
     load = OtherLoad()
-    load.start()
     t0 = time.perf_counter()
     times = bench(fns, args.repeats, args.warmup)
     wall = time.perf_counter() - t0

@@ -77,6 +77,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine_load import OtherLoad  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
 VARIANTS = {
     "ours": "(a) probe.record",
     "bridge-pt": "(b) bridge + torch.save",
@@ -98,31 +100,6 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class OtherLoad:
-    """Share of the machine's CPU time used by *other* processes while a variant is timed (from /proc/stat): on a
-    shared 2-core machine that is what makes timings wander, so every row reports it."""
-
-    def __init__(self) -> None:
-        self.j0, self.own0 = self.jiffies(), time.process_time()
-
-    @staticmethod
-    def jiffies() -> tuple[int, int] | None:
-        try:
-            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]) - idle, sum(fields[:8])
-
-    def stop(self) -> float | None:
-        j1, own = self.jiffies(), time.process_time() - self.own0
-        if self.j0 is None or j1 is None or j1[1] == self.j0[1]:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        busy, total = (j1[0] - self.j0[0]) / hz, (j1[1] - self.j0[1]) / hz
-        return max(0.0, busy - own) / total
 
 
 def settle(spec: dict, since: float | None = None) -> None:
