@@ -15,6 +15,7 @@ patched position (or head).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import pandas as pd
@@ -45,28 +46,44 @@ def _setup(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor,
     return source, target, clean_value, corrupt_value
 
 
+def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, source: dict[int, torch.Tensor],
+                n_copies: int, place: Callable[[torch.Tensor, torch.Tensor, int], None], metric: Metric,
+                key: str, clean_value: float, corrupt_value: float) -> list[dict]:
+    """For every layer, one forward pass over ``n_copies`` copies of the target batch, copy
+    ``i`` patched by ``place(copy_i, source[layer], i)`` at ``hook_name``; one row per
+    (layer, i) with the patched metric and its normalised value."""
+    b = target.shape[0]
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        src = source[layer]
+
+        def hook(x, hook, src=src):
+            x = x.clone()
+            for i in range(n_copies):
+                place(x[i * b:(i + 1) * b], src, i)  # a view: writes into x
+            return x
+
+        logits = model.run_with_hooks(target.repeat(n_copies, 1), [(hook_name.format(layer=layer), hook)])
+        for i in range(n_copies):
+            patched = metric(logits[i * b:(i + 1) * b], target).mean().item()
+            rows.append({"layer": layer, key: i, "patched": patched,
+                         "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
+    return rows
+
+
 @torch.no_grad()
 def patch_residual(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
                    direction: Direction = "denoise") -> pd.DataFrame:
     """Patch ``resid_pre`` of each [layer, position]; one row per cell."""
     source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
                                                         "blocks.*.hook_resid_pre")
-    b, n = target.shape
-    rows = []
-    for layer in range(model.cfg.n_layers):
-        src = source["resid_pre", layer]  # [b, n, m]
 
-        def hook(x, hook, src=src):
-            x = x.clone()
-            for pos in range(n):
-                x[pos * b:(pos + 1) * b, pos] = src[:, pos]
-            return x
+    def place(x, src, pos):  # x, src: [b, pos, m]
+        x[:, pos] = src[:, pos]
 
-        logits = model.run_with_hooks(target.repeat(n, 1), [(f"blocks.{layer}.hook_resid_pre", hook)])
-        for pos in range(n):
-            patched = metric(logits[pos * b:(pos + 1) * b], target).mean().item()
-            rows.append({"layer": layer, "position": pos, "patched": patched,
-                         "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
+    resid = {layer: source["resid_pre", layer] for layer in range(model.cfg.n_layers)}
+    rows = _patch_each(model, target, "blocks.{layer}.hook_resid_pre", resid, target.shape[1], place, metric,
+                       "position", clean_value, corrupt_value)
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)
 
 
@@ -76,21 +93,11 @@ def patch_heads(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Te
     """Patch each head's output z (all positions) per [layer, head]; one row per head."""
     source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
                                                         "blocks.*.attn.hook_z")
-    b = target.shape[0]
-    H = model.cfg.n_heads
-    rows = []
-    for layer in range(model.cfg.n_layers):
-        src = source["z", layer]  # [b, n, h, d]
 
-        def hook(z, hook, src=src):
-            z = z.clone()
-            for h in range(H):
-                z[h * b:(h + 1) * b, :, h] = src[:, :, h]
-            return z
+    def place(z, src, head):  # z, src: [b, pos, head, d_head]
+        z[:, :, head] = src[:, :, head]
 
-        logits = model.run_with_hooks(target.repeat(H, 1), [(f"blocks.{layer}.attn.hook_z", hook)])
-        for h in range(H):
-            patched = metric(logits[h * b:(h + 1) * b], target).mean().item()
-            rows.append({"layer": layer, "head": h, "patched": patched,
-                         "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
+    zs = {layer: source["z", layer] for layer in range(model.cfg.n_layers)}
+    rows = _patch_each(model, target, "blocks.{layer}.attn.hook_z", zs, model.cfg.n_heads, place, metric, "head",
+                       clean_value, corrupt_value)
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)
