@@ -58,7 +58,8 @@ class AttentionMask:
                 return cls(None, False, None)
             if past_len == 0:
                 return cls(None, True, None)
-            key_valid = torch.ones(1, k_len, dtype=torch.bool)
+            # all keys real: one row stands for the batch, on the inputs' device
+            key_valid = key_valid[:1] if key_valid is not None else torch.ones(1, k_len, dtype=torch.bool)
         device = key_valid.device
         q_pos = torch.arange(past_len, k_len, device=device)[:, None]  # [q, 1]
         k_pos = torch.arange(k_len, device=device)[None, :]  # [1, k]

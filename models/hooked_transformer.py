@@ -200,12 +200,13 @@ class HookedTransformer(HookedModule):
             x = x.detach()
             store[hook.name] = x.to(device) if device is not None else x
 
+        if isinstance(input, (str, list)):
+            # Tokenize once here: the cache keeps the padding mask the forward pass used.
+            tokens = self.tokenize(input)
+            input = tokens.ids
+            kwargs["attention_mask"] = None if bool(tokens.attention_mask.all()) else tokens.attention_mask
         out = self.run_with_hooks(input, [(n, save) for n in names], **kwargs)
-        mask = kwargs.get("attention_mask")
-        if mask is None and isinstance(input, (str, list)):
-            mask = self.tokenize(input).attention_mask
-            mask = None if bool(mask.all()) else mask
-        return out, ActivationCache(store, mask)
+        return out, ActivationCache(store, kwargs.get("attention_mask"))
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
