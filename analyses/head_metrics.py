@@ -20,8 +20,6 @@ computed from the recorded `hook_pattern` of each layer and the run's token ids:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -103,16 +101,3 @@ def antecedent_scores(run, prompts: list[int] | None = None) -> np.ndarray | Non
     gold_mass = np.where(g == 0, attn[..., 0], attn[..., 1])
     other_mass = np.where(g == 0, attn[..., 1], attn[..., 0])
     return (gold_mass - other_mass).mean(0)
-
-
-def save_result(run_path: str | Path, name: str, table: pd.DataFrame) -> Path:
-    """Write an analysis table next to the run (RUN/analyses/NAME.csv), atomically."""
-    import os
-
-    out_dir = Path(run_path) / "analyses"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"{name}.csv"
-    tmp = out.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    return out

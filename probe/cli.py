@@ -38,8 +38,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import models
     from analyses.coref import write_report
-    from analyses.head_metrics import head_metrics, save_result
+    from analyses.head_metrics import head_metrics
     from analyses.probes import layer_probes, prompt_features
+    from analyses.results import save_result
     from probe.prompts import load_prompts
     from probe.recorder import record
 
@@ -126,7 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
-    from analyses.head_metrics import METRICS, head_metrics, save_result
+    from analyses.head_metrics import METRICS, head_metrics
+    from analyses.results import save_result
     from probe.reader import open_run
 
     run = open_run(args.run)
@@ -190,8 +192,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_probes(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from analyses.head_metrics import save_result
     from analyses.probes import layer_probes, prompt_features, word_features
+    from analyses.results import save_result
     from models import InputError
     from probe.reader import open_run
 

@@ -9,7 +9,8 @@ import torch
 
 import models
 import probe
-from analyses.head_metrics import head_metrics, pattern_metrics, save_result
+from analyses.head_metrics import head_metrics, pattern_metrics
+from analyses.results import save_result
 from models.tasks import induction
 
 
