@@ -13,17 +13,31 @@ label drawn from the real label distribution) with selectivity = accuracy - cont
 The objective for strength ``lam`` is mean cross-entropy + lam * ||W||^2, which is
 scikit-learn's ``LogisticRegression(C=1 / (2 * lam * n_train))`` (tests check the two agree).
 
-Features are held in memory per call ([layers, tokens, d_model] float32: 6 x 50k x 384 is
-0.5 GB); streaming larger-than-RAM runs through the probe is not implemented yet.
+Larger than RAM: features may be a ``FeatureRows`` file (``analyses.probe_features``). The
+optimisation is still full-batch L-BFGS, with every loss evaluation streaming the rows in
+chunks and accumulating the gradient, so it reaches the same optimum as in memory while
+holding one chunk at a time (L-BFGS needs ~1 pass over the data per evaluation; the OS page
+cache makes the passes cheap when the file fits there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+
+from models import InputError
+
+from .probe_features import (  # noqa: F401 - re-exported: the probe's data lives there
+    FeatureRows,
+    antecedent_features,
+    chunks,
+    prompt_features,
+    span_features,
+    word_features,
+)
 
 DEFAULT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -50,27 +64,42 @@ def control_labels(types: Sequence, labels: np.ndarray, seed: int = 0) -> np.nda
     return np.array([mapping[t] for t in types])
 
 
+Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # () -> (X [L, r, d], y [r]) chunks
+
+
 def fit_logistic(X: torch.Tensor, y: torch.Tensor, n_classes: int, lambdas: Sequence[float],
                  max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit W [L, K, d, C], b [L, K, C] for features X [L, n, d] and labels y [n], one
     probe per (layer, strength), all in one L-BFGS problem (the objectives are independent,
     so the joint optimum is every probe's optimum)."""
-    L, n, d = X.shape
+    return fit_logistic_streamed(lambda: [(X, y)], X.shape[0], X.shape[1], X.shape[2], n_classes, lambdas, max_iter)
+
+
+def fit_logistic_streamed(batches: Batches, L: int, n: int, d: int, n_classes: int, lambdas: Sequence[float],
+                          max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fit_logistic`` over data given as chunks: ``batches()`` yields (X [L, r, d], y [r])
+    covering the n training rows once per call; gradients are accumulated chunk by chunk."""
     K = len(lambdas)
-    lam = torch.tensor(lambdas, dtype=X.dtype)[None, :, None, None]
-    W = torch.zeros(L, K, d, n_classes, dtype=X.dtype, requires_grad=True)
-    b = torch.zeros(L, K, n_classes, dtype=X.dtype, requires_grad=True)
+    lam = torch.tensor(lambdas, dtype=torch.float32)[None, :, None, None]
+    W = torch.zeros(L, K, d, n_classes, requires_grad=True)
+    b = torch.zeros(L, K, n_classes, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
                             history_size=20, line_search_fn="strong_wolfe")
-    target = y[None, None, :].expand(L, K, n)
 
     def closure():
         opt.zero_grad()
-        logits = torch.einsum("lnd,lkdc->lknc", X, W) + b[:, :, None, :]
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1), reduction="none")
-        loss = ce.view(L, K, n).mean(-1).sum() + (lam * W.pow(2)).sum()
-        loss.backward()
-        return loss
+        total = torch.zeros(())
+        for Xc, yc in batches():
+            r = Xc.shape[1]
+            logits = torch.einsum("lnd,lkdc->lknc", Xc, W) + b[:, :, None, :]
+            target = yc[None, None, :].expand(L, K, r)
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1),
+                                                   reduction="sum") / n
+            ce.backward()
+            total += ce.detach()
+        reg = (lam * W.pow(2)).sum()
+        reg.backward()
+        return total + reg.detach()
 
     opt.step(closure)
     return W.detach(), b.detach()
@@ -81,86 +110,119 @@ def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.einsum("lnd,lkdc->lknc", X, W) + b[:, :, None, :]).argmax(-1)
 
 
-def layer_probes(features: np.ndarray, labels: np.ndarray, prompt_of: np.ndarray, types: Sequence | None = None,
-                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, seed: int = 0, standardize: bool = True) -> pd.DataFrame:
-    """Probe every layer. features: [layers, n, d]; labels: [n] (any hashable values);
-    prompt_of: [n] prompt index of each row (the split unit); types: [n] word types for the
-    control task (default: the labels' rows are their own types, i.e. no control task).
-    Returns one row per layer."""
+def standardizer(features: np.ndarray | FeatureRows, rows: np.ndarray, chunk_rows: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation [L, 1, d] of the selected rows, in one streamed pass."""
+    L, _, d = features.shape
+    s = np.zeros((L, d)), np.zeros((L, d))
+    count = 0
+    for start, block in chunks(features, chunk_rows):
+        x = block[:, rows[start:start + block.shape[1]]].astype(np.float64)
+        s[0][:] += x.sum(1)
+        s[1][:] += (x * x).sum(1)
+        count += x.shape[1]
+    mu = s[0] / count
+    var = (s[1] - count * mu * mu) / max(1, count - 1)
+    sd = np.sqrt(np.clip(var, 0, None)).clip(min=1e-6)
+    return torch.tensor(mu, dtype=torch.float32)[:, None], torch.tensor(sd, dtype=torch.float32)[:, None]
+
+
+def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_of: np.ndarray,
+                 types: Sequence | None = None, lambdas: Sequence[float] = DEFAULT_LAMBDAS, seed: int = 0,
+                 standardize: bool = True, chunk_rows: int | None = None) -> pd.DataFrame:
+    """Probe every layer. features: [layers, n, d] array, or a ``FeatureRows`` file
+    streamed in chunks of ``chunk_rows``; labels: [n] (any hashable values); prompt_of: [n]
+    prompt index of each row (the split unit); types: [n] word types for the control task
+    (default: no control task). Returns one row per layer."""
     classes, y_all = np.unique(labels, return_inverse=True)
     C = len(classes)
+    if C < 2:
+        raise InputError(f"every row has the label {str(classes[0])!r}: a probe needs at least two classes; "
+                         "pick another label field or more varied prompts")
+    L, n, d = features.shape
+    if len(labels) != n or len(prompt_of) != n:
+        raise InputError(f"{n} feature rows but {len(labels)} labels and {len(prompt_of)} prompt ids; they must align")
     prompts = np.unique(prompt_of)
     split_of_prompt = dict(zip(prompts, split_prompts(len(prompts), seed)))
     split = np.array([split_of_prompt[p] for p in prompt_of])
     if not all((split == s).any() for s in (0, 1, 2)):
-        raise ValueError("too few prompts to split into train, dev and test; give at least 10 prompts")
-    X = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        raise InputError("too few prompts to split into train, dev and test; give at least 10 prompts")
     if standardize:
-        mu = X[:, split == 0].mean(1, keepdim=True)
-        sd = X[:, split == 0].std(1, keepdim=True).clamp(min=1e-6)
-        X = (X - mu) / sd
-    tr, dv, te = (torch.as_tensor(split == s) for s in (0, 1, 2))
-    y = torch.as_tensor(y_all)
+        mu, sd = standardizer(features, split == 0, chunk_rows)
+    else:
+        mu, sd = torch.zeros(L, 1, d), torch.ones(L, 1, d)
 
-    def run(y_: torch.Tensor) -> dict[str, np.ndarray]:
-        W, b = fit_logistic(X[:, tr], y_[tr], C, lambdas)
-        pred = predict(X, W, b)  # [L, K, n]
-        acc = {name: (pred[:, :, m] == y_[m]).float().mean(-1).numpy() for name, m in
-               (("train", tr), ("dev", dv), ("test", te))}
+    def blocks(rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(row indices, standardised X [L, r, d]) of the selected rows, chunk by chunk."""
+        for start, block in chunks(features, chunk_rows):
+            idx = np.flatnonzero(rows[start:start + block.shape[1]])
+            if len(idx):
+                yield start + idx, (torch.from_numpy(np.ascontiguousarray(block[:, idx])) - mu) / sd
+
+    train = split == 0
+    in_memory = isinstance(features, np.ndarray) and chunk_rows is None
+    cached = list(blocks(train)) if in_memory else None  # in memory: standardise once, not per evaluation
+
+    def run(y_: np.ndarray) -> dict[str, np.ndarray]:
+        yt = torch.as_tensor(y_)
+
+        def batches():
+            for idx, X in cached if cached is not None else blocks(train):
+                yield X, yt[idx]
+
+        W, b = fit_logistic_streamed(batches, L, int(train.sum()), d, C, lambdas)
+        correct = np.zeros((3, L, len(lambdas)))
+        for idx, X in blocks(np.ones(n, bool)):
+            hit = (predict(X, W, b) == yt[idx]).numpy()  # [L, K, r]
+            for s in range(3):
+                correct[s] += hit[:, :, split[idx] == s].sum(-1)
+        acc = {name: correct[s] / (split == s).sum() for s, name in enumerate(("train", "dev", "test"))}
         best = acc["dev"].argmax(1)  # per layer
-        pick = np.arange(X.shape[0])
+        pick = np.arange(L)
         return {name: a[pick, best] for name, a in acc.items()} | {"lambda": np.asarray(lambdas)[best]}
 
-    real = run(y)
+    real = run(y_all)
     majority_class = np.bincount(y_all[split == 0], minlength=C).argmax()
     majority = float((y_all[split == 2] == majority_class).mean())
-    rows = {"layer": np.arange(X.shape[0]), "train_acc": real["train"], "dev_acc": real["dev"],
+    rows = {"layer": np.arange(L), "train_acc": real["train"], "dev_acc": real["dev"],
             "test_acc": real["test"], "majority_baseline": majority, "lambda": real["lambda"]}
     if types is not None:
-        ctrl = run(torch.as_tensor(np.unique(control_labels(types, y_all, seed), return_inverse=True)[1]))
+        control = np.unique(control_labels(types, y_all, seed), return_inverse=True)[1]
+        # With too few types the control task degenerates to one class (trivially "learned");
+        # report it as missing rather than as a perfect control.
+        ctrl = run(control) if len(np.unique(control[split == 0])) > 1 else {"test": np.full(L, np.nan)}
         rows["control_test_acc"] = ctrl["test"]
         rows["selectivity"] = real["test"] - ctrl["test"]
     return pd.DataFrame(rows)
 
 
-def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", pool: str = "mean") -> np.ndarray:
-    """[layers, prompts, d] one vector per prompt: the mean over its tokens, or its
-    first / last token."""
-    out = []
-    for layer in layers:
-        name = f"blocks.{layer}.{hook}"
-        vecs = []
-        for i in range(run.n_prompts):
-            x = run.prompt_activation(name, i)
-            vecs.append(x.mean(0) if pool == "mean" else x[0] if pool == "first" else x[-1])
-        out.append(np.stack(vecs))
-    return np.stack(out).astype(np.float32)
+class LinearProbe:
+    """One logistic-regression probe with scikit-learn's estimator contract (``fit``,
+    ``predict``, ``score``; fitted state in trailing-underscore attributes), for using a probe
+    as a measuring device, e.g. probe accuracy under ablation (``analyses.ablation``)."""
 
+    def __init__(self, lam: float = 1e-3, standardize: bool = True, max_iter: int = 200):
+        self.lam, self.standardize, self.max_iter = lam, standardize, max_iter
 
-def word_features(run, layers: Sequence[int], spans_field: str = "words", label_field: str = "upos",
-                  hook: str = "hook_resid_post", pool: str = "first"):
-    """Word-level data for a token-level probe: features [layers, words, d] (each word's
-    first subword token, or the mean over its tokens), labels [words], prompt_of [words] and
-    the lower-cased word forms (the control task's types). Words whose span covers no token
-    (e.g. truncated) are skipped."""
-    feats: list[list[np.ndarray]] = [[] for _ in layers]
-    labels, prompt_of, types = [], [], []
-    for i in range(run.n_prompts):
-        lab = run.labels(i)
-        if spans_field not in lab or label_field not in lab:
-            continue
-        text = run.prompt_records[i]["text"]
-        acts = [run.prompt_activation(f"blocks.{layer}.{hook}", i) for layer in layers]
-        for (start, end), tag in zip(lab[spans_field], lab[label_field]):
-            toks = run.tokens_in(i, start, end)
-            if not toks:
-                continue
-            for j, a in enumerate(acts):
-                feats[j].append(a[toks[0]] if pool == "first" else a[toks].mean(0))
-            labels.append(tag)
-            prompt_of.append(i)
-            types.append(text[start:end].lower())
-    if not labels:
-        raise ValueError(f"no prompt carries the word-level labels {spans_field!r} and {label_field!r}")
-    return (np.stack([np.stack(f) for f in feats]).astype(np.float32), np.asarray(labels), np.asarray(prompt_of),
-            types)
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise InputError(f"every row has the label {str(self.classes_[0])!r}: a probe needs at least two classes")
+        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        self.mean_ = X.mean(0) if self.standardize else torch.zeros(X.shape[1])
+        self.scale_ = X.std(0).clamp(min=1e-6) if self.standardize else torch.ones(X.shape[1])
+        W, b = fit_logistic(((X - self.mean_) / self.scale_)[None], torch.as_tensor(yi), len(self.classes_),
+                            [self.lam], self.max_iter)
+        self.coef_, self.intercept_ = W[0, 0], b[0, 0]  # [d, C], [C]
+        return self
+
+    def decision_function(self, X: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Logits [n, C] (torch in, torch out: usable inside a forward hook)."""
+        X = torch.as_tensor(X, dtype=torch.float32)
+        return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+
+    def predict(self, X: torch.Tensor | np.ndarray) -> np.ndarray:
+        return self.classes_[self.decision_function(X).argmax(-1).numpy()]
+
+    def score(self, X: torch.Tensor | np.ndarray, y: np.ndarray) -> float:
+        return float((self.predict(X) == np.asarray(y)).mean())

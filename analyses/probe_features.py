@@ -1,0 +1,161 @@
+"""Probe data read from a recorded run: one feature row per labelled unit (a prompt, a word,
+a pronoun), for every layer at once, plus its label, its prompt (the split unit) and its type
+(the word form, for Hewitt & Liang's control task).
+
+Rows are read prompt by prompt from the run. They are either stacked in memory
+(``[layers, rows, d]`` float32) or, for runs larger than RAM, appended to a ``FeatureRows``
+file on disk and streamed back in chunks by the probe (``analyses.probes``), so memory stays
+bounded by one chunk whatever the size of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models import InputError
+
+
+class FeatureRows:
+    """Feature rows on disk: a raw float32 file laid out [rows, layers, d], so a chunk of
+    consecutive rows is one contiguous read. Read with plain file reads (not mmap), so the
+    pages stay in the OS cache and out of this process's resident memory."""
+
+    def __init__(self, path: str | os.PathLike, n_layers: int, d: int):
+        self.path = Path(path)
+        self.n_layers, self.d = n_layers, d
+        self.n_rows = 0
+        self._file = open(self.path, "wb")  # noqa: SIM115 - kept open while rows are appended
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.n_layers, self.n_rows, self.d)
+
+    def append(self, block: np.ndarray) -> None:
+        """Add rows given as [layers, rows, d]."""
+        if block.shape[0] != self.n_layers or block.shape[2] != self.d:
+            raise ValueError(f"rows of shape {block.shape} do not fit [{self.n_layers}, rows, {self.d}]")
+        self._file.write(np.ascontiguousarray(block.transpose(1, 0, 2), dtype=np.float32).tobytes())
+        self.n_rows += block.shape[1]
+
+    def close(self) -> FeatureRows:
+        if not self._file.closed:
+            self._file.close()
+        return self
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as [layers, rows, d]."""
+        self.close()
+        row = self.n_layers * self.d
+        with open(self.path, "rb") as f:
+            f.seek(start * row * 4)
+            flat = np.fromfile(f, dtype=np.float32, count=(stop - start) * row)
+        return flat.reshape(stop - start, self.n_layers, self.d).transpose(1, 0, 2)
+
+
+def chunks(features: np.ndarray | FeatureRows, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, [layers, r, d]) blocks of consecutive rows: one block for an in-memory array
+    unless ``rows`` asks for smaller ones."""
+    n = features.shape[1]
+    if rows is None:
+        rows = n if isinstance(features, np.ndarray) else default_chunk_rows(features.n_layers, features.d)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        yield start, (features[:, start:stop] if isinstance(features, np.ndarray) else features.read(start, stop))
+
+
+def default_chunk_rows(n_layers: int, d: int, budget_bytes: int = 128 * 2**20) -> int:
+    return max(1, budget_bytes // (n_layers * d * 4))
+
+
+def _as_spans(value) -> list:
+    """A label is either one span [start, end] or a list of them."""
+    return [value] if len(value) == 2 and all(isinstance(v, int) for v in value) else list(value)
+
+
+def span_features(run, layers: Sequence[int], span_field: str, label_field: str, hook: str = "hook_resid_post",
+                  pool: str = "first", out: FeatureRows | None = None, prompts: Sequence[int] | None = None):
+    """One row per labelled span of each prompt: features [layers, rows, d] (the span's first
+    token, or the mean over its tokens), labels [rows], prompt_of [rows] and types (the
+    lower-cased span text). ``span_field`` holds one [start, end] character span per prompt
+    (e.g. ``pronoun_span``, with a scalar ``label_field`` such as ``answer``) or a list of
+    them (``words``, with a list ``upos``). Spans that cover no token (truncated) are
+    skipped. With ``out`` the rows go to disk and ``out`` is returned in place of the array."""
+    layers = list(layers)
+    for layer in layers:
+        name = f"blocks.{layer}.{hook}"
+        if name not in run.hooks:
+            raise InputError(f"{run.path} lacks {name}; record it with --names 'blocks.*.{hook}'")
+    feats: list[list[np.ndarray]] = [[] for _ in layers]
+    labels, prompt_of, types = [], [], []
+    for i in range(run.n_prompts) if prompts is None else prompts:
+        lab = run.labels(i)
+        if span_field not in lab or label_field not in lab:
+            continue
+        text = run.prompt_records[i]["text"]
+        spans = _as_spans(lab[span_field])
+        tags = lab[label_field] if len(spans) > 1 or isinstance(lab[label_field], list) else [lab[label_field]]
+        acts = [run.prompt_activation(f"blocks.{layer}.{hook}", i) for layer in layers]
+        rows: list[list[np.ndarray]] = [[] for _ in layers]
+        for (start, end), tag in zip(spans, tags):
+            toks = run.tokens_in(i, start, end)
+            if not toks:
+                continue
+            for j, a in enumerate(acts):
+                rows[j].append(a[toks[0]] if pool == "first" else a[toks].mean(0))
+            labels.append(tag)
+            prompt_of.append(i)
+            types.append(text[start:end].lower())
+        if rows[0]:
+            if out is not None:
+                out.append(np.stack([np.stack(r) for r in rows]))
+            else:
+                for j, r in enumerate(rows):
+                    feats[j].extend(r)
+    if not labels:
+        raise InputError(f"no prompt of {run.path} carries the labels {span_field!r} and {label_field!r}")
+    data = out.close() if out is not None else np.stack([np.stack(f) for f in feats]).astype(np.float32)
+    return data, np.asarray(labels), np.asarray(prompt_of), types
+
+
+def word_features(run, layers: Sequence[int], spans_field: str = "words", label_field: str = "upos",
+                  hook: str = "hook_resid_post", pool: str = "first", out: FeatureRows | None = None):
+    """Word-level data for a token-level probe (part of speech by default): each word's
+    first subword token, aligned by the character spans the store keeps."""
+    return span_features(run, layers, spans_field, label_field, hook, pool, out)
+
+
+def antecedent_features(run, layers: Sequence[int], query: str = "pronoun_span", hook: str = "hook_resid_post",
+                        out: FeatureRows | None = None):
+    """Antecedent identification: from the pronoun's representation (mean over its tokens),
+    which candidate mention is the antecedent (label ``answer``: 0 = the first mention, 1 =
+    the second). The control task's type is the pronoun with the two candidate words
+    ("he|physician|secretary"): a probe that only memorises which words are in the sentence
+    learns the control task as well as the real one (selectivity ~0)."""
+    feats, labels, prompt_of, spans = span_features(run, layers, query, "answer", hook, "mean", out)
+    types = []
+    for i, pronoun in zip(prompt_of, spans):
+        lab, text = run.labels(int(i)), run.prompt_records[int(i)]["text"]
+        types.append("|".join([pronoun] + [text[a:b].lower() for a, b in lab.get("candidate_spans", [])]))
+    return feats, labels, prompt_of, types
+
+
+def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", pool: str = "mean",
+                    prompts: Sequence[int] | None = None, out: FeatureRows | None = None):
+    """[layers, prompts, d] one vector per prompt: the mean over its tokens, or its first /
+    last token (or ``out``, filled, when streaming to disk)."""
+    layers = list(layers)
+    rows = []
+    for i in range(run.n_prompts) if prompts is None else prompts:
+        vec = []
+        for layer in layers:
+            x = run.prompt_activation(f"blocks.{layer}.{hook}", i)
+            vec.append(x.mean(0) if pool == "mean" else x[0] if pool == "first" else x[-1])
+        if out is not None:
+            out.append(np.stack(vec)[:, None])
+        else:
+            rows.append(np.stack(vec))
+    return out.close() if out is not None else np.stack(rows, 1).astype(np.float32)
