@@ -8,13 +8,22 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test install install-test lint clean toys
+.PHONY: demo test install install-test lint clean toys browser
 
 demo: $(VENV)/.installed
 	$(BIN)/probe demo
 
-test: $(VENV)/.installed-test
+test: browser $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
+
+# The dashboard's end-to-end tests drive Debian's chromium through chromium-driver; install
+# them when they are missing (PROBE_SKIP_BROWSER=1 skips those tests, and this step, instead).
+SUDO ?= $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+browser:
+	@if [ "$$PROBE_SKIP_BROWSER" = 1 ] || { command -v chromium && command -v chromedriver; } >/dev/null; then :; \
+	else echo "installing chromium and chromium-driver for the dashboard's browser tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check probe models analyses dashboard tests bench

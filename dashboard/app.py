@@ -1,0 +1,493 @@
+"""The Dash app: layout and thin callbacks over `data` (what to read) and `figures` (how
+to draw it). ``create_app(run_paths)`` serves only the given runs.
+
+One callback (`sync_state`) owns the view state: it reads the URL on load and after
+back/forward, applies every control or click to a `ViewState`, and writes the state back to
+the controls and the URL. The other callbacks draw from the controls, and only the active
+view reads anything from the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+
+from . import figures
+from .data import (
+    ABLATION,
+    COREF,
+    HEAD_METRICS,
+    HOW_TO,
+    PATCH_HEADS,
+    PATCH_RESID,
+    PROBES,
+    READ_ERRORS,
+    Registry,
+    RunData,
+    error_message,
+)
+from .state import THUMBNAILS, VIEWS, ViewState, from_query, to_query
+
+VIEW_LABELS = {"head": "Head", "layer": "Layer", "metrics": "Head metrics", "results": "Probes & causal",
+               "qk": "Q/K", "compare": "Compare"}
+HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
+GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": True}
+
+
+# ----------------------------------------------------------------------- state updates
+def clamp(state: ViewState, registry: Registry) -> ViewState:
+    """Fit the state to what the run has: an unknown run id becomes the first run, out-of-range
+    prompt/layer/head numbers the nearest valid ones, query positions past the prompt's end
+    are dropped. An unreadable run keeps the state as it is (its views show why)."""
+    if state.run not in registry.runs:
+        state = state.with_(run=registry.ids()[0])
+    data = registry.get(state.run)
+    if data.error:
+        return state
+    n = max(data.n_prompts, 1)
+    prompt = min(max(state.prompt, 0), n - 1)
+    compare = state.compare if state.compare is None or 0 <= state.compare < n else None
+    state = state.with_(prompt=prompt, compare=compare, layer=min(state.layer, data.n_layers - 1),
+                        head=min(state.head, data.n_heads - 1))
+    if state.queries and data.n_prompts:
+        n_tok = len(data.str_tokens(prompt))
+        state = state.with_(queries=tuple(q for q in state.queries if q < n_tok))
+    return state
+
+
+def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
+    """The state after one control changed or one figure was clicked. A dropdown reporting
+    no value is ignored: Dash empties a dropdown whose value is not (yet) among its options,
+    which happens while a shared URL loads, and that must not undo the URL's state."""
+    if value is None and trigger in ("run", "prompt", "layer", "head", "view", "metric", "compare", "scatter-x",
+                                     "scatter-y"):
+        return state
+    if trigger == "run":
+        return state.with_(run=str(value), prompt=0, compare=None, queries=())
+    if trigger == "prompt" and value is not None:
+        return state.with_(prompt=int(value), queries=()) if int(value) != state.prompt else state
+    if trigger in ("prev", "next"):
+        return state.with_(prompt=max(0, state.prompt + (1 if trigger == "next" else -1)), queries=())
+    if trigger in ("layer", "head") and value is not None:
+        return state.with_(**{trigger: int(value)})
+    if trigger == "grid":
+        picked = figures.head_of_click(value)
+        return state.with_(layer=picked[0], head=picked[1]) if picked else state
+    if trigger == "scatter":
+        point = _point(value)
+        if point and isinstance(point.get("customdata"), list) and len(point["customdata"]) == 2:
+            return state.with_(layer=int(point["customdata"][0]), head=int(point["customdata"][1]))
+    if trigger == "layer-view":
+        point = _point(value)
+        if point and point.get("customdata") is not None:
+            return state.with_(head=int(point["customdata"]))
+    if trigger == "head-lines":
+        point = _point(value)
+        if point and point.get("x") == 0 and isinstance(point.get("customdata"), int | float):
+            q = int(point["customdata"])  # a query token was clicked: toggle it
+            return state.with_(queries=tuple(sorted(set(state.queries) ^ {q})))
+    if trigger == "queries":
+        return state.with_(queries=tuple(sorted(int(q) for q in value or [])))
+    if trigger == "view" and value in VIEWS:
+        return state.with_(view=value)
+    if trigger == "metric":
+        return state.with_(metric=value or THUMBNAILS)
+    if trigger == "compare":
+        return state.with_(compare=None if value is None else int(value))
+    if trigger in ("scatter-x", "scatter-y"):
+        return state.with_(**{trigger[-1]: value or ""})
+    return state
+
+
+def _point(click: Any) -> dict | None:
+    try:
+        return click["points"][0]
+    except (TypeError, KeyError, IndexError):
+        return None
+
+
+# ----------------------------------------------------------------------- view bodies
+def _missing(kind: str, what: str) -> html.Div:
+    return html.Div([f"No {what} saved for this run yet. Compute it with ", html.Code(HOW_TO[kind]), "."],
+                    className="missing")
+
+
+def head_card(data: RunData, layer: int, head: int) -> html.Div:
+    """The selected head's numbers from every per-head analysis table."""
+    cols = data.head_columns()
+    if not cols:
+        return _missing(HEAD_METRICS, "head metrics")
+    rows = []
+    for name, series in cols.items():
+        v = series.get((layer, head))
+        if v is not None and np.isfinite(v):
+            rows.append(html.Tr([html.Td(name), html.Td(f"{v:.3f}")]))
+    return html.Div([html.B(f"L{layer}H{head}"), html.Table(rows, className="card")])
+
+
+def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
+    pattern = data.pattern(s.prompt, s.layer, s.head)
+    tokens = data.str_tokens(s.prompt)
+    window = figures.crop_window(len(tokens), focus=list(s.queries))
+    title = f"L{s.layer}H{s.head} on prompt {s.prompt}"
+    out = {"head-heatmap": figures.head_heatmap(pattern, tokens, title, window, list(s.queries)),
+           "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
+           "head-card": head_card(data, s.layer, s.head)}
+    out["head-summed"] = figures.summed_bar(pattern, tokens, list(s.queries)) if s.queries else \
+        figures.message_figure("select query tokens (above, or in the token view) to sum their attention")
+    return out
+
+
+def view_layer(data: RunData, s: ViewState) -> dict[str, Any]:
+    tokens = data.str_tokens(s.prompt)
+    out = {"layer-view": figures.layer_view(data.layer_patterns(s.prompt, s.layer), tokens, s.layer, s.head)}
+    norms = data.residual_norms(s.prompt)
+    out["resid-norm"] = figures.residual_norms(norms[0], tokens, norms[1]) if norms else figures.message_figure(
+        "no residual stream recorded; record it with `probe record ... --names 'blocks.*.hook_resid_post'`")
+    return out
+
+
+def view_metrics(data: RunData, s: ViewState) -> dict[str, Any]:
+    cols = data.head_columns()
+    options = [{"label": c, "value": c} for c in cols]
+    if not cols:
+        return {"scatter": figures.message_figure(f"no per-head results yet: run `{HOW_TO[HEAD_METRICS]}`"),
+                "scatter-x-options": [], "scatter-y-options": [], "metrics-msg": _missing(HEAD_METRICS, "head metrics")}
+    names = list(cols)
+    x = s.x if s.x in cols else ("induction" if "induction" in cols else names[0])
+    y = s.y if s.y in cols else next((c for c in names if c.startswith("ablation") or c == "coref_accuracy"),
+                                     names[1] if len(names) > 1 else names[0])
+    notes = [] if data.tables_of(ABLATION) else [_missing(ABLATION, "ablation sweep")]
+    return {"scatter": figures.metrics_scatter(cols, x, y, (s.layer, s.head)), "scatter-x-options": options,
+            "scatter-y-options": options, "metrics-msg": html.Div(notes)}
+
+
+def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
+    parts: list[Any] = []
+
+    def graph(fig):
+        return dcc.Graph(figure=fig, config=GRAPH_CONFIG)
+
+    probes = data.tables_of(PROBES)
+    parts += [graph(figures.probe_curves(t.table, t.name)) for t in probes] or [_missing(PROBES, "probe results")]
+    sel = (s.layer, s.head)
+    ablations = data.tables_of(ABLATION)
+    parts += [graph(figures.layer_head_heatmap(t.table, "effect", f"{t.name}: effect of ablating each head "
+                                               "(ablated - clean)", sel)) for t in ablations] \
+        or [_missing(ABLATION, "ablation sweep")]
+    heads = data.tables_of(PATCH_HEADS)
+    parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, normalised", sel))
+              for t in heads] or [_missing(PATCH_HEADS, "head patching")]
+    resid = data.tables_of(PATCH_RESID)
+    parts += [graph(figures.layer_position_heatmap(t.table, "normalized", f"{t.name}: residual patching "
+                                                   "[layer, position], normalised")) for t in resid] \
+        or [_missing(PATCH_RESID, "residual patching")]
+    coref = data.tables_of(COREF)
+    parts += [graph(figures.layer_head_heatmap(t.table, "accuracy", f"{t.name}: antecedent accuracy per head", sel,
+                                               diverging=False)) for t in coref] or [_missing(COREF, "coreference study")]
+    return {"results": parts}
+
+
+def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
+    vectors = data.qk_vectors(s.layer, s.head)
+    if vectors is None:
+        return {"qk": figures.message_figure("this run has no query/key vectors for this layer"),
+                "qk-msg": html.Div(["Record them with ", html.Code(
+                    "probe record --model MODEL --prompts PROMPTS -o RUN --names 'blocks.*.attn.hook_q' "
+                    "'blocks.*.attn.hook_k' 'blocks.*.attn.hook_pattern'"), "."], className="missing")}
+    fig = figures.qk_pca(vectors["q"], vectors["k"], vectors["tokens"], vectors["prompt"], s.layer, s.head,
+                         highlight_prompt=s.prompt)
+    return {"qk": fig, "qk-msg": html.Div(f"first {len(vectors['q'])} tokens of the run; the selected prompt's "
+                                          "points are larger")}
+
+
+def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:
+    other = s.compare if s.compare is not None else (s.prompt + 1 if s.prompt + 1 < data.n_prompts else 0)
+    pa, pb = data.pattern(s.prompt, s.layer, s.head), data.pattern(other, s.layer, s.head)
+    ta, tb = data.str_tokens(s.prompt), data.str_tokens(other)
+    wa, wb = figures.crop_window(len(ta)), figures.crop_window(len(tb))
+    fig = figures.compare_heads(pa[wa[0]:wa[1], wa[0]:wa[1]], pb[wb[0]:wb[1], wb[0]:wb[1]], ta[wa[0]:wa[1]],
+                                tb[wb[0]:wb[1]], f"L{s.layer}H{s.head}: prompt {s.prompt} (A) and prompt {other} (B)")
+    texts = data.prompts()
+    return {"compare-graph": fig, "compare-msg": html.Div([html.Div(f"A: {texts[s.prompt]}"),
+                                                          html.Div(f"B: {texts[other]}")])}
+
+
+VIEW_FUNCS: dict[str, Callable[[RunData, ViewState], dict[str, Any]]] = {
+    "head": view_head, "layer": view_layer, "metrics": view_metrics, "results": view_results, "qk": view_qk,
+    "compare": view_compare}
+NEEDS_PATTERNS = {"head", "layer", "compare"}
+
+
+def render_view(registry: Registry, s: ViewState) -> tuple[dict[str, Any], str | None]:
+    """The active view's outputs, or a message saying why it cannot be shown."""
+    try:
+        data = registry.get(s.run)
+        if data.error:
+            return {}, data.error
+        if s.view in NEEDS_PATTERNS and (why := data.missing_patterns()):
+            return {}, why
+        if data.n_prompts == 0 and s.view not in ("metrics", "results"):
+            return {}, f"run {data.label} has no published prompts yet; press Refresh while it is being recorded"
+        return VIEW_FUNCS[s.view](data, s), None
+    except READ_ERRORS as e:
+        return {}, error_message(e)
+
+
+def grid_figure(registry: Registry, s: ViewState):
+    """The all-heads grid: thumbnails of the prompt's patterns, or one metric per head."""
+    try:
+        data = registry.get(s.run)
+        if data.error:
+            return figures.message_figure(data.error)
+        if s.metric and s.metric != THUMBNAILS:
+            cols = data.head_columns()
+            if s.metric not in cols:
+                return figures.message_figure(f"no metric {s.metric!r} saved for this run")
+            values = np.full((data.n_layers, data.n_heads), np.nan)
+            for (layer, head), v in cols[s.metric].items():
+                if 0 <= layer < data.n_layers and 0 <= head < data.n_heads:
+                    values[int(layer), int(head)] = v
+            fig = figures.grid_metric(values, s.metric)
+        else:
+            if why := data.missing_patterns():
+                return figures.message_figure(why)
+            if data.n_prompts == 0:
+                return figures.message_figure("no prompts published yet")
+            fig = figures.grid_thumbnails(data.all_patterns(s.prompt))
+        fig.update_layout(shapes=figures.grid_selection(s.layer, s.head))
+        return fig
+    except READ_ERRORS as e:
+        return figures.message_figure(error_message(e))
+
+
+def token_checklist(registry: Registry, s: ViewState) -> tuple[list[dict], str, str]:
+    """The prompt's tokens as selectable query positions, its text, and its labels."""
+    try:
+        data = registry.get(s.run)
+        if data.error or data.n_prompts == 0:
+            return [], "", ""
+        tokens = data.str_tokens(s.prompt)
+        labels = data.labels(s.prompt)
+        shown = ", ".join(f"{k}: {v}" for k, v in labels.items() if not isinstance(v, list | dict))
+        return ([{"label": t, "value": i} for i, t in enumerate(tokens)], data.prompts()[s.prompt], shown)
+    except READ_ERRORS as e:
+        return [], error_message(e), ""
+
+
+def prompt_options(registry: Registry, run_id: str, search: str | None, current: int | None,
+                   limit: int = 50) -> list[dict]:
+    """At most ``limit`` prompts matching the search text, the current one always included."""
+    try:
+        data = registry.get(run_id)
+        if data.error:
+            return []
+        texts = data.prompts()
+        return [{"label": f"{i}: {texts[i][:90]}", "value": i}
+                for i in data.search_prompts(search, limit, include=current)]
+    except READ_ERRORS:
+        return []
+
+
+# ----------------------------------------------------------------------- layout
+def _dropdown(id_: str, options=None, value=None, width="100%", **kw) -> dcc.Dropdown:
+    return dcc.Dropdown(id=id_, options=options or [], value=value, style={"width": width}, **kw)
+
+
+def layout(registry: Registry) -> html.Div:
+    first = registry.get(registry.ids()[0])
+    n_layers = first.n_layers if not first.error else 1
+    n_heads = first.n_heads if not first.error else 1
+    metrics = [{"label": "pattern thumbnails", "value": THUMBNAILS}] + (
+        [] if first.error else [{"label": f"colour by {c}", "value": c} for c in first.head_columns()])
+    panel = {v: {"display": "block" if v == "head" else "none"} for v in VIEWS}
+    graph = lambda id_, **kw: dcc.Graph(id=id_, config=GRAPH_CONFIG, **kw)  # noqa: E731
+    return html.Div([
+        dcc.Location(id="url", refresh=False),
+        dcc.Store(id="generation", data=0),
+        dcc.Store(id="state"), dcc.Store(id="grid-drawn"), dcc.Store(id="tokens-drawn"),
+        html.Div([
+            html.H3("probe dashboard", style={"margin": "0 16px 0 0"}),
+            _dropdown("run", registry.options(), registry.ids()[0], "260px", clearable=False),
+            html.Button("Refresh", id="refresh", title="re-read the run (shows shards published since)"),
+            html.Div(id="run-status", style={"marginLeft": "12px", "fontSize": "13px"}),
+        ], style={"display": "flex", "alignItems": "center", "gap": "8px"}),
+        html.Div([
+            html.Button("◀", id="prev", title="previous prompt"),
+            _dropdown("prompt", prompt_options(registry, registry.ids()[0], None, 0), 0, "60%", clearable=False,
+                      placeholder="prompt"),
+            html.Button("▶", id="next", title="next prompt"),
+            dcc.Input(id="prompt-search", type="search", placeholder="search prompts by text", debounce=True,
+                      style={"width": "260px"}),
+        ], style={"display": "flex", "alignItems": "center", "gap": "6px", "margin": "8px 0"}),
+        html.Div(id="prompt-text", style={"fontStyle": "italic"}),
+        html.Div(id="prompt-labels", style={"fontSize": "12px", "color": "#555"}),
+        html.Div(["query tokens (select to sum their attention): ",
+                  dcc.Checklist(id="queries", options=[], value=[], inline=True,
+                                labelStyle={"marginRight": "8px", "fontFamily": "monospace"})],
+                 style={"margin": "6px 0"}),
+        html.Div([
+            html.Div([
+                html.Div(["grid: ", _dropdown("metric", metrics,
+                                              THUMBNAILS, "220px", clearable=False)],
+                         style={"display": "flex", "alignItems": "center", "gap": "6px"}),
+                graph("grid"),
+                html.Div(["layer ", _dropdown("layer", [{"label": str(i), "value": i} for i in range(n_layers)], 0,
+                                              "80px", clearable=False),
+                          " head ", _dropdown("head", [{"label": str(i), "value": i} for i in range(n_heads)], 0,
+                                              "80px", clearable=False)],
+                         style={"display": "flex", "alignItems": "center", "gap": "6px"}),
+                html.Div(id="head-card", style={"marginTop": "8px", "fontSize": "13px"}),
+            ], style={"flex": "0 0 34%", "minWidth": "300px"}),
+            html.Div([
+                dcc.Tabs(id="view", value="head", children=[dcc.Tab(label=VIEW_LABELS[v], value=v) for v in VIEWS]),
+                html.Div(id="view-msg", className="missing", style={"color": "#a00", "margin": "6px"}),
+                html.Div(id="panel-head", style=panel["head"], children=[
+                    graph("head-heatmap"), graph("head-summed"), graph("head-lines")]),
+                html.Div(id="panel-layer", style=panel["layer"], children=[graph("layer-view"), graph("resid-norm")]),
+                html.Div(id="panel-metrics", style=panel["metrics"], children=[
+                    html.Div(["x ", _dropdown("scatter-x", width="240px", placeholder="metric"),
+                              " y ", _dropdown("scatter-y", width="240px", placeholder="metric")],
+                             style={"display": "flex", "alignItems": "center", "gap": "6px"}),
+                    graph("scatter"), html.Div(id="metrics-msg")]),
+                html.Div(id="panel-results", style=panel["results"]),
+                html.Div(id="panel-qk", style=panel["qk"], children=[html.Div(id="qk-msg"), graph("qk")]),
+                html.Div(id="panel-compare", style=panel["compare"], children=[
+                    html.Div(["compare with prompt ", _dropdown("compare", [], None, "60%",
+                                                                placeholder="(the next prompt)", clearable=False)],
+                             style={"display": "flex", "alignItems": "center", "gap": "6px"}),
+                    html.Div(id="compare-msg"), graph("compare-graph")]),
+            ], style={"flex": "1 1 auto", "minWidth": "0"}),
+        ], style={"display": "flex", "gap": "16px"}),
+    ], style={"fontFamily": "sans-serif", "margin": "10px"})
+
+
+# ----------------------------------------------------------------------- app
+STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "queries", "scatter-x", "scatter-y"]
+CLICKS = ["grid", "scatter", "layer-view", "head-lines"]
+VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-lines", "figure")],
+                "layer": [("layer-view", "figure"), ("resid-norm", "figure")],
+                "metrics": [("scatter", "figure"), ("scatter-x", "options"), ("scatter-y", "options"),
+                            ("metrics-msg", "children")],
+                "results": [("panel-results", "children")],
+                "qk": [("qk", "figure"), ("qk-msg", "children")],
+                "compare": [("compare-graph", "figure"), ("compare-msg", "children")]}
+OUT_KEYS = {("scatter-x", "options"): "scatter-x-options", ("scatter-y", "options"): "scatter-y-options",
+            ("panel-results", "children"): "results"}
+
+
+def state_outputs(s: ViewState) -> list[Any]:
+    return [to_query(s), s.run, s.prompt, s.layer, s.head, s.view, s.metric, s.compare, list(s.queries),
+            s.x or None, s.y or None]
+
+
+def next_state(search: str | None, stored: str | None, trigger: str | None, value: Any,
+               registry: Registry) -> ViewState:
+    """The state after an event: the URL's on page load or back/forward, otherwise the
+    stored state changed by the one control or click that fired."""
+    if trigger in (None, "url") or stored is None:
+        state = from_query(search)
+    else:
+        state = apply_event(from_query(stored), trigger, value)
+    return clamp(state, registry)
+
+
+def create_app(run_paths: list[str | Path]) -> dash.Dash:
+    """A Dash app serving exactly these runs (opened lazily, on first use)."""
+    registry = Registry(run_paths)
+    app = dash.Dash(__name__, title="probe dashboard", update_title=None,
+                    assets_folder=str(Path(__file__).parent / "assets"), serve_locally=True)
+    app.registry = registry
+    app.layout = lambda: layout(registry)
+
+    @app.callback(
+        [Output("state", "data"), Output("url", "search")] + [Output(c, "value") for c in STATE_INPUTS],
+        [Input("url", "search")] + [Input(c, "value") for c in STATE_INPUTS]
+        + [Input(c, "clickData") for c in CLICKS] + [Input("prev", "n_clicks"), Input("next", "n_clicks")],
+        State("state", "data"),
+    )
+    def sync_state(search, *values):
+        *values, stored = values
+        trigger = ctx.triggered_id
+        events = dict(zip(STATE_INPUTS + CLICKS, values))
+        state = next_state(search, stored, trigger, events.get(trigger), registry)
+        out = state_outputs(state)
+        return [out[0]] + [no_update if out[0] == search else out[0]] + out[1:]
+
+    @app.callback(Output("generation", "data"), Input("refresh", "n_clicks"), State("state", "data"),
+                  State("generation", "data"), prevent_initial_call=True)
+    def refresh(_, query, generation):
+        try:
+            registry.get(from_query(query).run).refresh()
+        except READ_ERRORS:
+            pass
+        return (generation or 0) + 1
+
+    @app.callback(Output("run-status", "children"), Output("layer", "options"), Output("head", "options"),
+                  Output("metric", "options"), Input("run", "value"), Input("generation", "data"))
+    def run_status(run_id, _):
+        try:
+            data = registry.get(run_id)
+        except READ_ERRORS as e:
+            return error_message(e), no_update, no_update, no_update
+        if data.error:
+            return html.Span(data.error, style={"color": "#a00"}), [], [], no_update
+        metrics = [{"label": "pattern thumbnails", "value": THUMBNAILS}] + [
+            {"label": f"colour by {c}", "value": c} for c in data.head_columns()]
+        return (data.status(), [{"label": str(i), "value": i} for i in range(data.n_layers)],
+                [{"label": str(i), "value": i} for i in range(data.n_heads)], metrics)
+
+    @app.callback(Output("prompt", "options"), Output("compare", "options"), Input("state", "data"),
+                  Input("prompt-search", "value"), Input("generation", "data"))
+    def prompts(query, search, _):
+        s = from_query(query)
+        opts = prompt_options(registry, s.run, search, s.prompt)
+        other = prompt_options(registry, s.run, search, s.compare) if s.compare is not None else opts
+        return opts, other
+
+    @app.callback(Output("queries", "options"), Output("prompt-text", "children"), Output("prompt-labels", "children"),
+                  Output("tokens-drawn", "data"), Input("state", "data"), Input("generation", "data"),
+                  State("tokens-drawn", "data"))
+    def tokens(query, generation, drawn):
+        s = from_query(query)
+        key = [s.run, s.prompt, generation]
+        if key == drawn:
+            return no_update, no_update, no_update, no_update
+        return (*token_checklist(registry, s), key)
+
+    @app.callback(Output("grid", "figure"), Output("grid-drawn", "data"), Input("state", "data"),
+                  Input("generation", "data"), State("grid-drawn", "data"))
+    def grid(query, generation, drawn):
+        s = from_query(query)
+        key = [s.run, s.prompt, s.metric, generation]
+        if key == drawn:  # only the selected head moved: patch the outline, redraw nothing
+            patch = Patch()
+            patch["layout"]["shapes"] = figures.grid_selection(s.layer, s.head)
+            return patch, no_update
+        return grid_figure(registry, s), key
+
+    view_outputs = [(cid, prop) for v in VIEWS for cid, prop in VIEW_OUTPUTS[v]]
+
+    @app.callback([Output(f"panel-{v}", "style") for v in VIEWS] + [Output("view-msg", "children"),
+                                                                     Output("head-card", "children")]
+                  + [Output(cid, prop) for cid, prop in view_outputs],
+                  Input("state", "data"), Input("generation", "data"))
+    def view(query, _):
+        s = from_query(query)
+        produced, message = render_view(registry, s)
+        styles = [SHOWN if v == s.view and message is None else HIDDEN for v in VIEWS]
+        card = produced.pop("head-card", no_update)
+        if card is no_update and message is None:
+            try:
+                card = head_card(registry.get(s.run), s.layer, s.head)
+            except READ_ERRORS as e:
+                card = error_message(e)
+        outs = [produced.get(OUT_KEYS.get((cid, prop), cid), no_update) for cid, prop in view_outputs]
+        return styles + [message or "", card if message is None else ""] + outs
+
+    return app

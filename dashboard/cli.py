@@ -1,0 +1,81 @@
+"""`probe dashboard RUN [RUN ...]`: serve the dashboard on the given runs.
+
+probe/cli.py adds the subcommand with ``add_subcommand(sub)``; ``serve`` is what
+`probe demo` calls at its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from probe.errors import StoreError
+
+
+def add_subcommand(sub) -> argparse.ArgumentParser:
+    """Add `dashboard` to argparse's subparsers object."""
+    p = sub.add_parser("dashboard", help="browse recorded runs and their analyses in a web app (Dash)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `probe record`")
+    p.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the runs to the "
+                        "network)")
+    p.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error pages); off by default")
+    p.set_defaults(func=cmd_dashboard)
+    return p
+
+
+def check_runs(run_paths: list[str | Path]) -> None:
+    """Refuse to start when no given path is a run; a run that is merely damaged or still
+    incomplete is served (its views say what is wrong)."""
+    from probe.store import MANIFEST
+
+    paths = [Path(p) for p in run_paths]
+    if not any((p / MANIFEST).is_file() for p in paths):
+        raise StoreError(f"none of {', '.join(map(str, paths))} is a recorded run (a directory with {MANIFEST}); "
+                         "record one with `probe record`")
+    for p in paths:
+        if not (p / MANIFEST).is_file():
+            print(f"warning: {p} is not a recorded run; the dashboard shows why when it is selected",
+                  file=sys.stderr)
+
+
+def url_of(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/"
+
+
+def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
+    """Build the app on these runs and serve it until interrupted (Ctrl-C)."""
+    check_runs(run_paths)
+    from .app import create_app
+
+    app = create_app(run_paths)
+    print(f"dashboard on {len(run_paths)} run(s): {url_of(host, port)}  (Ctrl-C to stop)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: bound to {host}; anyone who can reach this address can read these runs", file=sys.stderr)
+    try:
+        app.run(host=host, port=port, debug=debug, use_reloader=False)
+    except OSError as e:  # port taken, address not available
+        raise StoreError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    serve(args.runs, host=args.host, port=args.port, debug=args.debug)
+    return 0
+
+
+if __name__ == "__main__":  # python -m dashboard.cli RUN ... (before probe/cli.py wires it in)
+    from probe.cli import is_user_error
+
+    parser = argparse.ArgumentParser(prog="probe")
+    add_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["dashboard", *sys.argv[1:]])
+    try:
+        sys.exit(args.func(args))
+    except Exception as e:
+        if is_user_error(e):
+            print(f"probe dashboard: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise

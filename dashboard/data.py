@@ -1,0 +1,375 @@
+"""The runs a dashboard serves, and the slices of them its views read.
+
+The registry holds only the runs named on the command line. The browser refers to a run by
+its id (its position on the command line, "0", "1", ...); an id that is not one of them is
+refused, so no string from the browser ever reaches the file system. Each run opens lazily
+(`probe.reader.Run` reads the manifest and prompt list only) and every view reads just the
+slice it shows: one head's pattern, one layer's heads, one prompt's tokens.
+
+A run that is missing, corrupt or of a newer schema does not stop the others: its entry
+keeps the reader's message and the views show that message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from probe.errors import StoreError
+
+# What a failed read can raise: the store's own errors, h5py's OSError on a damaged file,
+# KeyError for a hook the run lacks, IndexError for a prompt/head out of range, and
+# ValueError from a truncated JSON or CSV file.
+READ_ERRORS = (StoreError, OSError, KeyError, IndexError, ValueError)
+
+
+class UnknownRun(StoreError):
+    """The browser asked for a run id this server was not given."""
+
+
+class RunUnavailable(StoreError):
+    """A run this server was given cannot be read (missing, corrupt, newer schema)."""
+
+
+def error_message(e: BaseException) -> str:
+    """One line for the UI (KeyError's str() adds quotes)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return str(msg) or type(e).__name__
+
+
+# ----------------------------------------------------------------------- analysis tables
+# Tables are recognised by their columns, not their file names (analyses/results.py saves
+# them as RUN/analyses/NAME.csv; probe patch and probe ablate write where -o says).
+HEAD_METRICS, ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF = (
+    "head_metrics", "ablation", "patch_resid", "patch_heads", "probes", "coref")
+
+HOW_TO = {
+    HEAD_METRICS: "probe heads RUN",
+    ABLATION: "probe ablate --model MODEL --task induction -o RUN/analyses/ablation_induction.csv",
+    PATCH_RESID: "probe patch --model toy-coref -o RUN/analyses",
+    PATCH_HEADS: "probe patch --model toy-coref -o RUN/analyses",
+    PROBES: "probe probes RUN --label FIELD (or --task pos on a ud-ewt run)",
+    COREF: "probe coref RUN",
+}
+
+
+def table_kind(columns: list[str], stem: str) -> str | None:
+    """Which kind of analysis result a CSV holds, judged by its columns."""
+    cols = set(columns)
+    if {"layer", "head", "effect"} <= cols:
+        return ABLATION
+    if {"layer", "position", "normalized"} <= cols:
+        return PATCH_RESID
+    if {"layer", "head", "normalized"} <= cols:
+        return PATCH_HEADS
+    if {"layer", "test_acc"} <= cols:
+        return PROBES
+    if {"layer", "head", "accuracy", "ci_low", "ci_high"} <= cols:
+        return COREF
+    if {"layer", "head"} <= cols and stem == "head_metrics":
+        return HEAD_METRICS
+    if {"layer", "head"} <= cols and any(c not in ("layer", "head") for c in cols):
+        return HEAD_METRICS  # any other per-head table: its numeric columns become metrics
+    return None
+
+
+@dataclass
+class AnalysisTable:
+    name: str  # file stem, e.g. "head_metrics", "probes_gender", "coref_heads"
+    kind: str
+    table: pd.DataFrame
+
+
+def discover_tables(run_path: Path) -> list[AnalysisTable]:
+    """Every recognisable CSV under RUN/analyses (one level of subfolders, for coref/)."""
+    root = run_path / "analyses"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]):
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue  # a half-written or foreign CSV is not an analysis result
+        kind = table_kind(list(table.columns), path.stem)
+        if kind is not None:
+            found.append(AnalysisTable(path.stem, kind, table))
+    return found
+
+
+def head_columns(tables: list[AnalysisTable]) -> dict[str, pd.Series]:
+    """Every per-head number the analyses saved, as {metric name: Series indexed by
+    (layer, head)}: head metrics by their column names, ablation effects and head
+    patching by their file stems, coreference accuracy as "coref_accuracy"."""
+    out: dict[str, pd.Series] = {}
+    for t in tables:
+        df = t.table.set_index(["layer", "head"]) if {"layer", "head"} <= set(t.table.columns) else None
+        if df is None:
+            continue
+        if t.kind == HEAD_METRICS:
+            for c in df.columns:
+                if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+                    out[c if t.name == "head_metrics" else f"{t.name}.{c}"] = df[c].astype(float)
+        elif t.kind == ABLATION:
+            out[t.name] = df["effect"].astype(float)
+        elif t.kind == PATCH_HEADS:
+            out[t.name] = df["normalized"].astype(float)
+        elif t.kind == COREF:
+            out["coref_accuracy"] = df["accuracy"].astype(float)
+    return out
+
+
+# ----------------------------------------------------------------------- one run
+class LRU:
+    """A small thread-safe least-recently-used cache (views are served from threads)."""
+
+    def __init__(self, size: int):
+        self.size, self._data, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = make()
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+@dataclass
+class RunData:
+    """One served run: opened on first use, with small caches of what views re-read."""
+
+    id: str
+    path: Path
+    _run: Any = None
+    _error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _tables: tuple | None = None  # (signature of the CSV files, tables)
+    _cache: LRU = field(default_factory=lambda: LRU(256))
+
+    @property
+    def label(self) -> str:
+        return self.path.name or str(self.path)
+
+    # -------------------------------------------------------------- opening
+    @property
+    def run(self):
+        """The opened `probe.reader.Run`; raises `RunUnavailable` with the reason."""
+        with self._lock:
+            if self._run is None and self._error is None:
+                from probe.reader import Run
+
+                try:
+                    self._run = Run(self.path)
+                    self._run.prompt_records  # noqa: B018  (fail now on a broken prompts.jsonl)
+                except READ_ERRORS as e:
+                    self._run, self._error = None, error_message(e)
+            if self._error is not None:
+                raise RunUnavailable(f"run {self.label} cannot be shown: {self._error}")
+            return self._run
+
+    @property
+    def error(self) -> str | None:
+        try:
+            _ = self.run
+        except RunUnavailable as e:
+            return str(e)
+        return None
+
+    def refresh(self) -> None:
+        """Re-read the manifest (a run still being recorded publishes more shards), or try
+        again to open a run that failed; drop cached slices and tables."""
+        with self._lock:
+            if self._run is not None:
+                try:
+                    self._run.refresh()
+                    self._run.__dict__.pop("prompt_records", None)
+                except READ_ERRORS as e:
+                    self._run.close()
+                    self._run, self._error = None, error_message(e)
+            else:
+                self._error = None
+            self._tables = None
+            self._cache.clear()
+
+    def status(self) -> str:
+        """One line: model, size, and whether recording is finished."""
+        err = self.error
+        if err:
+            return err
+        run = self.run
+        cfg = run.config
+        state = "complete" if run.complete else \
+            f"still being recorded: {run.n_prompts} of {run.n_prompts_total} prompts published (Refresh to see more)"
+        return (f"{self.label}: {run.model_name}, {cfg['n_layers']} layers x {cfg['n_heads']} heads, "
+                f"{run.n_prompts} prompts, {run.n_tokens} tokens; {state}")
+
+    # -------------------------------------------------------------- small things, cached
+    @property
+    def n_layers(self) -> int:
+        return int(self.run.config["n_layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.run.config["n_heads"])
+
+    @property
+    def n_prompts(self) -> int:
+        return self.run.n_prompts
+
+    def prompts(self) -> list[str]:
+        return self._cache.get("prompts", lambda: self.run.prompts)
+
+    def search_prompts(self, text: str | None, limit: int = 50, include: int | None = None) -> list[int]:
+        """Indices of prompts containing ``text`` (case-insensitive), at most ``limit``;
+        ``include`` (the current prompt) is always among them."""
+        prompts = self.prompts()
+        needle = (text or "").strip().lower()
+        hits = [i for i, p in enumerate(prompts) if needle in p.lower()] if needle else list(range(len(prompts)))
+        hits = hits[:limit]
+        if include is not None and 0 <= include < len(prompts) and include not in hits:
+            hits.insert(0, include)
+        return hits
+
+    def check_prompt(self, prompt: int) -> int:
+        n = self.n_prompts
+        if not 0 <= prompt < n:
+            raise IndexError(f"prompt {prompt} is out of range: run {self.label} has {n} published prompts")
+        return prompt
+
+    def str_tokens(self, prompt: int) -> list[str]:
+        self.check_prompt(prompt)
+        return self._cache.get(("tokens", prompt), lambda: self.run.str_tokens(prompt))
+
+    def labels(self, prompt: int) -> dict[str, Any]:
+        return self.run.labels(self.check_prompt(prompt))
+
+    def has_hook(self, name: str) -> bool:
+        return name in self.run.manifest["hooks"]
+
+    def missing_patterns(self) -> str | None:
+        """Why attention views are empty, or None when patterns were recorded."""
+        if all(self.has_hook(f"blocks.{layer}.attn.hook_pattern") for layer in range(self.n_layers)):
+            return None
+        return (f"run {self.label} has no attention patterns; record them with "
+                "`probe record ... --names 'blocks.*.attn.hook_pattern'`")
+
+    # -------------------------------------------------------------- slices
+    def pattern(self, prompt: int, layer: int, head: int) -> np.ndarray:
+        """[query, key] of one head: one contiguous read."""
+        self.check_prompt(prompt)
+        self._check_head(layer, head)
+        return self._cache.get(("pattern", prompt, layer, head), lambda: self.run.pattern(prompt, layer, head))
+
+    def layer_patterns(self, prompt: int, layer: int) -> np.ndarray:
+        """[head, query, key] of one layer."""
+        self.check_prompt(prompt)
+        self._check_head(layer, 0)
+        return self._cache.get(("layer", prompt, layer), lambda: self.run.pattern(prompt, layer))
+
+    def all_patterns(self, prompt: int) -> np.ndarray:
+        """[layer, head, query, key] of one prompt (for the grid's thumbnails)."""
+        return np.stack([self.layer_patterns(prompt, layer) for layer in range(self.n_layers)])
+
+    def residual_norms(self, prompt: int) -> tuple[np.ndarray, str] | None:
+        """[layer, position] L2 norm of the residual stream, from the first kind of residual
+        hook the run recorded for every layer; None when it has none."""
+        self.check_prompt(prompt)
+        for kind in ("hook_resid_post", "hook_resid_pre", "hook_resid_mid"):
+            names = [f"blocks.{layer}.{kind}" for layer in range(self.n_layers)]
+            if all(self.has_hook(n) for n in names):
+                return self._cache.get(("resid", prompt, kind), lambda names=names, kind=kind: (
+                    np.stack([np.linalg.norm(self.run.prompt_activation(n, prompt).astype(np.float32), axis=-1)
+                              for n in names]), kind))
+        return None
+
+    def qk_vectors(self, layer: int, head: int, max_tokens: int = 3000) -> dict[str, Any] | None:
+        """Query and key vectors of one head over the run's prompts (the first prompts up to
+        ``max_tokens`` tokens), with each token's string and prompt. None when the run
+        lacks hook_q/hook_k for the layer."""
+        self._check_head(layer, head)
+        q_name, k_name = f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
+        if not (self.has_hook(q_name) and self.has_hook(k_name)):
+            return None
+
+        def read():
+            n_kv = self.run.manifest["hooks"][k_name]["shape"][0]
+            kv_head = head * n_kv // self.n_heads  # grouped-query models share a key head
+            qs, ks, toks, prompt_of = [], [], [], []
+            total = 0
+            for p in range(self.n_prompts):
+                if total >= max_tokens:
+                    break
+                qs.append(self.run.prompt_activation(q_name, p)[:, head])
+                ks.append(self.run.prompt_activation(k_name, p)[:, kv_head])
+                t = self.str_tokens(p)
+                toks += t
+                prompt_of += [p] * len(t)
+                total += len(t)
+            return {"q": np.concatenate(qs).astype(np.float32), "k": np.concatenate(ks).astype(np.float32),
+                    "tokens": toks, "prompt": np.asarray(prompt_of)}
+
+        return self._cache.get(("qk", layer, head, max_tokens), read)
+
+    def _check_head(self, layer: int, head: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} is out of range: the model has {self.n_layers} layers")
+        if not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head} is out of range: the model has {self.n_heads} heads")
+
+    # -------------------------------------------------------------- analysis results
+    def tables(self) -> list[AnalysisTable]:
+        """Analysis tables next to the run, re-read when a CSV appears or changes."""
+        root = self.path / "analyses"
+        files = sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]) if root.is_dir() else []
+        sig = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
+        cached = self._tables
+        if cached is None or cached[0] != sig:
+            cached = (sig, discover_tables(self.path))
+            self._tables = cached
+        return cached[1]
+
+    def tables_of(self, kind: str) -> list[AnalysisTable]:
+        return [t for t in self.tables() if t.kind == kind]
+
+    def head_columns(self) -> dict[str, pd.Series]:
+        return head_columns(self.tables())
+
+
+class Registry:
+    """The runs given on the command line, by id ("0", "1", ...)."""
+
+    def __init__(self, run_paths: list[str | Path]):
+        if not run_paths:
+            raise StoreError("give at least one run directory to serve")
+        self.runs = {str(i): RunData(str(i), Path(p)) for i, p in enumerate(run_paths)}
+
+    def ids(self) -> list[str]:
+        return list(self.runs)
+
+    def get(self, run_id: Any) -> RunData:
+        """The run with this id. Anything else (a path, a name, a number out of range) is
+        refused before it could reach the file system."""
+        key = str(run_id) if run_id is not None else ""
+        if key not in self.runs:
+            raise UnknownRun(f"no run {key[:80]!r} is served here; this dashboard serves runs "
+                             f"{', '.join(f'{i} ({r.label})' for i, r in self.runs.items())}")
+        return self.runs[key]
+
+    def options(self) -> list[dict[str, str]]:
+        return [{"label": f"{r.label}" + (" (unavailable)" if r.error else ""), "value": i}
+                for i, r in self.runs.items()]

@@ -1,0 +1,388 @@
+"""Plotly figures from numpy arrays. Pure functions: no run, no Dash, so each is tested on
+the arrays it is given.
+
+Patterns are [query, key] (one head), [head, query, key] (a layer) or [layer, head, query,
+key] (a prompt). Token labels go on axes as tick text over numeric positions, because a
+categorical axis would merge repeated tokens ("the" twice).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+MAX_TOKENS = 128  # longest window a token-level view draws; longer prompts are cropped
+THUMB = 16  # side of a grid thumbnail (longer patterns are pooled down to it)
+TOP_K = 5  # keys per query the line view draws
+SELECTED = "#d62728"
+LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template="plotly_white")
+
+
+def _round(a: np.ndarray, digits: int = 4) -> np.ndarray:
+    """Fewer digits in the JSON sent to the browser; NaN stays NaN."""
+    return np.round(np.asarray(a, dtype=np.float64), digits)
+
+
+def message_figure(text: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(xaxis_visible=False, yaxis_visible=False, height=200, **LAYOUT)
+    return fig
+
+
+# ----------------------------------------------------------------------- long prompts
+def crop_window(n: int, max_tokens: int = MAX_TOKENS, focus: list[int] | None = None,
+                start: int | None = None) -> tuple[int, int]:
+    """[start, end) of at most ``max_tokens`` positions: from ``start`` if given, else
+    around the focused positions (the selected queries), else the prompt's end, where a
+    decoder's late queries see the whole context."""
+    if n <= max_tokens:
+        return 0, n
+    if start is None:
+        start = max(focus) - max_tokens // 2 if focus else n - max_tokens
+    start = min(max(0, start), n - max_tokens)
+    return start, start + max_tokens
+
+
+def sparsify_topk(pattern: np.ndarray, k: int) -> np.ndarray:
+    """Keep each row's ``k`` largest weights, zero the rest (for display)."""
+    if k >= pattern.shape[-1]:
+        return pattern.copy()
+    out = np.zeros_like(pattern)
+    idx = np.argpartition(-pattern, k - 1, axis=-1)[..., :k]
+    np.put_along_axis(out, idx, np.take_along_axis(pattern, idx, -1), -1)
+    return out
+
+
+def pool(pattern: np.ndarray, size: int) -> np.ndarray:
+    """Mean-pool the last two axes down to at most ``size`` x ``size``."""
+    n_q, n_k = pattern.shape[-2:]
+    if n_q <= size and n_k <= size:
+        return pattern
+    qb = np.linspace(0, n_q, min(size, n_q) + 1).astype(int)
+    kb = np.linspace(0, n_k, min(size, n_k) + 1).astype(int)
+    rows = np.add.reduceat(pattern, qb[:-1], axis=-2) / np.diff(qb)[:, None]
+    return np.add.reduceat(rows, kb[:-1], axis=-1) / np.diff(kb)
+
+
+def summed_attention(pattern: np.ndarray, queries: list[int]) -> np.ndarray:
+    """Attention to each key summed over the selected query positions."""
+    return pattern[list(queries)].sum(0) if queries else np.zeros(pattern.shape[-1])
+
+
+# ----------------------------------------------------------------------- one head
+def head_heatmap(pattern: np.ndarray, tokens: list[str], title: str = "", window: tuple[int, int] | None = None,
+                 queries: list[int] | None = None) -> go.Figure:
+    """The [query, key] pattern with token labels on both axes and hover values. ``window``
+    crops both axes to [start, end); selected queries are marked on the query axis."""
+    a, b = window or (0, len(tokens))
+    z = _round(pattern[a:b, a:b])
+    toks = tokens[a:b]
+    pos = list(range(a, b))
+    hover = [[f"query {q} {toks[i]!r} -> key {k} {toks[j]!r}" for j, k in enumerate(pos)] for i, q in enumerate(pos)]
+    fig = go.Figure(go.Heatmap(z=z, x=pos, y=pos, colorscale="Blues", zmin=0, zmax=max(float(np.nanmax(z)), 1e-6)
+                               if z.size else 1, hovertext=hover,
+                               hovertemplate="%{hovertext}: %{z:.3f}<extra></extra>", colorbar={"title": "attn"}))
+    tick = dict(tickmode="array", tickvals=pos, ticktext=toks, tickfont={"size": 10 if len(pos) < 48 else 7})
+    fig.update_layout(title=title + (f" (positions {a}-{b - 1} of {len(tokens)})" if (a, b) != (0, len(tokens)) else ""),
+                      xaxis=dict(title="key", side="bottom", tickangle=-60, **tick),
+                      yaxis=dict(title="query", autorange="reversed", **tick),
+                      height=max(360, min(900, 14 * len(pos) + 140)), **LAYOUT)
+    for q in queries or []:
+        if a <= q < b:
+            fig.add_shape(type="rect", x0=a - 0.5, x1=b - 0.5, y0=q - 0.5, y1=q + 0.5,
+                          line=dict(color=SELECTED, width=1))
+    return fig
+
+
+def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None = None, top_k: int = TOP_K,
+              window: tuple[int, int] | None = None) -> go.Figure:
+    """bertviz-style: queries on the left, keys on the right, a line per (query, key) among
+    each query's ``top_k`` keys, opacity by weight. Selected queries are drawn in red and
+    the keys' bars show their summed attention. Clicking a query token selects it."""
+    a, b = window or (0, len(tokens))
+    p = sparsify_topk(pattern[a:b, a:b], top_k)
+    toks = tokens[a:b]
+    n = len(toks)
+    sel = [q - a for q in queries or [] if a <= q < b]
+    fig = go.Figure()
+    buckets = [(0.02, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.01)]  # few traces, not n^2
+    for lo, hi in buckets:
+        xs, ys = [], []
+        for q, k in zip(*np.nonzero((p >= lo) & (p < hi))):
+            if sel and q in sel:
+                continue
+            xs += [0, 1, None]
+            ys += [q, k, None]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                     line=dict(color=f"rgba(31,119,180,{0.15 + 0.8 * lo:.2f})", width=1 + 3 * lo)))
+    for q in sel:
+        for k in np.flatnonzero(p[q] > 0):
+            fig.add_trace(go.Scatter(x=[0, 1], y=[q, k], mode="lines", hoverinfo="skip", showlegend=False,
+                                     line=dict(color=SELECTED, width=1 + 6 * float(p[q, k]))))
+    summed = summed_attention(pattern[a:b, a:b], sel)
+    fig.add_trace(go.Scatter(x=[0] * n, y=list(range(n)), mode="markers+text", text=toks, textposition="middle left",
+                             marker=dict(size=9, color=[SELECTED if i in sel else "#1f77b4" for i in range(n)]),
+                             customdata=list(range(a, b)), name="queries", showlegend=False,
+                             hovertemplate="query %{customdata} %{text}: click to select<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[1] * n, y=list(range(n)), mode="markers+text", text=toks,
+                             textposition="middle right", name="keys", showlegend=False,
+                             marker=dict(size=6 + 20 * np.sqrt(np.clip(summed, 0, None) / max(len(sel), 1)),
+                                         color=SELECTED if sel else "#7f7f7f"),
+                             customdata=_round(summed, 3),
+                             hovertemplate="key %{text}: summed attention %{customdata}<extra></extra>"))
+    fig.update_layout(title=f"token view: top {top_k} keys per query" + (
+        f"; {len(sel)} selected queries, marker size = summed attention" if sel else "; click query tokens to select"),
+        xaxis=dict(visible=False, range=[-0.6, 1.6]), yaxis=dict(visible=False, autorange="reversed"),
+        height=max(360, min(1400, 18 * n + 80)), clickmode="event", **LAYOUT)
+    return fig
+
+
+def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int]) -> go.Figure:
+    """Bar per key: the attention the selected queries give it, summed."""
+    s = summed_attention(pattern, queries)
+    fig = go.Figure(go.Bar(x=list(range(len(tokens))), y=_round(s), hovertext=tokens,
+                           hovertemplate="%{hovertext}: %{y:.3f}<extra></extra>", marker_color=SELECTED))
+    fig.update_layout(title="attention summed over the selected queries: "
+                      + ", ".join(repr(tokens[q]) for q in queries),
+                      xaxis=dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, tickangle=-60),
+                      yaxis_title="summed attention", height=300, **LAYOUT)
+    return fig
+
+
+# ----------------------------------------------------------------------- all heads
+def grid_thumbnails(patterns: np.ndarray, thumb: int = THUMB) -> go.Figure:
+    """One heatmap holding every head's pattern as a thumbnail: head h of layer l covers
+    x in [h, h+1), y in [l, l+1), so a click's floor(x), floor(y) names the head. Each
+    thumbnail is scaled to its own maximum."""
+    L, H = patterns.shape[:2]
+    small = pool(patterns, thumb)  # [L, H, t, t]
+    t = small.shape[-1]
+    small = small / np.maximum(small.max(axis=(-2, -1), keepdims=True), 1e-9)
+    z = np.full((L * (t + 1), H * (t + 1)), np.nan)
+    for layer in range(L):
+        for head in range(H):
+            z[layer * (t + 1):layer * (t + 1) + t, head * (t + 1):head * (t + 1) + t] = small[layer, head]
+    offsets = np.r_[0.05 + 0.9 * (np.arange(t) + 0.5) / t, 0.975]
+    coords = lambda count: (np.arange(count)[:, None] + offsets[None]).ravel()  # noqa: E731
+    fig = go.Figure(go.Heatmap(z=_round(z, 3), x=_round(coords(H), 4), y=_round(coords(L), 4), colorscale="Blues",
+                               zmin=0, zmax=1, showscale=False, hoverongaps=False,
+                               hovertemplate="layer %{y:.0f} head %{x:.0f}<extra>click to select</extra>"))
+    _grid_axes(fig, L, H, "each head's pattern on this prompt (scaled to its maximum); click one to select it")
+    return fig
+
+
+def grid_metric(values: np.ndarray, metric: str) -> go.Figure:
+    """[layer, head] values of one per-head metric, cell (l, h) over [h, h+1) x [l, l+1)."""
+    L, H = values.shape
+    fig = go.Figure(go.Heatmap(z=_round(values), x=np.arange(H) + 0.5, y=np.arange(L) + 0.5, colorscale="Viridis",
+                               hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
+                               colorbar={"title": metric[:14]}))
+    _grid_axes(fig, L, H, f"{metric} per head; click one to select it")
+    return fig
+
+
+def _grid_axes(fig: go.Figure, L: int, H: int, title: str) -> None:
+    fig.update_layout(
+        title=dict(text=title, font={"size": 12}),
+        xaxis=dict(tickmode="array", tickvals=np.arange(H) + 0.5, ticktext=[f"H{h}" for h in range(H)],
+                   range=[0, H], showgrid=False, zeroline=False, side="top"),
+        yaxis=dict(tickmode="array", tickvals=np.arange(L) + 0.5, ticktext=[f"L{layer}" for layer in range(L)],
+                   range=[L, 0], showgrid=False, zeroline=False),
+        height=max(220, min(700, 60 * L + 60)), **{**LAYOUT, "margin": dict(l=40, r=10, t=60, b=10)})
+
+
+def grid_selection(layer: int, head: int) -> list[dict]:
+    """The layout shapes that outline the selected cell of a grid."""
+    return [dict(type="rect", x0=head, x1=head + 1, y0=layer, y1=layer + 1, line=dict(color=SELECTED, width=3))]
+
+
+def head_of_click(click: dict | None) -> tuple[int, int] | None:
+    """(layer, head) from a grid's clickData: floor of the clicked coordinates."""
+    try:
+        point = click["points"][0]
+        return int(np.floor(float(point["y"]))), int(np.floor(float(point["x"])))
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------- one layer
+def layer_view(patterns: np.ndarray, tokens: list[str], layer: int, selected: int | None = None,
+               size: int = 48) -> go.Figure:
+    """Every head of one layer side by side (pooled to ``size`` positions for long prompts).
+    Clicking a panel selects that head (the trace's customdata holds it)."""
+    H = patterns.shape[0]
+    cols = min(H, 6)
+    rows = -(-H // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"H{h}" for h in range(H)],
+                        horizontal_spacing=0.02, vertical_spacing=0.08 / max(rows - 1, 1) if rows > 1 else 0.05)
+    small = pool(patterns, size)
+    n = len(tokens)
+    labels = tokens if small.shape[-1] == n else None
+    for h in range(H):
+        fig.add_trace(go.Heatmap(z=_round(small[h], 3), coloraxis="coloraxis", customdata=np.full(small[h].shape, h),
+                                 hovertemplate=f"H{h} " + ("q %{y} -> k %{x}" if labels is None else "") +
+                                 ": %{z:.3f}<extra>click to select</extra>"),
+                      row=h // cols + 1, col=h % cols + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    if selected is not None and 0 <= selected < H:
+        fig.layout.annotations[selected].font = dict(color=SELECTED, size=14)
+        fig.layout.annotations[selected].text = f"<b>H{selected} (selected)</b>"
+    fig.update_layout(title=f"layer {layer}: all {H} heads", coloraxis=dict(colorscale="Blues", cmin=0),
+                      height=230 * rows + 60, **LAYOUT)
+    return fig
+
+
+def residual_norms(norms: np.ndarray, tokens: list[str], hook: str) -> go.Figure:
+    """[layer, position] L2 norm of the residual stream."""
+    L, n = norms.shape
+    fig = go.Figure(go.Heatmap(z=_round(norms, 3), x=list(range(n)), y=list(range(L)), colorscale="Viridis",
+                               hovertemplate="layer %{y} position %{x}: %{z:.2f}<extra></extra>",
+                               colorbar={"title": "norm"}))
+    fig.update_layout(title=f"residual stream norm ({hook}) per layer and position",
+                      xaxis=dict(tickmode="array", tickvals=list(range(n)), ticktext=tokens, tickangle=-60),
+                      yaxis=dict(title="layer", autorange="reversed", dtick=1), height=120 + 30 * L, **LAYOUT)
+    return fig
+
+
+# ----------------------------------------------------------------------- analyses
+def metrics_scatter(columns: dict[str, pd.Series], x: str, y: str, selected: tuple[int, int] | None) -> go.Figure:
+    """One point per head, metric ``x`` against metric ``y``; customdata = (layer, head)."""
+    df = pd.concat({x: columns[x], y: columns[y]}, axis=1).dropna() if x != y else \
+        columns[x].rename(x).to_frame().dropna()
+    layers = df.index.get_level_values(0).to_numpy()
+    heads = df.index.get_level_values(1).to_numpy()
+    names = [f"L{layer}H{head}" for layer, head in zip(layers, heads)]
+    is_sel = [(int(layer), int(head)) == selected for layer, head in zip(layers, heads)]
+    fig = go.Figure(go.Scatter(
+        x=_round(df[x]), y=_round(df[y]), mode="markers+text", text=[n if s else "" for n, s in zip(names, is_sel)],
+        textposition="top center", hovertext=names, customdata=np.stack([layers, heads], 1),
+        marker=dict(size=[14 if s else 8 for s in is_sel], color=layers, colorscale="Turbo",
+                    line=dict(color=[SELECTED if s else "white" for s in is_sel], width=[3 if s else 1 for s in is_sel]),
+                    colorbar={"title": "layer"}),
+        hovertemplate="%{hovertext}: " + x + " %{x:.3f}, " + y + " %{y:.3f}<extra>click to select</extra>"))
+    fig.update_layout(title=f"{y} against {x}, one point per head", xaxis_title=x, yaxis_title=y, height=450,
+                      **LAYOUT)
+    return fig
+
+
+def probe_curves(table: pd.DataFrame, name: str) -> go.Figure:
+    """Accuracy per layer of a probe table: train/dev/test, majority baseline, and the
+    control task and selectivity when the table has them."""
+    fig = go.Figure()
+    layers = table["layer"].to_numpy()
+    for col, dash in (("test_acc", "solid"), ("dev_acc", "dot"), ("train_acc", "dot"),
+                      ("control_test_acc", "dash"), ("selectivity", "solid"), ("majority_baseline", "dashdot")):
+        if col in table.columns:
+            fig.add_trace(go.Scatter(x=layers, y=_round(table[col]), mode="lines+markers", name=col,
+                                     line=dict(dash=dash)))
+    fig.update_layout(title=f"{name}: probe accuracy per layer", xaxis=dict(title="layer", dtick=1),
+                      yaxis=dict(title="accuracy", range=[min(0, float(table.get("selectivity", pd.Series([0])).min())),
+                                                          1.02]), height=360, **LAYOUT)
+    return fig
+
+
+def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tuple[int, int] | None = None,
+                       diverging: bool = True) -> go.Figure:
+    """A [layer, head] table as a heatmap (ablation effect, head patching, coref accuracy)."""
+    grid = table.pivot_table(index="layer", columns="head", values=value, aggfunc="mean")
+    z = grid.to_numpy()
+    L, H = z.shape
+    bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(go.Heatmap(z=_round(z), x=np.arange(H) + 0.5, y=np.arange(L) + 0.5,
+                               colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
+                               zmid=0 if diverging else None, zmin=-bound if diverging else None,
+                               zmax=bound if diverging else None,
+                               hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
+                               colorbar={"title": value}))
+    _grid_axes(fig, L, H, title)
+    if selected is not None:
+        fig.update_layout(shapes=grid_selection(*selected))
+    return fig
+
+
+def layer_position_heatmap(table: pd.DataFrame, value: str, title: str) -> go.Figure:
+    """A [layer, position] table (residual patching) as a heatmap."""
+    grid = table.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
+    fig = go.Figure(go.Heatmap(z=_round(grid.to_numpy()), x=grid.columns.to_list(), y=grid.index.to_list(),
+                               colorscale="RdBu", reversescale=True, zmid=0,
+                               hovertemplate="layer %{y} position %{x}: %{z:.3f}<extra></extra>",
+                               colorbar={"title": value}))
+    fig.update_layout(title=title, xaxis=dict(title="position", dtick=1),
+                      yaxis=dict(title="layer", autorange="reversed", dtick=1), height=120 + 30 * len(grid), **LAYOUT)
+    return fig
+
+
+# ----------------------------------------------------------------------- Q/K
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of the rows of ``x`` on their first two principal components, and the
+    fraction of variance each explains."""
+    centered = x - x.mean(0)
+    _, s, vt = np.linalg.svd(centered, full_matrices=False)
+    var = s**2 / max((s**2).sum(), 1e-12)
+    return centered @ vt[:2].T, var[:2]
+
+
+def qk_pca(q: np.ndarray, k: np.ndarray, tokens: list[str], prompt_of: np.ndarray, layer: int, head: int,
+           highlight_prompt: int | None = None, n_colours: int = 12) -> go.Figure:
+    """Queries (circles) and keys (crosses) of one head in the plane of their joint first
+    two principal components, coloured by token (the ``n_colours`` commonest tokens; the
+    rest grey). Points of ``highlight_prompt`` are drawn larger."""
+    xy, var = pca_2d(np.concatenate([q, k]))
+    n = len(q)
+    common = [t for t, _ in Counter(tokens).most_common(n_colours)]
+    fig = go.Figure()
+    for kind, part, symbol in (("query", slice(0, n), "circle"), ("key", slice(n, 2 * n), "x")):
+        pts = xy[part]
+        for tok in [*common, None]:
+            mask = np.array([(t == tok) if tok is not None else (t not in common) for t in tokens])
+            if not mask.any():
+                continue
+            big = prompt_of[mask] == highlight_prompt
+            fig.add_trace(go.Scatter(
+                x=_round(pts[mask, 0], 3), y=_round(pts[mask, 1], 3), mode="markers",
+                name=f"{kind} {tok!r}" if tok is not None else f"{kind} (other tokens)",
+                legendgroup=str(tok), marker=dict(symbol=symbol, size=np.where(big, 11, 5),
+                                                  color=None if tok is not None else "lightgrey", opacity=0.7),
+                hovertext=[f"{kind} {t!r} (prompt {p})" for t, p in zip(np.asarray(tokens)[mask], prompt_of[mask])],
+                hovertemplate="%{hovertext}<extra></extra>"))
+    fig.update_layout(title=f"L{layer}H{head}: PCA of query and key vectors over {n} tokens "
+                      f"(PC1 {var[0]:.0%}, PC2 {var[1] if len(var) > 1 else 0:.0%} of variance)",
+                      xaxis_title="PC1", yaxis_title="PC2", height=520, **LAYOUT)
+    return fig
+
+
+# ----------------------------------------------------------------------- compare
+def compare_heads(pa: np.ndarray, pb: np.ndarray, ta: list[str], tb: list[str], title: str) -> go.Figure:
+    """The same head on two prompts side by side, and their difference (b - a) over the
+    positions both have (the whole pattern when the prompts are the same length, as twins
+    such as tired/wide are)."""
+    m = min(len(ta), len(tb))
+    diff = pb[:m, :m] - pa[:m, :m]
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.12,
+                        subplot_titles=["prompt A", "prompt B", "B - A" + ("" if len(ta) == len(tb)
+                                                                            else f" (first {m} positions)")])
+    bound = max(float(np.abs(diff).max()) if diff.size else 0, 1e-6)
+    for col, (z, toks) in enumerate(((pa, ta), (pb, tb)), start=1):
+        fig.add_trace(go.Heatmap(z=_round(z), coloraxis="coloraxis", hovertemplate="q %{y} -> k %{x}: %{z:.3f}"
+                                 "<extra></extra>"), row=1, col=col)
+        _token_axes(fig, toks, col)
+    fig.add_trace(go.Heatmap(z=_round(diff), colorscale="RdBu", reversescale=True, zmin=-bound, zmax=bound,
+                             colorbar=dict(title="B - A", x=1.02), hovertemplate="q %{y} -> k %{x}: %{z:+.3f}"
+                             "<extra></extra>"), row=1, col=3)
+    _token_axes(fig, [f"{a}/{b}" if a != b else a for a, b in zip(ta, tb)], 3)
+    fig.update_layout(title=title, coloraxis=dict(colorscale="Blues", cmin=0, showscale=False),
+                      height=max(380, min(900, 14 * max(len(ta), len(tb)) + 180)), **LAYOUT)
+    return fig
+
+
+def _token_axes(fig: go.Figure, toks: list[str], col: int) -> None:
+    tick = dict(tickmode="array", tickvals=list(range(len(toks))), ticktext=toks, tickfont={"size": 9})
+    fig.update_xaxes(tickangle=-60, row=1, col=col, **tick)
+    fig.update_yaxes(autorange="reversed", row=1, col=col, **tick)

@@ -1,0 +1,116 @@
+"""End-to-end: the dashboard in a real headless Chromium (dash.testing's `dash_duo`, driving
+Debian's chromium and chromium-driver). `make browser` installs them; these tests fail,
+not skip, when they are missing, unless PROBE_SKIP_BROWSER=1 says to skip them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+from test_dashboard_runs import record_coref_run
+
+from dashboard.app import create_app
+
+if os.environ.get("PROBE_SKIP_BROWSER") == "1":
+    pytest.skip("PROBE_SKIP_BROWSER=1: browser tests skipped on request", allow_module_level=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser_installed():
+    missing = [b for b in ("chromium", "chromedriver") if shutil.which(b) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: run `make browser` (apt-get install chromium "
+                    "chromium-driver), or set PROBE_SKIP_BROWSER=1 to skip the browser tests explicitly",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def coref_run(tmp_path_factory):
+    return record_coref_run(tmp_path_factory.mktemp("e2e") / "toy-coref-run", n=12)
+
+
+def tick_labels(dash_duo, graph_id: str, axis: str = "x") -> list[str]:
+    return [e.text for e in dash_duo.find_elements(f"#{graph_id} .{axis}tick text")]
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception:  # the DOM is being redrawn
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_click_head_change_prompt_and_share_url(dash_duo, coref_run):
+    from probe.reader import Run
+
+    run = Run(coref_run)
+    app = create_app([coref_run])
+    dash_duo.start_server(app)
+    dash_duo.wait_for_contains_text("#run-status", "complete", timeout=15)
+
+    # the head view starts on L0H0 of prompt 0, with prompt 0's tokens on both axes
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L0H0 on prompt 0")
+    tokens0 = run.str_tokens(0)
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap") == tokens0, what="prompt 0's tokens on the key axis")
+    assert tick_labels(dash_duo, "head-heatmap", "y") == tokens0
+
+    # click the cell of layer 1, head 2 in the all-heads grid
+    n_layers, n_heads = run.config["n_layers"], run.config["n_heads"]
+    grid = dash_duo.find_element("#grid .nsewdrag")
+    dash_duo.click_at_coord_fractions(grid, (2 + 0.5) / n_heads, (1 + 0.5) / n_layers)
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L1H2 on prompt 0")
+    wait_until(lambda: "head=2" in dash_duo.driver.current_url and "layer=1" in dash_duo.driver.current_url,
+               what="the URL to hold the head")
+
+    # next prompt: its tokens replace the old ones
+    dash_duo.find_element("#next").click()
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L1H2 on prompt 1")
+    tokens1 = run.str_tokens(1)
+    assert tokens1 != tokens0
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap") == tokens1, what="prompt 1's tokens")
+    dash_duo.wait_for_contains_text("#prompt-text", run.prompts[1])
+
+    # select two query tokens: the summed-attention bar appears
+    boxes = dash_duo.find_elements("#queries input")
+    assert len(boxes) == len(tokens1)
+    boxes[3].click()
+    wait_until(lambda: "q=3" in dash_duo.driver.current_url, what="q=3 in the URL")
+    dash_duo.find_elements("#queries input")[5].click()
+    dash_duo.wait_for_contains_text("#head-summed .gtitle", "summed over the selected queries")
+    wait_until(lambda: "q=3%2C5" in dash_duo.driver.current_url, what="both queries in the URL")
+
+    # a shared URL reloads the same state in a fresh page
+    shared = dash_duo.driver.current_url
+    dash_duo.driver.get(dash_duo.server_url)
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L0H0 on prompt 0")
+    dash_duo.driver.get(shared)
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L1H2 on prompt 1")
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap") == tokens1, what="prompt 1's tokens after reload")
+    wait_until(lambda: [b.is_selected() for b in dash_duo.find_elements("#queries input")][3:6] == [True, False, True],
+               what="the selected queries after reload")
+    assert dash_duo.get_logs() == [], dash_duo.get_logs()
+
+
+def test_views_from_url_and_grid_by_metric(dash_duo, coref_run):
+    app = create_app([coref_run])
+    dash_duo.start_server(app)
+    # a URL straight into the layer view of layer 1, grid coloured by induction score
+    dash_duo.driver.get(dash_duo.server_url + "/?run=0&prompt=2&layer=1&head=3&view=layer&metric=induction")
+    dash_duo.wait_for_contains_text("#layer-view .gtitle", "layer 1: all")
+    dash_duo.wait_for_contains_text("#grid .gtitle", "induction per head")
+    dash_duo.wait_for_contains_text("#resid-norm .gtitle", "residual stream norm")
+    # switch to the probes & causal tab: the saved analyses are drawn
+    dash_duo.find_element("#view .tab:nth-child(4)").click()
+    dash_duo.wait_for_contains_text("#panel-results", "probes_antecedent: probe accuracy per layer")
+    dash_duo.wait_for_contains_text("#panel-results", "ablation_coref")
+    dash_duo.wait_for_contains_text("#panel-results", "patch_resid")
+    wait_until(lambda: "view=results" in dash_duo.driver.current_url, what="view=results in the URL")
+    assert dash_duo.get_logs() == [], dash_duo.get_logs()
