@@ -54,10 +54,24 @@ def clamp(state: ViewState, registry: Registry) -> ViewState:
     compare = state.compare if state.compare is None or 0 <= state.compare < n else None
     state = state.with_(prompt=prompt, compare=compare, layer=min(state.layer, data.n_layers - 1),
                         head=min(state.head, data.n_heads - 1))
+    cols = list(data.head_columns())
+    if cols:
+        x = state.x if state.x in cols else default_x(cols)
+        state = state.with_(x=x, y=state.y if state.y in cols else default_y(cols, x))
     if state.queries and data.n_prompts:
         n_tok = len(data.str_tokens(prompt))
         state = state.with_(queries=tuple(q for q in state.queries if q < n_tok))
     return state
+
+
+def default_x(cols: list[str]) -> str:
+    return "induction" if "induction" in cols else cols[0]
+
+
+def default_y(cols: list[str], x: str) -> str:
+    """A causal result when there is one (the point of the scatter), else another metric."""
+    causal = [c for c in cols if c.startswith(("ablation", "patch")) or c == "coref_accuracy"]
+    return next((c for c in causal + cols if c != x), x)
 
 
 def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
@@ -154,17 +168,13 @@ def view_layer(data: RunData, s: ViewState) -> dict[str, Any]:
 
 def view_metrics(data: RunData, s: ViewState) -> dict[str, Any]:
     cols = data.head_columns()
-    options = [{"label": c, "value": c} for c in cols]
     if not cols:
         return {"scatter": figures.message_figure(f"no per-head results yet: run `{HOW_TO[HEAD_METRICS]}`"),
-                "scatter-x-options": [], "scatter-y-options": [], "metrics-msg": _missing(HEAD_METRICS, "head metrics")}
-    names = list(cols)
-    x = s.x if s.x in cols else ("induction" if "induction" in cols else names[0])
-    y = s.y if s.y in cols else next((c for c in names if c.startswith("ablation") or c == "coref_accuracy"),
-                                     names[1] if len(names) > 1 else names[0])
+                "metrics-msg": _missing(HEAD_METRICS, "head metrics")}
+    x = s.x if s.x in cols else default_x(list(cols))
+    y = s.y if s.y in cols else default_y(list(cols), x)
     notes = [] if data.tables_of(ABLATION) else [_missing(ABLATION, "ablation sweep")]
-    return {"scatter": figures.metrics_scatter(cols, x, y, (s.layer, s.head)), "scatter-x-options": options,
-            "scatter-y-options": options, "metrics-msg": html.Div(notes)}
+    return {"scatter": figures.metrics_scatter(cols, x, y, (s.layer, s.head)), "metrics-msg": html.Div(notes)}
 
 
 def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
@@ -295,6 +305,14 @@ def prompt_options(registry: Registry, run_id: str, search: str | None, current:
 
 
 # ----------------------------------------------------------------------- layout
+def metric_options(data: RunData) -> tuple[list[dict], list[dict]]:
+    """Options of the grid's colouring and of the scatter's axes: the run's per-head numbers."""
+    cols = [] if data.error else list(data.head_columns())
+    return ([{"label": "pattern thumbnails", "value": THUMBNAILS}] + [{"label": f"colour by {c}", "value": c}
+                                                                      for c in cols],
+            [{"label": c, "value": c} for c in cols])
+
+
 def _dropdown(id_: str, options=None, value=None, width="100%", **kw) -> dcc.Dropdown:
     return dcc.Dropdown(id=id_, options=options or [], value=value, style={"width": width}, **kw)
 
@@ -303,8 +321,7 @@ def layout(registry: Registry) -> html.Div:
     first = registry.get(registry.ids()[0])
     n_layers = first.n_layers if not first.error else 1
     n_heads = first.n_heads if not first.error else 1
-    metrics = [{"label": "pattern thumbnails", "value": THUMBNAILS}] + (
-        [] if first.error else [{"label": f"colour by {c}", "value": c} for c in first.head_columns()])
+    metrics, columns = metric_options(first)
     panel = {v: {"display": "block" if v == "head" else "none"} for v in VIEWS}
     graph = lambda id_, **kw: dcc.Graph(id=id_, config=GRAPH_CONFIG, **kw)  # noqa: E731
     return html.Div([
@@ -351,8 +368,10 @@ def layout(registry: Registry) -> html.Div:
                     graph("head-heatmap"), graph("head-summed"), graph("head-lines")]),
                 html.Div(id="panel-layer", style=panel["layer"], children=[graph("layer-view"), graph("resid-norm")]),
                 html.Div(id="panel-metrics", style=panel["metrics"], children=[
-                    html.Div(["x ", _dropdown("scatter-x", width="240px", placeholder="metric"),
-                              " y ", _dropdown("scatter-y", width="240px", placeholder="metric")],
+                    html.Div(["x ", _dropdown("scatter-x", columns, width="240px", placeholder="metric",
+                                                 clearable=False),
+                              " y ", _dropdown("scatter-y", columns, width="240px", placeholder="metric",
+                                                 clearable=False)],
                              style={"display": "flex", "alignItems": "center", "gap": "6px"}),
                     graph("scatter"), html.Div(id="metrics-msg")]),
                 html.Div(id="panel-results", style=panel["results"]),
@@ -372,13 +391,11 @@ STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "
 CLICKS = ["grid", "scatter", "layer-view", "head-lines"]
 VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-lines", "figure")],
                 "layer": [("layer-view", "figure"), ("resid-norm", "figure")],
-                "metrics": [("scatter", "figure"), ("scatter-x", "options"), ("scatter-y", "options"),
-                            ("metrics-msg", "children")],
+                "metrics": [("scatter", "figure"), ("metrics-msg", "children")],
                 "results": [("panel-results", "children")],
                 "qk": [("qk", "figure"), ("qk-msg", "children")],
                 "compare": [("compare-graph", "figure"), ("compare-msg", "children")]}
-OUT_KEYS = {("scatter-x", "options"): "scatter-x-options", ("scatter-y", "options"): "scatter-y-options",
-            ("panel-results", "children"): "results"}
+OUT_KEYS = {("panel-results", "children"): "results"}
 
 
 def state_outputs(s: ViewState) -> list[Any]:
@@ -429,18 +446,18 @@ def create_app(run_paths: list[str | Path]) -> dash.Dash:
         return (generation or 0) + 1
 
     @app.callback(Output("run-status", "children"), Output("layer", "options"), Output("head", "options"),
-                  Output("metric", "options"), Input("run", "value"), Input("generation", "data"))
+                  Output("metric", "options"), Output("scatter-x", "options"), Output("scatter-y", "options"),
+                  Input("run", "value"), Input("generation", "data"))
     def run_status(run_id, _):
         try:
             data = registry.get(run_id)
         except READ_ERRORS as e:
-            return error_message(e), no_update, no_update, no_update
+            return (error_message(e),) + (no_update,) * 5
         if data.error:
-            return html.Span(data.error, style={"color": "#a00"}), [], [], no_update
-        metrics = [{"label": "pattern thumbnails", "value": THUMBNAILS}] + [
-            {"label": f"colour by {c}", "value": c} for c in data.head_columns()]
+            return (html.Span(data.error, style={"color": "#a00"}),) + (no_update,) * 5
+        metrics, columns = metric_options(data)
         return (data.status(), [{"label": str(i), "value": i} for i in range(data.n_layers)],
-                [{"label": str(i), "value": i} for i in range(data.n_heads)], metrics)
+                [{"label": str(i), "value": i} for i in range(data.n_heads)], metrics, columns, columns)
 
     @app.callback(Output("prompt", "options"), Output("compare", "options"), Input("state", "data"),
                   Input("prompt-search", "value"), Input("generation", "data"))

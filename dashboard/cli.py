@@ -51,14 +51,27 @@ def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 8050
     check_runs(run_paths)
     from .app import create_app
 
+    check_port(host, port)
     app = create_app(run_paths)
     print(f"dashboard on {len(run_paths)} run(s): {url_of(host, port)}  (Ctrl-C to stop)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: bound to {host}; anyone who can reach this address can read these runs", file=sys.stderr)
+    app.run(host=host, port=port, debug=debug, use_reloader=False)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line when the address cannot be bound (werkzeug would print a
+    paragraph and exit)."""
+    import socket
+
     try:
-        app.run(host=host, port=port, debug=debug, use_reloader=False)
-    except OSError as e:  # port taken, address not available
-        raise StoreError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(info[0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(info[4])
+    except OSError as e:
+        raise StoreError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host") \
+            from None
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -109,7 +109,7 @@ def test_views_from_url_and_grid_by_metric(dash_duo, coref_run):
     dash_duo.wait_for_contains_text("#resid-norm .gtitle", "residual stream norm")
     # switch to the probes & causal tab: the saved analyses are drawn
     dash_duo.find_element("#view .tab:nth-child(4)").click()
-    dash_duo.wait_for_contains_text("#panel-results", "probes_antecedent: probe accuracy per layer")
+    dash_duo.wait_for_contains_text("#panel-results", "probes_answer: probe accuracy per layer")
     dash_duo.wait_for_contains_text("#panel-results", "ablation_coref")
     dash_duo.wait_for_contains_text("#panel-results", "patch_resid")
     wait_until(lambda: "view=results" in dash_duo.driver.current_url, what="view=results in the URL")

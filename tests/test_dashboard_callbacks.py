@@ -1,0 +1,383 @@
+"""The dashboard's logic called directly on small real runs: what each view reads and
+draws, the URL state, clicks, refusals and error messages. The browser tests
+(test_dashboard_e2e.py) check the same app through Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_dashboard_runs import corrupt_copy, record_coref_run, record_plain_run
+
+from dashboard import figures
+from dashboard.app import apply_event, create_app, grid_figure, next_state, prompt_options, render_view
+from dashboard.cli import add_subcommand, check_runs, url_of
+from dashboard.data import Registry, UnknownRun, discover_tables, table_kind
+from dashboard.state import ViewState, from_query, to_query
+from probe.errors import StoreError
+from probe.reader import Run
+
+
+@pytest.fixture(scope="module")
+def coref_run(tmp_path_factory):
+    return record_coref_run(tmp_path_factory.mktemp("dash") / "coref", n=12)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    return record_plain_run(tmp_path_factory.mktemp("dash") / "seed")
+
+
+@pytest.fixture(scope="module")
+def registry(coref_run, plain_run):
+    return Registry([coref_run, plain_run])
+
+
+def figure_dict(fig) -> dict:
+    """The figure as the browser receives it (JSON), numeric arrays decoded from plotly's
+    base64 typed arrays."""
+    return decode(json.loads(fig.to_json()))
+
+
+def decode(obj):
+    if isinstance(obj, dict):
+        if "bdata" in obj and "dtype" in obj:
+            a = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+            return a.reshape([int(n) for n in str(obj["shape"]).split(",")]) if "shape" in obj else a
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------- head view
+def test_head_heatmap_is_the_runs_pattern_with_its_tokens(registry, coref_run):
+    run = Run(coref_run)
+    for prompt, layer, head in [(0, 0, 0), (3, 1, 2), (11, 1, 3)]:
+        out, msg = render_view(registry, ViewState(prompt=prompt, layer=layer, head=head))
+        assert msg is None
+        fig = figure_dict(out["head-heatmap"])
+        z = np.array(fig["data"][0]["z"], dtype=float)
+        assert np.allclose(z, run.pattern(prompt, layer, head), atol=1e-4)
+        tokens = run.str_tokens(prompt)
+        assert fig["layout"]["xaxis"]["ticktext"] == tokens
+        assert fig["layout"]["yaxis"]["ticktext"] == tokens
+        assert fig["data"][0]["hovertext"][2][1] == f"query 2 {tokens[2]!r} -> key 1 {tokens[1]!r}"
+        assert f"L{layer}H{head} on prompt {prompt}" in fig["layout"]["title"]["text"]
+
+
+def test_summed_attention_of_selected_queries(registry, coref_run):
+    run = Run(coref_run)
+    p = run.pattern(2, 1, 0)
+    queries = [4, 7, 9]
+    assert np.allclose(figures.summed_attention(p, queries), p[4] + p[7] + p[9])
+    out, _ = render_view(registry, ViewState(prompt=2, layer=1, head=0, queries=tuple(queries)))
+    bar = figure_dict(out["head-summed"])
+    assert np.allclose(bar["data"][0]["y"], p[4] + p[7] + p[9], atol=1e-4)
+    lines = figure_dict(out["head-lines"])
+    keys = next(t for t in lines["data"] if t.get("name") == "keys")
+    assert np.allclose(keys["customdata"], p[4] + p[7] + p[9], atol=1e-3)
+    # each query draws at most top_k lines; the selected ones in red, one trace per line
+    red = [t for t in lines["data"] if t.get("mode") == "lines" and t["line"]["color"] == figures.SELECTED]
+    assert 0 < len(red) <= 3 * figures.TOP_K
+
+
+def test_long_prompts_are_cropped_and_sparsified():
+    rng = np.random.default_rng(0)
+    n = 300
+    p = rng.random((n, n))
+    p /= p.sum(1, keepdims=True)
+    tokens = [f"t{i}" for i in range(n)]
+    assert figures.crop_window(n) == (n - figures.MAX_TOKENS, n)
+    assert figures.crop_window(n, focus=[10]) == (0, figures.MAX_TOKENS)
+    a, b = figures.crop_window(n, focus=[150])
+    assert b - a == figures.MAX_TOKENS and a <= 150 < b
+    fig = figure_dict(figures.head_heatmap(p, tokens, window=(a, b)))
+    assert fig["layout"]["xaxis"]["ticktext"] == tokens[a:b]
+    assert np.allclose(np.array(fig["data"][0]["z"]), p[a:b, a:b], atol=1e-4)
+    sparse = figures.sparsify_topk(p, 5)
+    assert ((sparse > 0).sum(1) == 5).all()
+    assert np.allclose(np.sort(sparse, 1)[:, -5:], np.sort(p, 1)[:, -5:])
+    pooled = figures.pool(p, 16)
+    assert pooled.shape == (16, 16) and np.isclose(pooled.mean(), p.mean(), rtol=0.05)
+    # the line view draws top-k lines per query only
+    lines = figure_dict(figures.line_view(p, tokens, window=(a, b), top_k=3))
+    n_lines = sum(len([x for x in t["x"] if x is None]) for t in lines["data"] if t["mode"] == "lines")
+    assert n_lines <= 3 * figures.MAX_TOKENS
+
+
+# ----------------------------------------------------------------------- grid
+def test_grid_coloured_by_a_metric_uses_head_metrics_csv(registry, coref_run):
+    table = pd.read_csv(coref_run / "analyses" / "head_metrics.csv")
+    for metric in ("induction", "prev_token", "entropy"):
+        z = np.array(figure_dict(grid_figure(registry, ViewState(metric=metric)))["data"][0]["z"], dtype=float)
+        expected = table.pivot(index="layer", columns="head", values=metric).to_numpy()
+        assert np.allclose(z, expected, atol=1e-4)
+    # ablation effects and coref accuracy colour it too, discovered by their columns
+    abl = pd.read_csv(coref_run / "analyses" / "ablation_coref.csv")
+    z = np.array(figure_dict(grid_figure(registry, ViewState(metric="ablation_coref")))["data"][0]["z"], dtype=float)
+    assert np.allclose(z, abl.pivot(index="layer", columns="head", values="effect").to_numpy(), atol=1e-4)
+    msg = figure_dict(grid_figure(registry, ViewState(metric="no_such_metric")))
+    assert "no metric 'no_such_metric'" in msg["layout"]["annotations"][0]["text"]
+
+
+def test_grid_thumbnails_and_clicks_select_heads(registry, coref_run):
+    run = Run(coref_run)
+    fig = figure_dict(grid_figure(registry, ViewState(prompt=1, layer=1, head=3)))
+    z = np.array(fig["data"][0]["z"], dtype=float)
+    L, H = run.config["n_layers"], run.config["n_heads"]
+    n = len(run.str_tokens(1))
+    t = min(n, figures.THUMB)
+    assert z.shape == (L * (t + 1), H * (t + 1))
+    cell = z[1 * (t + 1):1 * (t + 1) + t, 2 * (t + 1):2 * (t + 1) + t]  # layer 1, head 2
+    expected = figures.pool(run.pattern(1, 1, 2), t)
+    assert np.allclose(cell, expected / expected.max(), atol=1e-3)
+    assert fig["layout"]["shapes"][0]["x0"] == 3 and fig["layout"]["shapes"][0]["y0"] == 1
+    # a click anywhere inside a thumbnail names its head
+    x, y = fig["data"][0]["x"], fig["data"][0]["y"]
+    click = {"points": [{"x": x[2 * (t + 1) + t - 1], "y": y[1 * (t + 1)]}]}
+    assert figures.head_of_click(click) == (1, 2)
+    s = apply_event(ViewState(), "grid", click)
+    assert (s.layer, s.head) == (1, 2)
+
+
+def test_clicks_and_controls_update_the_state():
+    s = ViewState(prompt=3, queries=(1, 2))
+    assert apply_event(s, "scatter", {"points": [{"customdata": [1, 3]}]}).head == 3
+    assert apply_event(s, "layer-view", {"points": [{"customdata": 2}]}).head == 2
+    # clicking a query token in the line view toggles it
+    assert apply_event(s, "head-lines", {"points": [{"x": 0, "customdata": 5}]}).queries == (1, 2, 5)
+    assert apply_event(s, "head-lines", {"points": [{"x": 0, "customdata": 2}]}).queries == (1,)
+    assert apply_event(s, "head-lines", {"points": [{"x": 1, "customdata": 0.5}]}) == s  # a key: nothing
+    # a new prompt drops the query positions (they belonged to the old prompt)
+    assert apply_event(s, "prompt", 4) == s.with_(prompt=4, queries=())
+    assert apply_event(s, "next", 1).prompt == 4 and apply_event(s, "prev", 1).prompt == 2
+    # a dropdown emptied by Dash (value not yet among its options) does not undo the state
+    for control in ("prompt", "layer", "head", "metric", "compare", "run"):
+        assert apply_event(s, control, None) == s
+
+
+# ----------------------------------------------------------------------- URL state
+def test_url_state_round_trips(registry):
+    states = [ViewState(), ViewState(run="1", prompt=1, layer=5, head=11, view="compare", compare=0),
+              ViewState(prompt=7, layer=1, head=2, view="metrics", metric="induction", queries=(3, 5, 8),
+                        x="induction", y="ablation_coref"),
+              ViewState(view="qk", metric="coref_accuracy")]
+    for s in states:
+        assert from_query(to_query(s)) == s
+        assert from_query(to_query(s).lstrip("?")) == s
+    assert to_query(ViewState(prompt=1, layer=1, head=2, queries=(3, 5))) == \
+        "?run=0&prompt=1&layer=1&head=2&q=3%2C5"
+    # malformed values fall back to defaults instead of failing
+    s = from_query("?prompt=abc&layer=-3&head=1e9&view=nope&q=1,x,2&compare=")
+    assert s == ViewState(queries=(1, 2))
+    # loading a URL fits it to the run: numbers past the run's size are clamped
+    s = next_state("?run=0&prompt=999&layer=9&head=9&q=2,300", None, None, None, registry)
+    run = registry.get("0")
+    assert (s.prompt, s.layer, s.head) == (run.n_prompts - 1, run.n_layers - 1, run.n_heads - 1)
+    assert s.queries == (2,)
+    # and a later event starts from the stored state, not from the URL
+    stored = to_query(s)
+    assert next_state("?stale", stored, "head", 0, registry) == s.with_(head=0)
+
+
+# ----------------------------------------------------------------------- refusals and errors
+def test_a_path_from_the_browser_never_reaches_the_file_system(registry, coref_run, tmp_path):
+    for bad in ["../etc/passwd", "/etc/passwd", str(coref_run), "coref", "2", "-1", "", None, "0/../1"]:
+        with pytest.raises(UnknownRun, match="is served here"):
+            registry.get(bad)
+    # a run id from a URL that names a path becomes the first run served
+    assert next_state(f"?run={tmp_path}", None, None, None, registry).run == "0"
+    # through the real HTTP callback path: the view callback refuses the id and says so
+    app = create_app([coref_run])
+    client = app.server.test_client()
+    deps = client.get("/_dash-dependencies").get_json()
+    view = next(d for d in deps if "panel-head.style" in d["output"])
+    body = {"output": view["output"], "outputs": _outputs(view),
+            "inputs": [{"id": "state", "property": "data", "value": "?run=/etc&view=head"},
+                       {"id": "generation", "property": "data", "value": 0}],
+            "changedPropIds": ["state.data"], "state": []}
+    r = client.post("/_dash-update-component", json=body)
+    assert r.status_code == 200
+    msg = r.get_json()["response"]["view-msg"]["children"]
+    assert "no run '/etc' is served here" in msg
+
+
+def _outputs(dep: dict) -> list[dict]:
+    out = []
+    for part in dep["output"].strip(".").split("..."):
+        cid, prop = part.rsplit(".", 1)
+        out.append({"id": cid, "property": prop})
+    return out
+
+
+def test_the_server_serves_no_files_but_its_own(coref_run):
+    app = create_app([coref_run])
+    client = app.server.test_client()
+    assert client.get("/").status_code == 200
+    for url in ["/assets/../run.json", f"/assets/{coref_run}/run.json", "/_dash-component-suites/../../etc/passwd",
+                "/run.json", f"/{coref_run}/run.json", "/_dash-component-suites/dash/../../../../etc/passwd"]:
+        r = client.get(url)  # Dash answers unknown paths with its page (multi-page apps route them)
+        assert r.status_code in (200, 400, 404, 500), url  # 500: Dash refuses an unknown library
+        assert b"schema_version" not in r.data and b"root:" not in r.data, url
+        assert r.status_code != 200 or b"_dash-config" in r.data, url
+
+
+def test_missing_corrupt_and_newer_runs_show_a_message(coref_run, tmp_path):
+    broken = {"missing": tmp_path / "nope",
+              "json": corrupt_copy(coref_run, tmp_path / "json", "json"),
+              "schema": corrupt_copy(coref_run, tmp_path / "schema", "schema"),
+              "shard": corrupt_copy(coref_run, tmp_path / "shard", "shard")}
+    reg = Registry([coref_run, *broken.values()])
+    expect = {"1": "does not exist", "2": "corrupt", "3": "newer than this probe reads", "4": "damaged"}
+    for run_id, words in expect.items():
+        # a run whose manifest reads but whose shards do not still shows its saved analyses
+        views = ("head", "layer", "qk", "compare") if run_id == "4" else \
+            ("head", "layer", "metrics", "results", "qk", "compare")
+        for view in views:
+            out, msg = render_view(reg, ViewState(run=run_id, view=view))
+            assert out == {} and words in msg, (run_id, view, msg)
+        grid = figure_dict(grid_figure(reg, ViewState(run=run_id)))
+        assert words in grid["layout"]["annotations"][0]["text"]
+        assert prompt_options(reg, run_id, None, 0) in ([], prompt_options(reg, "0", None, 0))
+    # the good run still works beside them
+    out, msg = render_view(reg, ViewState(run="0"))
+    assert msg is None and "head-heatmap" in out
+    assert "unavailable" in reg.options()[1]["label"] and "unavailable" not in reg.options()[0]["label"]
+
+
+def test_analysis_results_are_found_by_columns_and_absent_ones_say_how(registry, coref_run):
+    kinds = {t.name: t.kind for t in discover_tables(coref_run)}
+    expected = {"head_metrics": "head_metrics", "coref_heads": "coref", "probes_answer": "probes",
+                "ablation_coref": "ablation", "patch_heads": "patch_heads", "patch_resid": "patch_resid"}
+    assert {k: kinds.get(k) for k in expected} == expected  # (the coref study may save more tables)
+    assert table_kind(["layer", "head", "effect", "method"], "whatever") == "ablation"
+    assert table_kind(["a", "b"], "x") is None
+    out, msg = render_view(registry, ViewState(view="results"))
+    titles = [figure_dict(g.figure)["layout"]["title"]["text"] for g in out["results"] if hasattr(g, "figure")]
+    assert any(t.startswith("probes_answer") for t in titles) and any("ablation_coref" in t for t in titles)
+    assert any("patch_resid" in t for t in titles) and any("coref_heads" in t for t in titles)
+    probe = next(figure_dict(g.figure) for g in out["results"]
+                 if hasattr(g, "figure") and "probes_answer" in str(g.figure.layout.title.text))
+    table = pd.read_csv(coref_run / "analyses" / "probes_answer.csv")
+    test_acc = next(t for t in probe["data"] if t["name"] == "test_acc")
+    assert np.allclose(test_acc["y"], table.test_acc, atol=1e-4)
+    # the plain run has none of them: each view names the command that computes it
+    text = str(render_view(registry, ViewState(run="1", view="results"))[0]["results"])
+    for command in ("probe probes RUN", "probe ablate", "probe patch", "probe coref RUN"):
+        assert command in text
+    assert "probe heads RUN" in str(render_view(registry, ViewState(run="1", view="metrics"))[0])
+    qk = render_view(registry, ViewState(run="1", view="qk"))[0]
+    assert "blocks.*.attn.hook_q" in str(qk["qk-msg"])
+    layer = figure_dict(render_view(registry, ViewState(run="1", view="layer"))[0]["resid-norm"])
+    assert "hook_resid_post" in layer["layout"]["annotations"][0]["text"]
+
+
+def test_metrics_scatter_layer_view_compare_and_qk(registry, coref_run):
+    run = Run(coref_run)
+    cols = registry.get("0").head_columns()
+    s = next_state("?view=metrics&layer=1&head=2", None, None, None, registry)
+    assert (s.x, s.y) == ("induction", "ablation_coref")
+    fig = figure_dict(render_view(registry, s)[0]["scatter"])
+    pts = fig["data"][0]
+    got = {(int(c[0]), int(c[1])): (x, y) for c, x, y in zip(pts["customdata"], pts["x"], pts["y"])}
+    assert np.allclose(got[(1, 2)], (cols["induction"][(1, 2)], cols["ablation_coref"][(1, 2)]), atol=1e-4)
+    # layer view: every head of the layer, the residual norm per layer and position
+    out = render_view(registry, ViewState(view="layer", prompt=2, layer=1))[0]
+    layer = figure_dict(out["layer-view"])
+    assert len(layer["data"]) == run.config["n_heads"]
+    assert np.allclose(layer["data"][3]["z"], run.pattern(2, 1, 3), atol=1e-3)
+    norms = np.array(figure_dict(out["resid-norm"])["data"][0]["z"])
+    expected = [np.linalg.norm(run.prompt_activation(f"blocks.{i}.hook_resid_post", 2), axis=-1)
+                for i in range(run.config["n_layers"])]
+    assert np.allclose(norms, expected, rtol=1e-3)
+    # compare: A, B and B - A of the same head
+    out = render_view(registry, ViewState(view="compare", prompt=0, compare=1, layer=1, head=0))[0]
+    cmp = figure_dict(out["compare-graph"])
+    pa, pb = run.pattern(0, 1, 0), run.pattern(1, 1, 0)
+    assert np.allclose(cmp["data"][2]["z"], pb - pa, atol=1e-3)
+    # Q/K: the head's query and key vectors over the run's first tokens, in a PCA plane
+    out = render_view(registry, ViewState(view="qk", layer=1, head=2))[0]
+    qk = figure_dict(out["qk"])
+    n_points = sum(len(t["x"]) for t in qk["data"])
+    assert n_points == 2 * run.n_tokens  # the run is small: all its tokens
+    q = np.concatenate([run.prompt_activation("blocks.1.attn.hook_q", i)[:, 2] for i in range(run.n_prompts)])
+    xy, var = figures.pca_2d(np.concatenate([q, q]))
+    assert xy.shape == (2 * len(q), 2) and 0 < var[0] <= 1
+
+
+def test_a_run_being_recorded_shows_what_is_published_and_refreshes(coref_run, tmp_path):
+    import shutil
+
+    live = tmp_path / "live"
+    shutil.copytree(coref_run, live)
+    full = json.loads((live / "run.json").read_text())
+    # what a recorder writes after its first shard of several: fewer prompts, not complete
+    tiny = tmp_path / "tiny"
+    import models
+    import probe
+
+    probe.record(models.load("toy-coref"), Run(coref_run).prompts, tiny, names=["blocks.*.attn.hook_pattern"],
+                 shard_mb=0.001, batch_size=2, progress=False)
+    manifest = json.loads((tiny / "run.json").read_text())
+    assert len(manifest["shards"]) > 2
+    partial = dict(manifest, shards=manifest["shards"][:2], complete=False)
+    partial.pop("finished", None)
+    (tiny / "run.json").write_text(json.dumps(partial))
+    reg = Registry([tiny])
+    data = reg.get("0")
+    published = sum(s["n_prompts"] for s in partial["shards"])
+    assert data.n_prompts == published and "still being recorded" in data.status()
+    assert len(prompt_options(reg, "0", None, 0)) == published
+    out, msg = render_view(reg, ViewState(prompt=published))  # clamped by next_state in the app; here: refused
+    assert "out of range" in msg
+    (tiny / "run.json").write_text(json.dumps(manifest))
+    data.refresh()
+    assert data.n_prompts == full["n_prompts"] and "complete" in data.status()
+    assert render_view(reg, ViewState(prompt=published))[1] is None
+
+
+def test_prompt_search(registry, coref_run):
+    texts = Run(coref_run).prompts
+    word = texts[5].split()[1]
+    opts = prompt_options(registry, "0", word.upper(), 0)
+    assert [o["value"] for o in opts] == [0] * (word.lower() not in texts[0].lower()) + \
+        [i for i, t in enumerate(texts) if word.lower() in t.lower()]
+    assert all(o["label"].startswith(f"{o['value']}: ") for o in opts)
+
+
+# ----------------------------------------------------------------------- command line
+def test_command_line_is_safe_by_default(coref_run, tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="probe")
+    add_subcommand(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["dashboard", str(coref_run)])
+    assert (args.host, args.port, args.debug, args.runs) == ("127.0.0.1", 8050, False, [str(coref_run)])
+    args = parser.parse_args(["dashboard", "a", "b", "--port", "9000", "--host", "0.0.0.0", "--debug"])
+    assert (args.host, args.port, args.debug, args.runs) == ("0.0.0.0", 9000, True, ["a", "b"])
+    assert args.func.__name__ == "cmd_dashboard"
+    with pytest.raises(StoreError, match="none of .* is a recorded run"):
+        check_runs([tmp_path / "nothing", tmp_path])
+    check_runs([coref_run, tmp_path / "nothing"])  # one good run is enough; the other shows its message
+    assert url_of("0.0.0.0", 8050) == "http://127.0.0.1:8050/"
+    from probe.cli import is_user_error
+
+    assert is_user_error(StoreError("x")) and is_user_error(UnknownRun("x"))
+    with pytest.raises(StoreError, match="at least one run"):
+        Registry([])
+
+
+def test_port_in_use_is_a_user_error(coref_run):
+    import socket
+
+    from dashboard.cli import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(StoreError, match="cannot listen"):
+            serve([coref_run], port=s.getsockname()[1])
