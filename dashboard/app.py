@@ -133,14 +133,10 @@ def _missing(kind: str, what: str) -> html.Div:
 
 def head_card(data: RunData, layer: int, head: int) -> html.Div:
     """The selected head's numbers from every per-head analysis table."""
-    cols = data.head_columns()
-    if not cols:
+    values = data.head_values(layer, head)
+    if not data.head_columns():
         return _missing(HEAD_METRICS, "head metrics")
-    rows = []
-    for name, series in cols.items():
-        v = series.get((layer, head))
-        if v is not None and np.isfinite(v):
-            rows.append(html.Tr([html.Td(name), html.Td(f"{v:.3f}")]))
+    rows = [html.Tr([html.Td(name), html.Td(f"{v:.3f}")]) for name, v in values.items() if np.isfinite(v)]
     return html.Div([html.B(f"L{layer}H{head}"), html.Table(rows, className="card")])
 
 

@@ -332,22 +332,42 @@ class RunData:
             raise IndexError(f"head {head} is out of range: the model has {self.n_heads} heads")
 
     # -------------------------------------------------------------- analysis results
-    def tables(self) -> list[AnalysisTable]:
-        """Analysis tables next to the run, re-read when a CSV appears or changes."""
+    def _analyses(self) -> tuple:
+        """(tables, per-head columns, per-head values by (layer, head)), re-read when a CSV
+        under RUN/analyses appears or changes."""
         root = self.path / "analyses"
         files = sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]) if root.is_dir() else []
-        sig = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists())
+        sig = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            sig.append((str(f), st.st_mtime_ns, st.st_size))
         cached = self._tables
         if cached is None or cached[0] != sig:
-            cached = (sig, discover_tables(self.path))
+            tables = discover_tables(self.path)
+            cols = head_columns(tables)
+            by_head = {name: {(int(k[0]), int(k[1])): float(v) for k, v in series.items()} for name, series in
+                       cols.items()}
+            cached = (sig, tables, cols, by_head)
             self._tables = cached
-        return cached[1]
+        return cached[1:]
+
+    def tables(self) -> list[AnalysisTable]:
+        return self._analyses()[0]
 
     def tables_of(self, kind: str) -> list[AnalysisTable]:
         return [t for t in self.tables() if t.kind == kind]
 
     def head_columns(self) -> dict[str, pd.Series]:
-        return head_columns(self.tables())
+        """Every per-head number of the analyses: {name: Series over (layer, head)}."""
+        return self._analyses()[1]
+
+    def head_values(self, layer: int, head: int) -> dict[str, float]:
+        """The selected head's number in every per-head table."""
+        return {name: values[(layer, head)] for name, values in self._analyses()[2].items()
+                if (layer, head) in values}
 
 
 class Registry:

@@ -13,13 +13,16 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 MAX_TOKENS = 128  # longest window a token-level view draws; longer prompts are cropped
 THUMB = 16  # side of a grid thumbnail (longer patterns are pooled down to it)
 TOP_K = 5  # keys per query the line view draws
 SELECTED = "#d62728"
-LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template="plotly_white")
+# A small template of our own: a named one ("plotly_white") is validated and copied into
+# every figure, ~20 ms each, more than the rest of a figure costs.
+TEMPLATE = go.layout.Template(layout=dict(plot_bgcolor="white", xaxis=dict(gridcolor="#e8ecf2", zeroline=False),
+                                          yaxis=dict(gridcolor="#e8ecf2", zeroline=False)))
+LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template=TEMPLATE)
 
 
 def _round(a: np.ndarray, digits: int = 4) -> np.ndarray:
@@ -27,11 +30,15 @@ def _round(a: np.ndarray, digits: int = 4) -> np.ndarray:
     return np.round(np.asarray(a, dtype=np.float64), digits)
 
 
+def figure(data: list[dict], layout: dict) -> go.Figure:
+    """One Figure built in one go (traces as dicts): much cheaper than add_trace and
+    update_layout call by call, which re-validate the figure each time."""
+    return go.Figure(data=data, layout={**LAYOUT, **layout})
+
+
 def message_figure(text: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(xaxis_visible=False, yaxis_visible=False, height=200, **LAYOUT)
-    return fig
+    return figure([], dict(annotations=[dict(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")],
+                           xaxis=dict(visible=False), yaxis=dict(visible=False), height=200))
 
 
 # ----------------------------------------------------------------------- long prompts
@@ -84,75 +91,75 @@ def head_heatmap(pattern: np.ndarray, tokens: list[str], title: str = "", window
     toks = tokens[a:b]
     pos = list(range(a, b))
     hover = [[f"query {q} {toks[i]!r} -> key {k} {toks[j]!r}" for j, k in enumerate(pos)] for i, q in enumerate(pos)]
-    fig = go.Figure(go.Heatmap(z=z, x=pos, y=pos, colorscale="Blues", zmin=0, zmax=max(float(np.nanmax(z)), 1e-6)
-                               if z.size else 1, hovertext=hover,
-                               hovertemplate="%{hovertext}: %{z:.3f}<extra></extra>", colorbar={"title": "attn"}))
     tick = dict(tickmode="array", tickvals=pos, ticktext=toks, tickfont={"size": 10 if len(pos) < 48 else 7})
-    fig.update_layout(title=title + (f" (positions {a}-{b - 1} of {len(tokens)})" if (a, b) != (0, len(tokens)) else ""),
-                      xaxis=dict(title="key", side="bottom", tickangle=-60, **tick),
-                      yaxis=dict(title="query", autorange="reversed", **tick),
-                      height=max(360, min(900, 14 * len(pos) + 140)), **LAYOUT)
-    for q in queries or []:
-        if a <= q < b:
-            fig.add_shape(type="rect", x0=a - 0.5, x1=b - 0.5, y0=q - 0.5, y1=q + 0.5,
-                          line=dict(color=SELECTED, width=1))
-    return fig
+    shapes = [dict(type="rect", x0=a - 0.5, x1=b - 0.5, y0=q - 0.5, y1=q + 0.5, line=dict(color=SELECTED, width=1))
+              for q in queries or [] if a <= q < b]
+    return figure(
+        [dict(type="heatmap", z=z, x=pos, y=pos, colorscale="Blues", zmin=0,
+              zmax=max(float(np.nanmax(z)), 1e-6) if z.size else 1, hovertext=hover,
+              hovertemplate="%{hovertext}: %{z:.3f}<extra></extra>", colorbar={"title": {"text": "attn"}})],
+        dict(title={"text": title + (f" (positions {a}-{b - 1} of {len(tokens)})" if (a, b) != (0, len(tokens))
+                                     else "")},
+             xaxis=dict(title={"text": "key"}, side="bottom", tickangle=-60, **tick),
+             yaxis=dict(title={"text": "query"}, autorange="reversed", **tick), shapes=shapes,
+             height=max(360, min(900, 14 * len(pos) + 140))))
+
+
+LINE_BUCKETS = [(0.02, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.01)]  # weight ranges: a trace each, not n^2
 
 
 def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None = None, top_k: int = TOP_K,
               window: tuple[int, int] | None = None) -> go.Figure:
     """bertviz-style: queries on the left, keys on the right, a line per (query, key) among
-    each query's ``top_k`` keys, opacity by weight. Selected queries are drawn in red and
-    the keys' bars show their summed attention. Clicking a query token selects it."""
+    each query's ``top_k`` keys, opacity and width by weight. Selected queries' lines are
+    red and the key markers' size shows the attention they get from the selected queries,
+    summed. Clicking a query token selects it."""
     a, b = window or (0, len(tokens))
     p = sparsify_topk(pattern[a:b, a:b], top_k)
     toks = tokens[a:b]
     n = len(toks)
     sel = [q - a for q in queries or [] if a <= q < b]
-    fig = go.Figure()
-    buckets = [(0.02, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.01)]  # few traces, not n^2
-    for lo, hi in buckets:
-        xs, ys = [], []
-        for q, k in zip(*np.nonzero((p >= lo) & (p < hi))):
-            if sel and q in sel:
+    is_sel = np.isin(np.arange(n), sel)
+    traces = []
+    for selected in (False, True):
+        for lo, hi in LINE_BUCKETS:
+            qs, ks = np.nonzero((p >= lo) & (p < hi) & (is_sel[:, None] == selected))
+            if not len(qs):
                 continue
-            xs += [0, 1, None]
-            ys += [q, k, None]
-        if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                     line=dict(color=f"rgba(31,119,180,{0.15 + 0.8 * lo:.2f})", width=1 + 3 * lo)))
-    for q in sel:
-        for k in np.flatnonzero(p[q] > 0):
-            fig.add_trace(go.Scatter(x=[0, 1], y=[q, k], mode="lines", hoverinfo="skip", showlegend=False,
-                                     line=dict(color=SELECTED, width=1 + 6 * float(p[q, k]))))
+            xs = np.tile([0.0, 1.0, np.nan], len(qs))
+            ys = np.stack([qs, ks, np.full(len(qs), np.nan)], 1).ravel()
+            color = SELECTED if selected else f"rgba(31,119,180,{0.15 + 0.8 * lo:.2f})"
+            traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                               connectgaps=False, line=dict(color=color, width=(2 if selected else 1) + 4 * lo)))
     summed = summed_attention(pattern[a:b, a:b], sel)
-    fig.add_trace(go.Scatter(x=[0] * n, y=list(range(n)), mode="markers+text", text=toks, textposition="middle left",
-                             marker=dict(size=9, color=[SELECTED if i in sel else "#1f77b4" for i in range(n)]),
-                             customdata=list(range(a, b)), name="queries", showlegend=False,
-                             hovertemplate="query %{customdata} %{text}: click to select<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[1] * n, y=list(range(n)), mode="markers+text", text=toks,
-                             textposition="middle right", name="keys", showlegend=False,
-                             marker=dict(size=6 + 20 * np.sqrt(np.clip(summed, 0, None) / max(len(sel), 1)),
-                                         color=SELECTED if sel else "#7f7f7f"),
-                             customdata=_round(summed, 3),
-                             hovertemplate="key %{text}: summed attention %{customdata}<extra></extra>"))
-    fig.update_layout(title=f"token view: top {top_k} keys per query" + (
-        f"; {len(sel)} selected queries, marker size = summed attention" if sel else "; click query tokens to select"),
+    traces.append(dict(type="scatter", x=[0] * n, y=list(range(n)), mode="markers+text", text=toks,
+                       textposition="middle left", name="queries", showlegend=False, customdata=list(range(a, b)),
+                       marker=dict(size=9, color=[SELECTED if s else "#1f77b4" for s in is_sel]),
+                       hovertemplate="query %{customdata} %{text}: click to select<extra></extra>"))
+    traces.append(dict(type="scatter", x=[1] * n, y=list(range(n)), mode="markers+text", text=toks,
+                       textposition="middle right", name="keys", showlegend=False, customdata=_round(summed, 3),
+                       marker=dict(size=6 + 20 * np.sqrt(np.clip(summed, 0, None) / max(len(sel), 1)),
+                                   color=SELECTED if sel else "#7f7f7f"),
+                       hovertemplate="key %{text}: summed attention %{customdata}<extra></extra>"))
+    return figure(traces, dict(
+        title={"text": f"token view: top {top_k} keys per query" + (
+            f"; {len(sel)} selected queries, marker size = summed attention" if sel
+            else "; click query tokens to select")},
         xaxis=dict(visible=False, range=[-0.6, 1.6]), yaxis=dict(visible=False, autorange="reversed"),
-        height=max(360, min(1400, 18 * n + 80)), clickmode="event", **LAYOUT)
-    return fig
+        height=max(360, min(1400, 18 * n + 80)), clickmode="event"))
 
 
 def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int]) -> go.Figure:
     """Bar per key: the attention the selected queries give it, summed."""
     s = summed_attention(pattern, queries)
-    fig = go.Figure(go.Bar(x=list(range(len(tokens))), y=_round(s), hovertext=tokens,
-                           hovertemplate="%{hovertext}: %{y:.3f}<extra></extra>", marker_color=SELECTED))
-    fig.update_layout(title="attention summed over the selected queries: "
-                      + ", ".join(repr(tokens[q]) for q in queries),
-                      xaxis=dict(tickmode="array", tickvals=list(range(len(tokens))), ticktext=tokens, tickangle=-60),
-                      yaxis_title="summed attention", height=300, **LAYOUT)
-    return fig
+    pos = list(range(len(tokens)))
+    return figure(
+        [dict(type="bar", x=pos, y=_round(s), hovertext=tokens, hovertemplate="%{hovertext}: %{y:.3f}<extra></extra>",
+              marker=dict(color=SELECTED))],
+        dict(title={"text": "attention summed over the selected queries: " + ", ".join(repr(tokens[q])
+                                                                                        for q in queries)},
+             xaxis=dict(tickmode="array", tickvals=pos, ticktext=tokens, tickangle=-60),
+             yaxis=dict(title={"text": "summed attention"}), height=300))
 
 
 # ----------------------------------------------------------------------- all heads
@@ -164,37 +171,34 @@ def grid_thumbnails(patterns: np.ndarray, thumb: int = THUMB) -> go.Figure:
     small = pool(patterns, thumb)  # [L, H, t, t]
     t = small.shape[-1]
     small = small / np.maximum(small.max(axis=(-2, -1), keepdims=True), 1e-9)
-    z = np.full((L * (t + 1), H * (t + 1)), np.nan)
-    for layer in range(L):
-        for head in range(H):
-            z[layer * (t + 1):layer * (t + 1) + t, head * (t + 1):head * (t + 1) + t] = small[layer, head]
+    z = np.full((L, t + 1, H, t + 1), np.nan)
+    z[:, :t, :, :t] = small.transpose(0, 2, 1, 3)
     offsets = np.r_[0.05 + 0.9 * (np.arange(t) + 0.5) / t, 0.975]
     coords = lambda count: (np.arange(count)[:, None] + offsets[None]).ravel()  # noqa: E731
-    fig = go.Figure(go.Heatmap(z=_round(z, 3), x=_round(coords(H), 4), y=_round(coords(L), 4), colorscale="Blues",
-                               zmin=0, zmax=1, showscale=False, hoverongaps=False,
-                               hovertemplate="layer %{y:.0f} head %{x:.0f}<extra>click to select</extra>"))
-    _grid_axes(fig, L, H, "each head's pattern on this prompt (scaled to its maximum); click one to select it")
-    return fig
+    return figure([dict(type="heatmap", z=_round(z.reshape(L * (t + 1), H * (t + 1)), 3), x=_round(coords(H), 4),
+                        y=_round(coords(L), 4), colorscale="Blues", zmin=0, zmax=1, showscale=False,
+                        hoverongaps=False, hovertemplate="layer %{y:.0f} head %{x:.0f}<extra>click to select</extra>")],
+                  grid_axes(L, H, "each head's pattern on this prompt (scaled to its maximum); click one to select it"))
 
 
 def grid_metric(values: np.ndarray, metric: str) -> go.Figure:
     """[layer, head] values of one per-head metric, cell (l, h) over [h, h+1) x [l, l+1)."""
     L, H = values.shape
-    fig = go.Figure(go.Heatmap(z=_round(values), x=np.arange(H) + 0.5, y=np.arange(L) + 0.5, colorscale="Viridis",
-                               hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
-                               colorbar={"title": metric[:14]}))
-    _grid_axes(fig, L, H, f"{metric} per head; click one to select it")
-    return fig
+    return figure([dict(type="heatmap", z=_round(values), x=np.arange(H) + 0.5, y=np.arange(L) + 0.5,
+                        colorscale="Viridis", hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
+                        colorbar={"title": {"text": metric[:14]}})],
+                  grid_axes(L, H, f"{metric} per head; click one to select it"))
 
 
-def _grid_axes(fig: go.Figure, L: int, H: int, title: str) -> None:
-    fig.update_layout(
+def grid_axes(L: int, H: int, title: str) -> dict:
+    """Layout of a [layer, head] grid: heads across the top, layers down."""
+    return dict(
         title=dict(text=title, font={"size": 12}),
         xaxis=dict(tickmode="array", tickvals=np.arange(H) + 0.5, ticktext=[f"H{h}" for h in range(H)],
                    range=[0, H], showgrid=False, zeroline=False, side="top"),
         yaxis=dict(tickmode="array", tickvals=np.arange(L) + 0.5, ticktext=[f"L{layer}" for layer in range(L)],
                    range=[L, 0], showgrid=False, zeroline=False),
-        height=max(220, min(700, 60 * L + 60)), **{**LAYOUT, "margin": dict(l=40, r=10, t=60, b=10)})
+        height=max(220, min(700, 60 * L + 60)), margin=dict(l=40, r=10, t=60, b=10))
 
 
 def grid_selection(layer: int, head: int) -> list[dict]:
@@ -212,6 +216,26 @@ def head_of_click(click: dict | None) -> tuple[int, int] | None:
 
 
 # ----------------------------------------------------------------------- one layer
+def panels(n: int, cols: int, titles: list[str], hgap: float = 0.02, vgap: float = 0.08) -> tuple[dict, list]:
+    """Layout axes for ``n`` panels in a grid of ``cols`` columns (what make_subplots does,
+    without its cost), and each panel's (xaxis, yaxis) trace references."""
+    rows = -(-n // cols)
+    layout: dict = {"annotations": []}
+    refs = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        x0, x1 = c / cols + hgap / 2, (c + 1) / cols - hgap / 2
+        y1 = 1 - r / rows - (vgap / 2 if r else 0)
+        y0 = 1 - (r + 1) / rows + (vgap / 2 if r < rows - 1 else 0)
+        suffix = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{suffix}"] = dict(domain=[x0, x1], anchor=f"y{suffix}")
+        layout[f"yaxis{suffix}"] = dict(domain=[y0, y1], anchor=f"x{suffix}", autorange="reversed")
+        layout["annotations"].append(dict(text=titles[i], x=(x0 + x1) / 2, y=y1, xref="paper", yref="paper",
+                                          xanchor="center", yanchor="bottom", showarrow=False))
+        refs.append((f"x{suffix}", f"y{suffix}"))
+    return layout, refs
+
+
 def layer_view(patterns: np.ndarray, tokens: list[str], layer: int, selected: int | None = None,
                size: int = 48) -> go.Figure:
     """Every head of one layer side by side (pooled to ``size`` positions for long prompts).
@@ -219,36 +243,31 @@ def layer_view(patterns: np.ndarray, tokens: list[str], layer: int, selected: in
     H = patterns.shape[0]
     cols = min(H, 6)
     rows = -(-H // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"H{h}" for h in range(H)],
-                        horizontal_spacing=0.02, vertical_spacing=0.08 / max(rows - 1, 1) if rows > 1 else 0.05)
-    small = pool(patterns, size)
-    n = len(tokens)
-    labels = tokens if small.shape[-1] == n else None
-    for h in range(H):
-        fig.add_trace(go.Heatmap(z=_round(small[h], 3), coloraxis="coloraxis", customdata=np.full(small[h].shape, h),
-                                 hovertemplate=f"H{h} " + ("q %{y} -> k %{x}" if labels is None else "") +
-                                 ": %{z:.3f}<extra>click to select</extra>"),
-                      row=h // cols + 1, col=h % cols + 1)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    titles = [f"<b>H{h} (selected)</b>" if h == selected else f"H{h}" for h in range(H)]
+    layout, refs = panels(H, cols, titles)
     if selected is not None and 0 <= selected < H:
-        fig.layout.annotations[selected].font = dict(color=SELECTED, size=14)
-        fig.layout.annotations[selected].text = f"<b>H{selected} (selected)</b>"
-    fig.update_layout(title=f"layer {layer}: all {H} heads", coloraxis=dict(colorscale="Blues", cmin=0),
-                      height=230 * rows + 60, **LAYOUT)
-    return fig
+        layout["annotations"][selected]["font"] = dict(color=SELECTED, size=14)
+    small = pool(patterns, size)
+    traces = [dict(type="heatmap", z=_round(small[h], 3), coloraxis="coloraxis", xaxis=refs[h][0], yaxis=refs[h][1],
+                   customdata=np.full(small[h].shape, h),
+                   hovertemplate=f"H{h} q %{{y}} -> k %{{x}}: %{{z:.3f}}<extra>click to select</extra>")
+              for h in range(H)]
+    for key in layout:
+        if key.startswith(("xaxis", "yaxis")):
+            layout[key]["showticklabels"] = False
+    return figure(traces, dict(layout, title={"text": f"layer {layer}: all {H} heads"},
+                               coloraxis=dict(colorscale="Blues", cmin=0), height=230 * rows + 60))
 
 
 def residual_norms(norms: np.ndarray, tokens: list[str], hook: str) -> go.Figure:
     """[layer, position] L2 norm of the residual stream."""
     L, n = norms.shape
-    fig = go.Figure(go.Heatmap(z=_round(norms, 3), x=list(range(n)), y=list(range(L)), colorscale="Viridis",
-                               hovertemplate="layer %{y} position %{x}: %{z:.2f}<extra></extra>",
-                               colorbar={"title": "norm"}))
-    fig.update_layout(title=f"residual stream norm ({hook}) per layer and position",
-                      xaxis=dict(tickmode="array", tickvals=list(range(n)), ticktext=tokens, tickangle=-60),
-                      yaxis=dict(title="layer", autorange="reversed", dtick=1), height=120 + 30 * L, **LAYOUT)
-    return fig
+    return figure([dict(type="heatmap", z=_round(norms, 3), x=list(range(n)), y=list(range(L)), colorscale="Viridis",
+                        hovertemplate="layer %{y} position %{x}: %{z:.2f}<extra></extra>",
+                        colorbar={"title": {"text": "norm"}})],
+                  dict(title={"text": f"residual stream norm ({hook}) per layer and position"},
+                       xaxis=dict(tickmode="array", tickvals=list(range(n)), ticktext=tokens, tickangle=-60),
+                       yaxis=dict(title={"text": "layer"}, autorange="reversed", dtick=1), height=120 + 30 * L))
 
 
 # ----------------------------------------------------------------------- analyses
@@ -260,16 +279,17 @@ def metrics_scatter(columns: dict[str, pd.Series], x: str, y: str, selected: tup
     heads = df.index.get_level_values(1).to_numpy()
     names = [f"L{layer}H{head}" for layer, head in zip(layers, heads)]
     is_sel = [(int(layer), int(head)) == selected for layer, head in zip(layers, heads)]
-    fig = go.Figure(go.Scatter(
-        x=_round(df[x]), y=_round(df[y]), mode="markers+text", text=[n if s else "" for n, s in zip(names, is_sel)],
-        textposition="top center", hovertext=names, customdata=np.stack([layers, heads], 1),
-        marker=dict(size=[14 if s else 8 for s in is_sel], color=layers, colorscale="Turbo",
-                    line=dict(color=[SELECTED if s else "white" for s in is_sel], width=[3 if s else 1 for s in is_sel]),
-                    colorbar={"title": "layer"}),
-        hovertemplate="%{hovertext}: " + x + " %{x:.3f}, " + y + " %{y:.3f}<extra>click to select</extra>"))
-    fig.update_layout(title=f"{y} against {x}, one point per head", xaxis_title=x, yaxis_title=y, height=450,
-                      **LAYOUT)
-    return fig
+    return figure(
+        [dict(type="scatter", x=_round(df[x]), y=_round(df[y]), mode="markers+text",
+              text=[n if s else "" for n, s in zip(names, is_sel)], textposition="top center", hovertext=names,
+              customdata=np.stack([layers, heads], 1),
+              marker=dict(size=[14 if s else 8 for s in is_sel], color=layers, colorscale="Turbo",
+                          line=dict(color=[SELECTED if s else "white" for s in is_sel],
+                                    width=[3 if s else 1 for s in is_sel]),
+                          colorbar={"title": {"text": "layer"}}),
+              hovertemplate="%{hovertext}: " + x + " %{x:.3f}, " + y + " %{y:.3f}<extra>click to select</extra>")],
+        dict(title={"text": f"{y} against {x}, one point per head"}, xaxis=dict(title={"text": x}),
+             yaxis=dict(title={"text": y}), height=450))
 
 
 def probe_curves(table: pd.DataFrame, name: str) -> go.Figure:
@@ -301,7 +321,7 @@ def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tu
                                zmax=bound if diverging else None,
                                hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
                                colorbar={"title": value}))
-    _grid_axes(fig, L, H, title)
+    fig.update_layout(grid_axes(L, H, title))
     if selected is not None:
         fig.update_layout(shapes=grid_selection(*selected))
     return fig
@@ -365,24 +385,23 @@ def compare_heads(pa: np.ndarray, pb: np.ndarray, ta: list[str], tb: list[str], 
     such as tired/wide are)."""
     m = min(len(ta), len(tb))
     diff = pb[:m, :m] - pa[:m, :m]
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.12,
-                        subplot_titles=["prompt A", "prompt B", "B - A" + ("" if len(ta) == len(tb)
-                                                                            else f" (first {m} positions)")])
+    layout, refs = panels(3, 3, ["prompt A", "prompt B", "B - A" + ("" if len(ta) == len(tb)
+                                                                    else f" (first {m} positions)")], hgap=0.1)
     bound = max(float(np.abs(diff).max()) if diff.size else 0, 1e-6)
-    for col, (z, toks) in enumerate(((pa, ta), (pb, tb)), start=1):
-        fig.add_trace(go.Heatmap(z=_round(z), coloraxis="coloraxis", hovertemplate="q %{y} -> k %{x}: %{z:.3f}"
-                                 "<extra></extra>"), row=1, col=col)
-        _token_axes(fig, toks, col)
-    fig.add_trace(go.Heatmap(z=_round(diff), colorscale="RdBu", reversescale=True, zmin=-bound, zmax=bound,
-                             colorbar=dict(title="B - A", x=1.02), hovertemplate="q %{y} -> k %{x}: %{z:+.3f}"
-                             "<extra></extra>"), row=1, col=3)
-    _token_axes(fig, [f"{a}/{b}" if a != b else a for a, b in zip(ta, tb)], 3)
-    fig.update_layout(title=title, coloraxis=dict(colorscale="Blues", cmin=0, showscale=False),
-                      height=max(380, min(900, 14 * max(len(ta), len(tb)) + 180)), **LAYOUT)
-    return fig
-
-
-def _token_axes(fig: go.Figure, toks: list[str], col: int) -> None:
-    tick = dict(tickmode="array", tickvals=list(range(len(toks))), ticktext=toks, tickfont={"size": 9})
-    fig.update_xaxes(tickangle=-60, row=1, col=col, **tick)
-    fig.update_yaxes(autorange="reversed", row=1, col=col, **tick)
+    hover = "q %{y} -> k %{x}: %{z:.3f}<extra></extra>"
+    traces = [dict(type="heatmap", z=_round(pa), coloraxis="coloraxis", xaxis=refs[0][0], yaxis=refs[0][1],
+                   hovertemplate=hover),
+              dict(type="heatmap", z=_round(pb), coloraxis="coloraxis", xaxis=refs[1][0], yaxis=refs[1][1],
+                   hovertemplate=hover),
+              dict(type="heatmap", z=_round(diff), colorscale="RdBu", reversescale=True, zmin=-bound, zmax=bound,
+                   xaxis=refs[2][0], yaxis=refs[2][1], colorbar=dict(title={"text": "B - A"}, x=1.02),
+                   hovertemplate="q %{y} -> k %{x}: %{z:+.3f}<extra></extra>")]
+    for i, toks in enumerate((ta, tb, [f"{a}/{b}" if a != b else a for a, b in zip(ta, tb)])):
+        tick = dict(tickmode="array", tickvals=list(range(len(toks))), ticktext=toks, tickfont={"size": 9})
+        suffix = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{suffix}"].update(tickangle=-60, **tick)
+        layout[f"yaxis{suffix}"].update(**tick)
+    return figure(traces, dict(layout, title={"text": title}, coloraxis=dict(colorscale="Blues", cmin=0,
+                                                                             showscale=False),
+                               height=max(380, min(900, 14 * max(len(ta), len(tb)) + 180)),
+                               margin=dict(l=60, r=20, t=70, b=60)))
