@@ -200,7 +200,7 @@ def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
 
 
 def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
-    vectors = data.qk_vectors(s.layer, s.head)
+    vectors = data.qk_vectors(s.layer, s.head, include=s.prompt)
     if vectors is None:
         return {"qk": figures.message_figure("this run has no query/key vectors for this layer"),
                 "qk-msg": html.Div(["Record them with ", html.Code(
@@ -208,8 +208,9 @@ def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
                     "'blocks.*.attn.hook_k' 'blocks.*.attn.hook_pattern'"), "."], className="missing")}
     fig = figures.qk_pca(vectors["q"], vectors["k"], vectors["tokens"], vectors["prompt"], s.layer, s.head,
                          highlight_prompt=s.prompt)
-    return {"qk": fig, "qk-msg": html.Div(f"first {len(vectors['q'])} tokens of the run; the selected prompt's "
-                                          "points are larger")}
+    n_prompts = len(set(vectors["prompt"].tolist()))
+    return {"qk": fig, "qk-msg": html.Div(f"{len(vectors['q'])} tokens of {n_prompts} prompts spread over the run "
+                                          "(all of them for a small run); the selected prompt's points are larger")}
 
 
 def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:

@@ -297,10 +297,12 @@ class RunData:
                               for n in names]), kind))
         return None
 
-    def qk_vectors(self, layer: int, head: int, max_tokens: int = 3000) -> dict[str, Any] | None:
-        """Query and key vectors of one head over the run's prompts (the first prompts up to
-        ``max_tokens`` tokens), with each token's string and prompt. None when the run
-        lacks hook_q/hook_k for the layer."""
+    def qk_vectors(self, layer: int, head: int, max_tokens: int = 3000, include: int | None = None
+                   ) -> dict[str, Any] | None:
+        """Query and key vectors of one head over the run's prompts (all of them, or prompts
+        spread evenly over the run up to about ``max_tokens`` tokens, ``include`` among
+        them), with each token's string and prompt. None when the run lacks hook_q/hook_k
+        for the layer."""
         self._check_head(layer, head)
         q_name, k_name = f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
         if not (self.has_hook(q_name) and self.has_hook(k_name)):
@@ -310,20 +312,20 @@ class RunData:
             n_kv = self.run.manifest["hooks"][k_name]["shape"][0]
             kv_head = head * n_kv // self.n_heads  # grouped-query models share a key head
             qs, ks, toks, prompt_of = [], [], [], []
-            total = 0
-            for p in range(self.n_prompts):
-                if total >= max_tokens:
-                    break
+            n = self.n_prompts
+            k = max(1, min(n, int(max_tokens * n / max(self.run.n_tokens, 1))))
+            chosen = sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())
+                            | ({include} if include is not None and 0 <= include < n else set()))
+            for p in chosen:
                 qs.append(self.run.prompt_activation(q_name, p)[:, head])
                 ks.append(self.run.prompt_activation(k_name, p)[:, kv_head])
                 t = self.str_tokens(p)
                 toks += t
                 prompt_of += [p] * len(t)
-                total += len(t)
             return {"q": np.concatenate(qs).astype(np.float32), "k": np.concatenate(ks).astype(np.float32),
                     "tokens": toks, "prompt": np.asarray(prompt_of)}
 
-        return self._cache.get(("qk", layer, head, max_tokens), read)
+        return self._cache.get(("qk", layer, head, max_tokens, include), read)
 
     def _check_head(self, layer: int, head: int) -> None:
         if not 0 <= layer < self.n_layers:

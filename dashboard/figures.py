@@ -26,8 +26,9 @@ LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template=TEMPLATE)
 
 
 def _round(a: np.ndarray, digits: int = 4) -> np.ndarray:
-    """Fewer digits in the JSON sent to the browser; NaN stays NaN."""
-    return np.round(np.asarray(a, dtype=np.float64), digits)
+    """What is sent to the browser: float32 (plotly ships typed arrays, so half the bytes of
+    float64), rounded; NaN stays NaN."""
+    return np.round(np.asarray(a, dtype=np.float64), digits).astype(np.float32)
 
 
 def figure(data: list[dict], layout: dict) -> go.Figure:
@@ -98,8 +99,8 @@ def head_heatmap(pattern: np.ndarray, tokens: list[str], title: str = "", window
         [dict(type="heatmap", z=z, x=pos, y=pos, colorscale="Blues", zmin=0,
               zmax=max(float(np.nanmax(z)), 1e-6) if z.size else 1, hovertext=hover,
               hovertemplate="%{hovertext}: %{z:.3f}<extra></extra>", colorbar={"title": {"text": "attn"}})],
-        dict(title={"text": title + (f" (positions {a}-{b - 1} of {len(tokens)})" if (a, b) != (0, len(tokens))
-                                     else "")},
+        dict(title={"text": title + (f" (positions {a}-{b - 1} of {len(tokens)}; select a query token to move "
+                                     "the window)" if (a, b) != (0, len(tokens)) else "")},
              xaxis=dict(title={"text": "key"}, side="bottom", tickangle=-60, **tick),
              yaxis=dict(title={"text": "query"}, autorange="reversed", **tick), shapes=shapes,
              height=max(360, min(900, 14 * len(pos) + 140))))
@@ -132,10 +133,13 @@ def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None 
             traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                connectgaps=False, line=dict(color=color, width=(2 if selected else 1) + 4 * lo)))
     summed = summed_attention(pattern[a:b, a:b], sel)
+    top = np.argsort(-p, axis=1)[:, :top_k]
+    where = ["<br>".join(f"{toks[k]!r} {p[q, k]:.2f}" for k in top[q] if p[q, k] > 0) for q in range(n)]
     traces.append(dict(type="scatter", x=[0] * n, y=list(range(n)), mode="markers+text", text=toks,
                        textposition="middle left", name="queries", showlegend=False, customdata=list(range(a, b)),
-                       marker=dict(size=9, color=[SELECTED if s else "#1f77b4" for s in is_sel]),
-                       hovertemplate="query %{customdata} %{text}: click to select<extra></extra>"))
+                       hovertext=where, marker=dict(size=9, color=[SELECTED if s else "#1f77b4" for s in is_sel]),
+                       hovertemplate="query %{customdata} %{text} attends to:<br>%{hovertext}"
+                                     "<extra>click to select</extra>"))
     traces.append(dict(type="scatter", x=[1] * n, y=list(range(n)), mode="markers+text", text=toks,
                        textposition="middle right", name="keys", showlegend=False, customdata=_round(summed, 3),
                        marker=dict(size=6 + 20 * np.sqrt(np.clip(summed, 0, None) / max(len(sel), 1)),

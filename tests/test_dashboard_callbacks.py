@@ -381,3 +381,21 @@ def test_port_in_use_is_a_user_error(coref_run):
         s.listen()
         with pytest.raises(StoreError, match="cannot listen"):
             serve([coref_run], port=s.getsockname()[1])
+
+
+def test_results_saved_while_serving_appear_without_a_restart(plain_run, tmp_path):
+    import shutil
+
+    from analyses.head_metrics import head_metrics
+    from analyses.results import save_result
+
+    run_dir = tmp_path / "seed"
+    shutil.copytree(plain_run, run_dir)
+    reg = Registry([run_dir])
+    assert reg.get("0").head_columns() == {}
+    assert "probe heads RUN" in str(render_view(reg, ViewState(view="metrics"))[0]["metrics-msg"])
+    table = head_metrics(Run(run_dir))
+    save_result(run_dir, "head_metrics", table)
+    cols = reg.get("0").head_columns()
+    assert set(cols) >= {"entropy", "prev_token", "induction"}
+    assert np.isclose(reg.get("0").head_values(3, 1)["entropy"], table.set_index(["layer", "head"]).entropy[(3, 1)])
