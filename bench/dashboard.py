@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="prompts to record (default 2000)")
     ap.add_argument("--repeats", type=int, default=100, help="interactions of each kind")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--view", default="head", choices=["head", "layer", "metrics", "compare"],
+                    help="the view open while switching (default head)")
     args = ap.parse_args()
     import torch
 
@@ -130,7 +132,7 @@ def main() -> None:
     app = create_app([args.run])
     browser = Browser(app)
     rng = random.Random(args.seed)
-    state = {"url.search": "", "state.data": None, "generation.data": 0, "prompt-search.value": None}
+    state = {"url.search": f"?view={args.view}", "state.data": None, "generation.data": 0, "prompt-search.value": None}
     out = browser.call(browser.dep("state.data"), state, ["url.search"])  # page load
     state["state.data"] = out["state"]["data"]
     state = interaction(browser, state, "prev.n_clicks", 1)[2]  # warm imports and the first figures
@@ -151,7 +153,7 @@ def main() -> None:
                 parts.setdefault(k, []).append(v)
         results[kind] = (totals, parts, sizes)
     other = load.stop()
-    print(f"\n{args.repeats} interactions each, server time summed over the callbacks one click fires "
+    print(f"\n{args.view} view: {args.repeats} interactions each, server time summed over the callbacks one click fires "
           f"(torch/numpy 1 thread; other processes used {other:.0%} of the machine's CPU meanwhile)"
           if other is not None else "")
     for kind, (totals, parts, sizes) in results.items():
