@@ -2,9 +2,9 @@
 to draw it). ``create_app(run_paths)`` serves only the given runs.
 
 One callback (`sync_state`) owns the view state: it reads the URL on load and after
-back/forward, applies every control or click to a `ViewState`, and writes the state back to
-the controls and the URL. The other callbacks draw from the controls, and only the active
-view reads anything from the run.
+back/forward, applies every control or click to a `ViewState`, and writes the state to a
+store, the controls and the URL. The other callbacks draw from the store, so one click
+draws each figure once, and only the active view reads anything from the run.
 """
 
 from __future__ import annotations
@@ -38,6 +38,28 @@ VIEW_LABELS = {"head": "Head", "layer": "Layer", "metrics": "Head metrics", "res
 HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": True}
 
+# Runs in the browser, no server round trip: hovering a query token of the token view draws
+# lines to the keys it attends to most (layout.meta.top, written by figures.line_view).
+HOVER_JS = """
+function(hover, fig) {
+    const nu = window.dash_clientside.no_update;
+    if (!fig || !fig.layout || !fig.layout.meta || !fig.layout.meta.top) { return nu; }
+    const data = fig.data.filter(t => t.name !== 'hover');
+    let q = null;
+    if (hover && hover.points && hover.points.length) {
+        const p = hover.points[0];
+        const trace = data[p.curveNumber];
+        if (trace && trace.name === 'queries') { q = p.pointNumber; }
+    }
+    if (q === null) { return data.length === fig.data.length ? nu : Object.assign({}, fig, {data: data}); }
+    for (const [k, w] of fig.layout.meta.top[q]) {
+        data.push({type: 'scatter', name: 'hover', x: [0, 1], y: [q, k], mode: 'lines', hoverinfo: 'skip',
+                   showlegend: false, line: {color: '#ff7f0e', width: 1.5 + 8 * w}});
+    }
+    return Object.assign({}, fig, {data: data});
+}
+"""
+
 
 # ----------------------------------------------------------------------- state updates
 def clamp(state: ViewState, registry: Registry) -> ViewState:
@@ -52,8 +74,8 @@ def clamp(state: ViewState, registry: Registry) -> ViewState:
     n = max(data.n_prompts, 1)
     prompt = min(max(state.prompt, 0), n - 1)
     compare = state.compare if state.compare is None or 0 <= state.compare < n else None
-    state = state.with_(prompt=prompt, compare=compare, layer=min(state.layer, data.n_layers - 1),
-                        head=min(state.head, data.n_heads - 1))
+    state = state.with_(prompt=prompt, compare=compare, layer=min(max(state.layer, 0), data.n_layers - 1),
+                        head=min(max(state.head, 0), data.n_heads - 1))
     cols = list(data.head_columns())
     if cols:
         x = state.x if state.x in cols else default_x(cols)
@@ -180,7 +202,7 @@ def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
         return dcc.Graph(figure=fig, config=GRAPH_CONFIG)
 
     probes = data.tables_of(PROBES)
-    parts += [graph(figures.probe_curves(t.table, t.name)) for t in probes] or [_missing(PROBES, "probe results")]
+    parts += [graph(figures.probe_curves(t.table, t.name, s.layer)) for t in probes] or [_missing(PROBES, "probe results")]
     sel = (s.layer, s.head)
     ablations = data.tables_of(ABLATION)
     parts += [graph(figures.layer_head_heatmap(t.table, "effect", f"{t.name}: effect of ablating each head "
@@ -362,7 +384,7 @@ def layout(registry: Registry) -> html.Div:
                 dcc.Tabs(id="view", value="head", children=[dcc.Tab(label=VIEW_LABELS[v], value=v) for v in VIEWS]),
                 html.Div(id="view-msg", className="missing", style={"color": "#a00", "margin": "6px"}),
                 html.Div(id="panel-head", style=panel["head"], children=[
-                    graph("head-heatmap"), graph("head-summed"), graph("head-lines")]),
+                    graph("head-heatmap"), graph("head-summed"), graph("head-lines", clear_on_unhover=True)]),
                 html.Div(id="panel-layer", style=panel["layer"], children=[graph("layer-view"), graph("resid-norm")]),
                 html.Div(id="panel-metrics", style=panel["metrics"], children=[
                     html.Div(["x ", _dropdown("scatter-x", columns, width="240px", placeholder="metric",
@@ -407,7 +429,10 @@ def next_state(search: str | None, stored: str | None, trigger: str | None, valu
     if trigger in (None, "url") or stored is None:
         state = from_query(search)
     else:
-        state = apply_event(from_query(stored), trigger, value)
+        try:
+            state = apply_event(from_query(stored), trigger, value)
+        except (TypeError, ValueError):  # a value no control of this page sends: ignore it
+            state = from_query(stored)
     return clamp(state, registry)
 
 
@@ -484,6 +509,9 @@ def create_app(run_paths: list[str | Path]) -> dash.Dash:
             patch["layout"]["shapes"] = figures.grid_selection(s.layer, s.head)
             return patch, no_update
         return grid_figure(registry, s), key
+
+    app.clientside_callback(HOVER_JS, Output("head-lines", "figure", allow_duplicate=True),
+                            Input("head-lines", "hoverData"), State("head-lines", "figure"), prevent_initial_call=True)
 
     view_outputs = [(cid, prop) for v in VIEWS for cid, prop in VIEW_OUTPUTS[v]]
 

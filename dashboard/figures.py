@@ -150,7 +150,9 @@ def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None 
             f"; {len(sel)} selected queries, marker size = summed attention" if sel
             else "; click query tokens to select")},
         xaxis=dict(visible=False, range=[-0.6, 1.6]), yaxis=dict(visible=False, autorange="reversed"),
-        height=max(360, min(1400, 18 * n + 80)), clickmode="event"))
+        height=max(360, min(1400, 18 * n + 80)), clickmode="event",
+        # each query's top keys [[key row, weight], ...]: the browser draws them on hover (app.HOVER_JS)
+        meta={"top": [[[int(k), round(float(p[q, k]), 4)] for k in top[q] if p[q, k] > 0] for q in range(n)]}))
 
 
 def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int]) -> go.Figure:
@@ -296,9 +298,10 @@ def metrics_scatter(columns: dict[str, pd.Series], x: str, y: str, selected: tup
              yaxis=dict(title={"text": y}), height=450))
 
 
-def probe_curves(table: pd.DataFrame, name: str) -> go.Figure:
+def probe_curves(table: pd.DataFrame, name: str, selected_layer: int | None = None) -> go.Figure:
     """Accuracy per layer of a probe table: train/dev/test, majority baseline, and the
-    control task and selectivity when the table has them."""
+    control task and selectivity when the table has them; the selected head's layer is
+    marked."""
     fig = go.Figure()
     layers = table["layer"].to_numpy()
     for col, dash in (("test_acc", "solid"), ("dev_acc", "dot"), ("train_acc", "dot"),
@@ -309,6 +312,8 @@ def probe_curves(table: pd.DataFrame, name: str) -> go.Figure:
     fig.update_layout(title=f"{name}: probe accuracy per layer", xaxis=dict(title="layer", dtick=1),
                       yaxis=dict(title="accuracy", range=[min(0, float(table.get("selectivity", pd.Series([0])).min())),
                                                           1.02]), height=360, **LAYOUT)
+    if selected_layer is not None:
+        fig.add_vline(x=selected_layer, line=dict(color=SELECTED, dash="dot"), annotation_text="selected layer")
     return fig
 
 

@@ -182,6 +182,9 @@ def test_url_state_round_trips(registry):
     # and a later event starts from the stored state, not from the URL
     stored = to_query(s)
     assert next_state("?stale", stored, "head", 0, registry) == s.with_(head=0)
+    # values no control sends (a hand-made request) leave the state as it was
+    assert next_state(None, stored, "prompt", "abc", registry) == s
+    assert next_state(None, stored, "grid", {"points": [{"x": -3, "y": -1}]}, registry).head == 0
 
 
 # ----------------------------------------------------------------------- refusals and errors

@@ -11,6 +11,7 @@ import time
 import pytest
 from test_dashboard_runs import record_coref_run
 
+from dashboard import figures
 from dashboard.app import create_app
 
 if os.environ.get("PROBE_SKIP_BROWSER") == "1":
@@ -86,6 +87,19 @@ def test_click_head_change_prompt_and_share_url(dash_duo, coref_run):
     dash_duo.find_elements("#queries input")[5].click()
     dash_duo.wait_for_contains_text("#head-summed .gtitle", "summed over the selected queries")
     wait_until(lambda: "q=3%2C5" in dash_duo.driver.current_url, what="both queries in the URL")
+
+    # hovering a query token in the token view draws lines to where it attends (in the browser)
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    queries_trace = dash_duo.find_elements("#head-lines .scatterlayer .trace")[-2]  # then the keys' trace
+    points = queries_trace.find_elements(By.CSS_SELECTOR, ".point")
+    assert len(points) == len(tokens1)
+    n_traces = len(dash_duo.find_elements("#head-lines .scatterlayer .trace"))
+    ActionChains(dash_duo.driver).move_to_element(points[7]).perform()
+    top = figures.sparsify_topk(run.pattern(1, 1, 2), figures.TOP_K)[7]
+    wait_until(lambda: len(dash_duo.find_elements("#head-lines .scatterlayer .trace")) == n_traces
+               + int((top > 0).sum()), what="hover lines from query 7")
 
     # a shared URL reloads the same state in a fresh page
     shared = dash_duo.driver.current_url
