@@ -10,7 +10,11 @@ sum is pessimistic) and counts the bytes sent back. Heads and prompts are drawn 
 over the whole run, so most reads are not in the dashboard's caches (the OS page cache
 may hold the shards: the run was just written, or read by an earlier repeat).
 
-    python bench/dashboard.py [--run /tmp/bench-dashboard-run] [-n 2000] [--repeats 100]
+    python bench/dashboard.py [--run /tmp/bench-dashboard-run] [-n 2000] [--repeats 100] [--view head]
+                              [--browser]
+
+With --browser it also times click-to-drawn in headless Chromium (the browser's work, the
+network round trips and selenium's polling included).
 
 The run is recorded once (patterns and resid_post, like `probe demo`) and reused.
 torch and the server run on one thread; the machine is shared, so the share of CPU that
@@ -107,6 +111,40 @@ def interaction(browser: Browser, values: dict, changed: str, change_value) -> t
     return {k: 1e3 * v for k, v in times.items()}, browser.bytes, values
 
 
+def browser_timings(app, run, repeats: int, rng: random.Random) -> dict[str, list[float]]:
+    """Click to drawn, in headless Chromium (dash.testing's driver, as the e2e tests use):
+    from the click until the head view's title names the new head or prompt, which Plotly
+    draws with the new heatmap. Includes the browser's own work and the selenium polling."""
+    import threading
+
+    from dash.testing.browser import Browser as DashBrowser
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    L, H = run.config["n_layers"], run.config["n_heads"]
+    out: dict[str, list[float]] = {"switch head (grid click)": [], "switch prompt (next button)": []}
+    with DashBrowser(browser="chrome", headless=True, wait_timeout=10) as b:
+        b.driver.set_window_size(1500, 1400)
+        b.driver.get(f"http://127.0.0.1:{server.socket.getsockname()[1]}/")
+        b.wait_for_contains_text("#head-heatmap .gtitle", "L0H0 on prompt 0", timeout=30)
+        prompt = 0
+        for _ in range(repeats):
+            layer, head = rng.randrange(L), rng.randrange(H)
+            grid = b.find_element("#grid .nsewdrag")
+            t = time.perf_counter()
+            b.click_at_coord_fractions(grid, (head + 0.5) / H, (layer + 0.5) / L)
+            b.wait_for_contains_text("#head-heatmap .gtitle", f"L{layer}H{head} on prompt {prompt}")
+            out["switch head (grid click)"].append(1e3 * (time.perf_counter() - t))
+            t = time.perf_counter()
+            b.find_element("#next").click()
+            prompt += 1
+            b.wait_for_contains_text("#head-heatmap .gtitle", f"L{layer}H{head} on prompt {prompt}")
+            out["switch prompt (next button)"].append(1e3 * (time.perf_counter() - t))
+    server.shutdown()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=Path("/tmp/bench-dashboard-run"))
@@ -115,6 +153,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--view", default="head", choices=["head", "layer", "metrics", "compare"],
                     help="the view open while switching (default head)")
+    ap.add_argument("--browser", action="store_true",
+                    help="also time click-to-drawn in headless Chromium (head view; needs chromium-driver)")
     args = ap.parse_args()
     import torch
 
@@ -161,6 +201,16 @@ def main() -> None:
         print(f"  {kind:<34} p50 {statistics.median(totals):6.1f} ms   p95 {q[18]:6.1f} ms   "
               f"max {max(totals):6.1f} ms   response {statistics.median(sizes) / 1024:.0f} KiB")
         print("      median per callback: " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in parts.items()))
+    if args.browser:
+        load = OtherLoad()
+        timings = browser_timings(app, run, args.repeats, rng)
+        other = load.stop()
+        print(f"\nin headless Chromium, click to drawn, head view ({args.repeats} each; browser and server on this "
+              f"machine; other processes used {other:.0%} of its CPU meanwhile):")
+        for kind, samples in timings.items():
+            q = statistics.quantiles(samples, n=20)
+            print(f"  {kind:<34} p50 {statistics.median(samples):6.1f} ms   p95 {q[18]:6.1f} ms   "
+                  f"max {max(samples):6.1f} ms")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 import dash
 import numpy as np
-from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
+from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures
 from .data import (
@@ -37,6 +37,24 @@ VIEW_LABELS = {"head": "Head", "layer": "Layer", "metrics": "Head metrics", "res
                "qk": "Q/K", "compare": "Compare"}
 HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": True}
+
+# Runs in the browser: moves the grid's outline to the selected head with Plotly.relayout,
+# which redraws the outline only (a new figure from the server would redraw every thumbnail).
+OUTLINE_JS = """
+function(query) {
+    const params = new URLSearchParams(query || '');
+    const layer = parseInt(params.get('layer') || '0'), head = parseInt(params.get('head') || '0');
+    const gd = document.querySelector('#grid .js-plotly-plot');
+    if (gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length === 1) {
+        const s = gd.layout.shapes[0];
+        if (s.x0 !== head || s.y0 !== layer) {
+            window.Plotly.relayout(gd, {'shapes[0].x0': head, 'shapes[0].x1': head + 1,
+                                        'shapes[0].y0': layer, 'shapes[0].y1': layer + 1});
+        }
+    }
+    return window.dash_clientside.no_update;
+}
+"""
 
 # Runs in the browser, no server round trip: hovering a query token of the token view draws
 # lines to the keys it attends to most (layout.meta.top, written by figures.line_view).
@@ -170,8 +188,9 @@ def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
     out = {"head-heatmap": figures.head_heatmap(pattern, tokens, title, window, list(s.queries)),
            "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
            "head-card": head_card(data, s.layer, s.head)}
-    out["head-summed"] = figures.summed_bar(pattern, tokens, list(s.queries)) if s.queries else \
-        figures.message_figure("select query tokens (above, or in the token view) to sum their attention")
+    # without selected queries the bar is hidden, not redrawn: every Plotly draw costs the browser
+    out["head-summed"] = figures.summed_bar(pattern, tokens, list(s.queries)) if s.queries else no_update
+    out["head-summed-style"] = SHOWN if s.queries else HIDDEN
     return out
 
 
@@ -346,7 +365,7 @@ def layout(registry: Registry) -> html.Div:
     return html.Div([
         dcc.Location(id="url", refresh=False),
         dcc.Store(id="generation", data=0),
-        dcc.Store(id="state"), dcc.Store(id="grid-drawn"), dcc.Store(id="tokens-drawn"),
+        dcc.Store(id="state"), dcc.Store(id="grid-drawn"), dcc.Store(id="tokens-drawn"), dcc.Store(id="grid-outline"),
         html.Div([
             html.H3("probe dashboard", style={"margin": "0 16px 0 0"}),
             _dropdown("run", registry.options(), registry.ids()[0], "260px", clearable=False),
@@ -384,7 +403,8 @@ def layout(registry: Registry) -> html.Div:
                 dcc.Tabs(id="view", value="head", children=[dcc.Tab(label=VIEW_LABELS[v], value=v) for v in VIEWS]),
                 html.Div(id="view-msg", className="missing", style={"color": "#a00", "margin": "6px"}),
                 html.Div(id="panel-head", style=panel["head"], children=[
-                    graph("head-heatmap"), graph("head-summed"), graph("head-lines", clear_on_unhover=True)]),
+                    graph("head-heatmap"), graph("head-summed", style=HIDDEN),
+                    graph("head-lines", clear_on_unhover=True)]),
                 html.Div(id="panel-layer", style=panel["layer"], children=[graph("layer-view"), graph("resid-norm")]),
                 html.Div(id="panel-metrics", style=panel["metrics"], children=[
                     html.Div(["x ", _dropdown("scatter-x", columns, width="240px", placeholder="metric",
@@ -408,13 +428,14 @@ def layout(registry: Registry) -> html.Div:
 # ----------------------------------------------------------------------- app
 STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "queries", "scatter-x", "scatter-y"]
 CLICKS = ["grid", "scatter", "layer-view", "head-lines"]
-VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-lines", "figure")],
+VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-summed", "style"),
+                         ("head-lines", "figure")],
                 "layer": [("layer-view", "figure"), ("resid-norm", "figure")],
                 "metrics": [("scatter", "figure"), ("metrics-msg", "children")],
                 "results": [("panel-results", "children")],
                 "qk": [("qk", "figure"), ("qk-msg", "children")],
                 "compare": [("compare-graph", "figure"), ("compare-msg", "children")]}
-OUT_KEYS = {("panel-results", "children"): "results"}
+OUT_KEYS = {("panel-results", "children"): "results", ("head-summed", "style"): "head-summed-style"}
 
 
 def state_outputs(s: ViewState) -> list[Any]:
@@ -504,11 +525,11 @@ def create_app(run_paths: list[str | Path]) -> dash.Dash:
     def grid(query, generation, drawn):
         s = from_query(query)
         key = [s.run, s.prompt, s.metric, generation]
-        if key == drawn:  # only the selected head moved: patch the outline, redraw nothing
-            patch = Patch()
-            patch["layout"]["shapes"] = figures.grid_selection(s.layer, s.head)
-            return patch, no_update
+        if key == drawn:  # only the selected head moved: OUTLINE_JS moves the outline in the browser
+            return no_update, no_update
         return grid_figure(registry, s), key
+
+    app.clientside_callback(OUTLINE_JS, Output("grid-outline", "data"), Input("state", "data"))
 
     app.clientside_callback(HOVER_JS, Output("head-lines", "figure", allow_duplicate=True),
                             Input("head-lines", "hoverData"), State("head-lines", "figure"), prevent_initial_call=True)
