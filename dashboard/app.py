@@ -477,7 +477,9 @@ def create_app(run_paths: list[str | Path]) -> dash.Dash:
         events = dict(zip(STATE_INPUTS + CLICKS, values))
         state = next_state(search, stored, trigger, events.get(trigger), registry)
         out = state_outputs(state)
-        return [out[0]] + [no_update if out[0] == search else out[0]] + out[1:]
+        # write back only what changed: each control set costs the browser a re-render
+        controls = [no_update if new == old else new for new, old in zip(out[1:], values[:len(STATE_INPUTS)])]
+        return [out[0], no_update if out[0] == search else out[0], *controls]
 
     @app.callback(Output("generation", "data"), Input("refresh", "n_clicks"), State("state", "data"),
                   State("generation", "data"), prevent_initial_call=True)
