@@ -134,8 +134,11 @@ def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
         return state.with_(layer=picked[0], head=picked[1]) if picked else state
     if trigger == "scatter":
         point = _point(value)
-        if point and isinstance(point.get("customdata"), list) and len(point["customdata"]) == 2:
-            return state.with_(layer=int(point["customdata"][0]), head=int(point["customdata"][1]))
+        cd = point.get("customdata") if point else None
+        if isinstance(cd, dict):  # a row of a typed array arrives as {"0": layer, "1": head}
+            cd = [cd.get("0"), cd.get("1")]
+        if isinstance(cd, list) and len(cd) == 2:
+            return state.with_(layer=int(cd[0]), head=int(cd[1]))
     if trigger == "layer-view":
         point = _point(value)
         if point and point.get("customdata") is not None:

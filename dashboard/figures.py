@@ -288,7 +288,7 @@ def metrics_scatter(columns: dict[str, pd.Series], x: str, y: str, selected: tup
     return figure(
         [dict(type="scatter", x=_round(df[x]), y=_round(df[y]), mode="markers+text",
               text=[n if s else "" for n, s in zip(names, is_sel)], textposition="top center", hovertext=names,
-              customdata=np.stack([layers, heads], 1),
+              customdata=np.stack([layers, heads], 1).tolist(),  # a list: a typed array's row reaches Dash as a dict
               marker=dict(size=[14 if s else 8 for s in is_sel], color=layers, colorscale="Turbo",
                           line=dict(color=[SELECTED if s else "white" for s in is_sel],
                                     width=[3 if s else 1 for s in is_sel]),

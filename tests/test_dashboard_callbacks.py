@@ -147,6 +147,7 @@ def test_grid_thumbnails_and_clicks_select_heads(registry, coref_run):
 def test_clicks_and_controls_update_the_state():
     s = ViewState(prompt=3, queries=(1, 2))
     assert apply_event(s, "scatter", {"points": [{"customdata": [1, 3]}]}).head == 3
+    assert apply_event(s, "scatter", {"points": [{"customdata": {"0": 1, "1": 2}}]}).head == 2
     assert apply_event(s, "layer-view", {"points": [{"customdata": 2}]}).head == 2
     # clicking a query token in the line view toggles it
     assert apply_event(s, "head-lines", {"points": [{"x": 0, "customdata": 5}]}).queries == (1, 2, 5)

@@ -54,6 +54,7 @@ def test_click_head_change_prompt_and_share_url(dash_duo, coref_run):
 
     run = Run(coref_run)
     app = create_app([coref_run])
+    dash_duo.driver.set_window_size(1500, 1200)
     dash_duo.start_server(app)
     dash_duo.wait_for_contains_text("#run-status", "complete", timeout=15)
 
@@ -117,12 +118,45 @@ def test_click_head_change_prompt_and_share_url(dash_duo, coref_run):
 
 def test_views_from_url_and_grid_by_metric(dash_duo, coref_run):
     app = create_app([coref_run])
+    dash_duo.driver.set_window_size(1500, 1200)
     dash_duo.start_server(app)
     # a URL straight into the layer view of layer 1, grid coloured by induction score
     dash_duo.driver.get(dash_duo.server_url + "/?run=0&prompt=2&layer=1&head=3&view=layer&metric=induction")
     dash_duo.wait_for_contains_text("#layer-view .gtitle", "layer 1: all")
     dash_duo.wait_for_contains_text("#grid .gtitle", "induction per head")
     dash_duo.wait_for_contains_text("#resid-norm .gtitle", "residual stream norm")
+    # clicking a head's panel in the layer view selects it
+    dash_duo.find_elements("#layer-view .nsewdrag")[1].click()
+    wait_until(lambda: "head=1" in dash_duo.driver.current_url, what="head=1 after clicking panel H1")
+    dash_duo.wait_for_contains_text("#layer-view .gtitle", "layer 1: all")
+    wait_until(lambda: "H1 (selected)" in dash_duo.find_element("#layer-view").text, what="H1 marked selected")
+    # the metrics scatter: one point per head; clicking one selects it
+    dash_duo.find_element("#view .tab:nth-child(3)").click()
+    dash_duo.wait_for_contains_text("#scatter .gtitle", "against induction")
+    points = dash_duo.find_elements("#scatter .scatterlayer .point")
+    assert len(points) == 8  # toy-coref: 2 layers x 4 heads
+    # the figure was drawn as its panel appeared: wait for Plotly's resize to the panel's width
+    fitted = ("const gd = document.querySelector('#scatter .js-plotly-plot');"
+              "return Math.abs(gd.querySelector('.main-svg').getBoundingClientRect().width"
+              " - gd.getBoundingClientRect().width) < 2;")
+    wait_until(lambda: dash_duo.driver.execute_script(fitted), what="the scatter to fit its panel")
+    # click a point that no other point overlaps, located from its data through Plotly's axes
+    target = dash_duo.driver.execute_script("""
+        const gd = document.querySelector('#scatter .js-plotly-plot'), fl = gd._fullLayout;
+        const tr = gd.calcdata[0], svg = gd.querySelector('.main-svg').getBoundingClientRect();
+        const px = tr.map(d => [fl._size.l + fl.xaxis.l2p(d.x), fl._size.t + fl.yaxis.l2p(d.y)]);
+        for (let i = 0; i < px.length; i++) {
+            const cd = Array.from(Object.values(tr[i].data ? tr[i].data : gd.data[0].customdata[i]));
+            const alone = px.every((q, j) => j === i || Math.hypot(q[0] - px[i][0], q[1] - px[i][1]) > 12);
+            if (alone && !(cd[0] === 1 && cd[1] === 1)) {
+                return [px[i][0] / svg.width, px[i][1] / svg.height, cd[0], cd[1]];
+            }
+        }
+        return null;""")
+    assert target is not None, "every point of the scatter overlaps another"
+    dash_duo.click_at_coord_fractions(dash_duo.find_element("#scatter .main-svg"), target[0], target[1])
+    wait_until(lambda: f"layer={target[2]}&head={target[3]}" in dash_duo.driver.current_url,
+               what=f"L{target[2]}H{target[3]} selected from the scatter")
     # switch to the probes & causal tab: the saved analyses are drawn
     dash_duo.find_element("#view .tab:nth-child(4)").click()
     dash_duo.wait_for_contains_text("#panel-results", "probes_answer: probe accuracy per layer")
