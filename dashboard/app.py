@@ -47,9 +47,9 @@ function(query) {
     const gd = document.querySelector('#grid .js-plotly-plot');
     if (gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length === 1) {
         const s = gd.layout.shapes[0];
-        if (s.x0 !== head || s.y0 !== layer) {
-            window.Plotly.relayout(gd, {'shapes[0].x0': head, 'shapes[0].x1': head + 1,
-                                        'shapes[0].y0': layer, 'shapes[0].y1': layer + 1});
+        if (s.x0 !== head - 0.5 || s.y0 !== layer - 0.5) {
+            window.Plotly.relayout(gd, {'shapes[0].x0': head - 0.5, 'shapes[0].x1': head + 0.5,
+                                        'shapes[0].y0': layer - 0.5, 'shapes[0].y1': layer + 0.5});
         }
     }
     return window.dash_clientside.no_update;

@@ -170,53 +170,56 @@ def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int]) -> go
 
 # ----------------------------------------------------------------------- all heads
 def grid_thumbnails(patterns: np.ndarray, thumb: int = THUMB) -> go.Figure:
-    """One heatmap holding every head's pattern as a thumbnail: head h of layer l covers
-    x in [h, h+1), y in [l, l+1), so a click's floor(x), floor(y) names the head. Each
-    thumbnail is scaled to its own maximum."""
+    """One heatmap holding every head's pattern as a thumbnail, with a blank row and column
+    between thumbnails: head h of layer l covers x in (h - 0.5, h + 0.5), y likewise, so
+    rounding a click's (or hover's) coordinates names the head. The cells are evenly
+    spaced (x0/dx, not coordinate arrays), which Plotly draws as one image. Each thumbnail
+    is scaled to its own maximum."""
     L, H = patterns.shape[:2]
     small = pool(patterns, thumb)  # [L, H, t, t]
     t = small.shape[-1]
     small = small / np.maximum(small.max(axis=(-2, -1), keepdims=True), 1e-9)
     z = np.full((L, t + 1, H, t + 1), np.nan)
     z[:, :t, :, :t] = small.transpose(0, 2, 1, 3)
-    offsets = np.r_[0.05 + 0.9 * (np.arange(t) + 0.5) / t, 0.975]
-    coords = lambda count: (np.arange(count)[:, None] + offsets[None]).ravel()  # noqa: E731
-    return figure([dict(type="heatmap", z=_round(z.reshape(L * (t + 1), H * (t + 1)), 3), x=_round(coords(H), 4),
-                        y=_round(coords(L), 4), colorscale="Blues", zmin=0, zmax=1, showscale=False,
+    step = 1 / (t + 1)
+    return figure([dict(type="heatmap", z=_round(z.reshape(L * (t + 1), H * (t + 1)), 3), x0=-0.5 + step / 2,
+                        dx=step, y0=-0.5 + step / 2, dy=step, colorscale="Blues", zmin=0, zmax=1, showscale=False,
                         hoverongaps=False, hovertemplate="layer %{y:.0f} head %{x:.0f}<extra>click to select</extra>")],
                   grid_axes(L, H, "each head's pattern on this prompt (scaled to its maximum); click one to select it"))
 
 
 def grid_metric(values: np.ndarray, metric: str) -> go.Figure:
-    """[layer, head] values of one per-head metric, cell (l, h) over [h, h+1) x [l, l+1)."""
+    """[layer, head] values of one per-head metric, cell (l, h) centred on (h, l)."""
     L, H = values.shape
-    return figure([dict(type="heatmap", z=_round(values), x=np.arange(H) + 0.5, y=np.arange(L) + 0.5,
-                        colorscale="Viridis", hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
+    return figure([dict(type="heatmap", z=_round(values), colorscale="Viridis",
+                        hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>",
                         colorbar={"title": {"text": metric[:14]}})],
                   grid_axes(L, H, f"{metric} per head; click one to select it"))
 
 
 def grid_axes(L: int, H: int, title: str) -> dict:
-    """Layout of a [layer, head] grid: heads across the top, layers down."""
+    """Layout of a [layer, head] grid: heads across the top, layers down, cell (l, h)
+    centred on (h, l)."""
     return dict(
         title=dict(text=title, font={"size": 12}),
-        xaxis=dict(tickmode="array", tickvals=np.arange(H) + 0.5, ticktext=[f"H{h}" for h in range(H)],
-                   range=[0, H], showgrid=False, zeroline=False, side="top"),
-        yaxis=dict(tickmode="array", tickvals=np.arange(L) + 0.5, ticktext=[f"L{layer}" for layer in range(L)],
-                   range=[L, 0], showgrid=False, zeroline=False),
+        xaxis=dict(tickmode="array", tickvals=list(range(H)), ticktext=[f"H{h}" for h in range(H)],
+                   range=[-0.5, H - 0.5], showgrid=False, zeroline=False, side="top"),
+        yaxis=dict(tickmode="array", tickvals=list(range(L)), ticktext=[f"L{layer}" for layer in range(L)],
+                   range=[L - 0.5, -0.5], showgrid=False, zeroline=False),
         height=max(220, min(700, 60 * L + 60)), margin=dict(l=40, r=10, t=60, b=10))
 
 
 def grid_selection(layer: int, head: int) -> list[dict]:
     """The layout shapes that outline the selected cell of a grid."""
-    return [dict(type="rect", x0=head, x1=head + 1, y0=layer, y1=layer + 1, line=dict(color=SELECTED, width=3))]
+    return [dict(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                 line=dict(color=SELECTED, width=3))]
 
 
 def head_of_click(click: dict | None) -> tuple[int, int] | None:
-    """(layer, head) from a grid's clickData: floor of the clicked coordinates."""
+    """(layer, head) from a grid's clickData: the clicked coordinates, rounded."""
     try:
         point = click["points"][0]
-        return int(np.floor(float(point["y"]))), int(np.floor(float(point["x"])))
+        return int(np.floor(float(point["y"]) + 0.5)), int(np.floor(float(point["x"]) + 0.5))
     except (TypeError, KeyError, IndexError, ValueError):
         return None
 
@@ -324,11 +327,10 @@ def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tu
     z = grid.to_numpy()
     L, H = z.shape
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-    fig = go.Figure(go.Heatmap(z=_round(z), x=np.arange(H) + 0.5, y=np.arange(L) + 0.5,
-                               colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
+    fig = go.Figure(go.Heatmap(z=_round(z), colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
                                zmid=0 if diverging else None, zmin=-bound if diverging else None,
                                zmax=bound if diverging else None,
-                               hovertemplate="layer %{y:.0f} head %{x:.0f}: %{z:.3f}<extra></extra>",
+                               hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>",
                                colorbar={"title": value}))
     fig.update_layout(grid_axes(L, H, title))
     if selected is not None:

@@ -135,11 +135,13 @@ def test_grid_thumbnails_and_clicks_select_heads(registry, coref_run):
     cell = z[1 * (t + 1):1 * (t + 1) + t, 2 * (t + 1):2 * (t + 1) + t]  # layer 1, head 2
     expected = figures.pool(run.pattern(1, 1, 2), t)
     assert np.allclose(cell, expected / expected.max(), atol=1e-3)
-    assert fig["layout"]["shapes"][0]["x0"] == 3 and fig["layout"]["shapes"][0]["y0"] == 1
-    # a click anywhere inside a thumbnail names its head
-    x, y = fig["data"][0]["x"], fig["data"][0]["y"]
-    click = {"points": [{"x": x[2 * (t + 1) + t - 1], "y": y[1 * (t + 1)]}]}
-    assert figures.head_of_click(click) == (1, 2)
+    assert fig["layout"]["shapes"][0]["x0"] == 2.5 and fig["layout"]["shapes"][0]["y0"] == 0.5
+    # a click anywhere inside a thumbnail names its head (cell j of the row is at x0 + j * dx)
+    trace = fig["data"][0]
+    x_of = lambda j: trace["x0"] + j * trace["dx"]  # noqa: E731
+    for j in (2 * (t + 1), 2 * (t + 1) + t - 1):  # the first and last column of head 2
+        click = {"points": [{"x": x_of(j), "y": trace["y0"] + (1 * (t + 1)) * trace["dy"]}]}
+        assert figures.head_of_click(click) == (1, 2)
     s = apply_event(ViewState(), "grid", click)
     assert (s.layer, s.head) == (1, 2)
 

@@ -71,7 +71,7 @@ def test_click_head_change_prompt_and_share_url(dash_duo, coref_run):
     dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L1H2 on prompt 0")
     wait_until(lambda: "head=2" in dash_duo.driver.current_url and "layer=1" in dash_duo.driver.current_url,
                what="the URL to hold the head")
-    outline = "const s = document.querySelector('#grid .js-plotly-plot').layout.shapes[0]; return [s.y0, s.x0];"
+    outline = "const s = document.querySelector('#grid .js-plotly-plot').layout.shapes[0]; return [s.y0 + 0.5, s.x0 + 0.5];"
     wait_until(lambda: dash_duo.driver.execute_script(outline) == [1, 2], what="the grid's outline on L1H2")
 
     # next prompt: its tokens replace the old ones
