@@ -10,27 +10,36 @@ A sweep ablates each head in turn and reports the change in a metric as a [layer
 table. It is batched: one forward pass per layer runs the batch once per head of that layer,
 each copy with a different head ablated, so a full sweep costs n_layers passes (times
 ``n_heads`` in batch size), not n_layers * n_heads.
+
+Metrics are per-example callables ``metric(out, tokens, cache) -> [b]``. Those on the output
+(next-token loss, logit difference) ignore ``cache``; those on internal activations (probe
+accuracy, antecedent score: what an encoder without an LM head offers) name the hooks they
+read in ``metric.reads`` and get them in ``cache``. Inputs of different lengths are padded and
+given with ``attention_mask``; mean ablation then averages each position over the reference
+examples that have a real token there.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 
 from models import HookedTransformer, InputError
 
 Method = Literal["zero", "mean", "resample"]
-Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits [b,p,v], tokens [b,p]) -> [b]
+Metric = Callable[..., torch.Tensor]  # (out [b,p,v|m], tokens [b,p], cache {hook: [b,...]}) -> [b]
 
 
 def next_token_loss(positions: slice | None = None) -> Metric:
     """Per-example mean next-token cross-entropy, optionally over a slice of the
     [p-1] prediction positions (e.g. only the repeated half of an induction sequence)."""
 
-    def metric(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def metric(logits: torch.Tensor, tokens: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         logp = logits[:, :-1].float().log_softmax(-1)
         nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
         return nll[:, positions].mean(-1) if positions is not None else nll.mean(-1)
@@ -41,18 +50,111 @@ def next_token_loss(positions: slice | None = None) -> Metric:
 def logit_difference(answer: torch.Tensor, wrong: torch.Tensor, position: int = -1) -> Metric:
     """logit[answer] - logit[wrong] at ``position`` (per example token ids [b])."""
 
-    def metric(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def metric(logits: torch.Tensor, tokens: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         last = logits[:, position].float()
         return last.gather(-1, answer[:, None])[:, 0] - last.gather(-1, wrong[:, None])[:, 0]
 
     return metric
 
 
+def probe_accuracy(probe, hook: str, weights: torch.Tensor, labels) -> Metric:
+    """Per-example accuracy of a fitted ``LinearProbe`` on the activation at ``hook``, pooled
+    over each example's query tokens with ``weights`` [b, p] (e.g. 1/n on the pronoun's n
+    tokens): does the representation still carry what the probe reads?"""
+    target = torch.as_tensor(np.searchsorted(probe.classes_, np.asarray(labels)))
+
+    def metric(out: torch.Tensor, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        pooled = torch.einsum("bpm,bp->bm", cache[hook].float(), weights)
+        return (probe.decision_function(pooled).argmax(-1) == target).float()
+
+    metric.reads, metric.uses_output = (hook,), False
+    return metric
+
+
+def probe_margin(probe, hook: str, weights: torch.Tensor, labels) -> Metric:
+    """Per-example log-odds the probe gives the true class over the best other one: a
+    continuous version of ``probe_accuracy`` (what activation patching normalises)."""
+    target = torch.as_tensor(np.searchsorted(probe.classes_, np.asarray(labels)))
+
+    def metric(out: torch.Tensor, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        logits = probe.decision_function(torch.einsum("bpm,bp->bm", cache[hook].float(), weights))
+        true = logits.gather(-1, target[:, None])[:, 0]
+        return true - logits.scatter(-1, target[:, None], float("-inf")).max(-1).values
+
+    metric.reads, metric.uses_output = (hook,), False
+    return metric
+
+
+def antecedent_score(heads: list[tuple[int, int]], query: torch.Tensor, candidates: torch.Tensor,
+                     gold: torch.Tensor) -> Metric:
+    """Per-example attention from the query (pronoun) to its gold antecedent minus to the
+    other candidate, averaged over ``heads`` (Clark et al. 2019 aggregation: ``query`` [b, p]
+    weights average over the pronoun's tokens, ``candidates`` [b, 2, p] indicators sum over
+    each mention's tokens). Ablating a head changes the score of heads in later layers only."""
+    reads = tuple(dict.fromkeys(f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads))
+    sign = torch.where(torch.arange(2)[None] == gold[:, None], 1.0, -1.0)  # [b, 2]: +gold, -other
+
+    def metric(out: torch.Tensor, tokens: torch.Tensor, cache: dict) -> torch.Tensor:
+        score = torch.zeros(tokens.shape[0])
+        for layer, head in heads:
+            from_query = torch.einsum("bqk,bq->bk", cache[f"blocks.{layer}.attn.hook_pattern"][:, head].float(), query)
+            score += (torch.einsum("bk,bck->bc", from_query, candidates) * sign).sum(-1)
+        return score / len(heads)
+
+    metric.reads, metric.uses_output = reads, False
+    return metric
+
+
+def last_layer_read(metric: Metric, n_layers: int) -> int:
+    """The last block whose activations can change the metric: the final one for metrics on
+    the output, else the deepest block among the hooks it reads."""
+    if getattr(metric, "uses_output", True):
+        return n_layers - 1
+    layers = [re.match(r"blocks\.(\d+)\.", name) for name in metric.reads]
+    return max(int(m.group(1)) if m else n_layers - 1 for m in layers)
+
+
+def evaluate(model: HookedTransformer, tokens: torch.Tensor, metric: Metric, fwd_hooks: list = (),
+             attention_mask: torch.Tensor | None = None, copies: int = 1,
+             resume: tuple[int, torch.Tensor] | None = None, known: dict[str, torch.Tensor] | None = None
+             ) -> list[torch.Tensor]:
+    """Run ``copies`` stacked copies of the batch with ``fwd_hooks`` and return the metric of
+    each copy ([b] each), capturing the activations the metric reads. ``resume`` = (layer,
+    resid_pre [b, p, m]) starts at that block (the earlier ones are unchanged by what the
+    hooks do there); activations the metric reads from earlier blocks come from ``known``.
+    A metric that does not read the output stops after the last block it reads."""
+    known = known or {}
+    reads = [name for name in getattr(metric, "reads", ()) if name not in known]
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(x, hook):
+        seen[hook.name] = x
+
+    mask = attention_mask.repeat(copies, 1) if attention_mask is not None else None
+    kwargs = {} if getattr(metric, "uses_output", True) else {"stop_at_layer": last_layer_read(metric, 10**9) + 1}
+    if resume is not None:
+        kwargs["start_at_layer"], resid = resume
+        batch = resid.repeat(copies, 1, 1)
+    else:
+        batch = tokens.repeat(copies, 1)
+    out = model.run_with_hooks(batch, list(fwd_hooks) + [(name, keep) for name in reads], attention_mask=mask,
+                               **kwargs)
+    b = tokens.shape[0]
+    return [metric(out[i * b:(i + 1) * b] if out is not None else None, tokens,
+                   {k: v[i * b:(i + 1) * b] for k, v in seen.items()} | known) for i in range(copies)]
+
+
 @torch.no_grad()
-def reference_z(model: HookedTransformer, reference: torch.Tensor) -> dict[int, torch.Tensor]:
-    """z of every layer on the reference tokens: {layer: [n_ref, pos, head, d_head]}."""
-    _, cache = model.run_with_cache(reference, names_filter="blocks.*.attn.hook_z")
-    return {layer: cache["z", layer] for layer in range(model.cfg.n_layers)}
+def reference_z(model: HookedTransformer, reference: torch.Tensor,
+                reference_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """z of every layer on the reference tokens: {layer: [n_ref, pos, head, d_head]}; padded
+    positions are NaN, so means skip them."""
+    _, cache = model.run_with_cache(reference, names_filter="blocks.*.attn.hook_z", attention_mask=reference_mask)
+    zs = {layer: cache["z", layer] for layer in range(model.cfg.n_layers)}
+    if reference_mask is not None and not bool(reference_mask.all()):
+        pad = ~reference_mask.bool()[:, :, None, None]
+        zs = {layer: z.masked_fill(pad, float("nan")) for layer, z in zs.items()}
+    return zs
 
 
 def replacement(method: Method, z: torch.Tensor, ref: torch.Tensor | None, seed: int = 0) -> torch.Tensor:
@@ -63,10 +165,16 @@ def replacement(method: Method, z: torch.Tensor, ref: torch.Tensor | None, seed:
         raise InputError(f"{method} ablation needs a reference set of examples (reference=...)")
     if ref.shape[1] != z.shape[1]:
         raise InputError(f"{method} ablation replaces per position: reference sequences have {ref.shape[1]} "
-                         f"positions but the inputs have {z.shape[1]}; use inputs and references of equal length")
+                         f"positions but the inputs have {z.shape[1]}; pad inputs and references to one length")
     if method == "mean":
-        return ref.mean(0, keepdim=True).expand_as(z)
+        mean = ref.nanmean(0, keepdim=True)  # per position, over references with a real token there
+        if mean.isnan().any():  # positions past every reference: the mean over all real positions
+            mean = torch.where(mean.isnan(), ref.flatten(0, 1).nanmean(0), mean)
+        return mean.expand_as(z)
     if method == "resample":
+        if ref.isnan().any():
+            raise InputError("resample ablation needs unpadded references of the inputs' length; use mean or zero "
+                             "ablation for prompts of different lengths")
         g = torch.Generator().manual_seed(seed)
         pick = torch.randint(0, ref.shape[0], (z.shape[0],), generator=g)
         return ref[pick]
@@ -74,9 +182,14 @@ def replacement(method: Method, z: torch.Tensor, ref: torch.Tensor | None, seed:
 
 
 def ablate_heads_hooks(model: HookedTransformer, heads: list[tuple[int, int]], method: Method = "zero",
-                       reference: torch.Tensor | None = None, seed: int = 0) -> list:
-    """Forward hooks that ablate the given (layer, head) pairs; pass to run_with_hooks."""
-    refs = reference_z(model, reference) if reference is not None and method != "zero" else {}
+                       reference: torch.Tensor | dict[int, torch.Tensor] | None = None, seed: int = 0,
+                       reference_mask: torch.Tensor | None = None) -> list:
+    """Forward hooks that ablate the given (layer, head) pairs; pass to run_with_hooks.
+    ``reference``: token ids, or their ``reference_z`` computed once for many calls."""
+    if isinstance(reference, dict) or reference is None or method == "zero":
+        refs = reference if isinstance(reference, dict) else {}
+    else:
+        refs = reference_z(model, reference, reference_mask)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -110,22 +223,39 @@ def ablate_mlp_hooks(model: HookedTransformer, layers: list[int], method: Method
 
 @torch.no_grad()
 def head_ablation_sweep(model: HookedTransformer, tokens: torch.Tensor, metric: Metric, method: Method = "zero",
-                        reference: torch.Tensor | None = None, seed: int = 0, max_batch: int = 512) -> pd.DataFrame:
+                        reference: torch.Tensor | dict[int, torch.Tensor] | None = None, seed: int = 0,
+                        max_batch: int = 512, attention_mask: torch.Tensor | None = None,
+                        reference_mask: torch.Tensor | None = None) -> pd.DataFrame:
     """Effect on ``metric`` of ablating each head alone: one row per (layer, head) with the
     clean value, the ablated value and their difference (ablated - clean), averaged over
-    the examples in ``tokens``."""
+    the examples in ``tokens`` (padded, with ``attention_mask``, when lengths differ).
+
+    Exact shortcuts, since ablating a head in block l changes nothing before block l: the
+    copies for block l start from the clean ``resid_pre`` of block l, and heads after the
+    last block a metric reads (one that does not read the output) have effect 0 without a run."""
     cfg = model.cfg
-    clean = metric(model(tokens), tokens).mean().item()
-    refs = reference_z(model, reference) if method != "zero" and reference is not None else {}
+    last = last_layer_read(metric, cfg.n_layers)
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(last + 1)]
+    keep = {}
+    clean_metric = evaluate(model, tokens, _Capturing(metric, resid_names, keep), attention_mask=attention_mask)[0]
+    clean = clean_metric.mean().item()
+    if isinstance(reference, dict):
+        refs = reference
+    else:
+        refs = reference_z(model, reference, reference_mask) if method != "zero" and reference is not None else {}
     b = tokens.shape[0]
     heads_per_pass = max(1, max_batch // b)
     rows = []
     for layer in range(cfg.n_layers):
+        if layer > last:
+            rows += [{"layer": layer, "head": h, "method": method, "clean": clean, "ablated": clean, "effect": 0.0}
+                     for h in range(cfg.n_heads)]
+            continue
+        known = {name: keep[name] for name in getattr(metric, "reads", ()) if _block_of(name) < layer}
         for h0 in range(0, cfg.n_heads, heads_per_pass):
             heads = list(range(h0, min(cfg.n_heads, h0 + heads_per_pass)))
-            batch = tokens.repeat(len(heads), 1)  # copy i ablates heads[i]
 
-            def hook(z, hook, heads=heads, layer=layer):
+            def hook(z, hook, heads=heads, layer=layer):  # copy i of the batch ablates heads[i]
                 z = z.clone()
                 for i, h in enumerate(heads):
                     part = z[i * b:(i + 1) * b, :, h]
@@ -134,10 +264,30 @@ def head_ablation_sweep(model: HookedTransformer, tokens: torch.Tensor, metric: 
                                                              seed)
                 return z
 
-            logits = model.run_with_hooks(batch, [(f"blocks.{layer}.attn.hook_z", hook)])
-            for i, h in enumerate(heads):
-                # the metric sees one copy at a time, so per-example metrics (answer ids) line up
-                ablated = metric(logits[i * b:(i + 1) * b], tokens).mean().item()
+            values = evaluate(model, tokens, metric, [(f"blocks.{layer}.attn.hook_z", hook)], attention_mask,
+                              copies=len(heads), resume=(layer, keep[f"blocks.{layer}.hook_resid_pre"]),
+                              known=known)
+            for h, value in zip(heads, values):
+                ablated = value.mean().item()
                 rows.append({"layer": layer, "head": h, "method": method, "clean": clean, "ablated": ablated,
                              "effect": ablated - clean})
     return pd.DataFrame(rows)
+
+
+def _block_of(name: str) -> int:
+    m = re.match(r"blocks\.(\d+)\.", name)
+    return int(m.group(1)) if m else 10**9
+
+
+class _Capturing:
+    """The metric, also keeping the clean activations the sweep reuses (``resid_pre`` to
+    resume from, and what the metric reads)."""
+
+    def __init__(self, metric: Metric, extra: list[str], keep: dict):
+        self.metric, self.keep = metric, keep
+        self.reads = tuple(dict.fromkeys([*getattr(metric, "reads", ()), *extra]))
+        self.uses_output = getattr(metric, "uses_output", True)
+
+    def __call__(self, out, tokens, cache):
+        self.keep.update(cache)
+        return self.metric(out, tokens, cache)

@@ -23,23 +23,23 @@ import torch
 
 from models import HookedTransformer, InputError
 
-from .ablation import Metric
+from .ablation import Metric, evaluate
 
 Direction = Literal["denoise", "noise"]
 
 
 def _setup(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
-           direction: Direction, names: str):
+           direction: Direction, names: str, attention_mask: torch.Tensor | None):
     if clean.shape != corrupt.shape:
         raise InputError(f"clean and corrupted prompts must have the same token length; got {tuple(clean.shape)} "
                          f"and {tuple(corrupt.shape)}")
     if direction not in ("denoise", "noise"):
         raise InputError(f"direction must be denoise or noise, got {direction!r}")
     with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
-        corrupt_logits, corrupt_cache = model.run_with_cache(corrupt, names_filter=names)
-    clean_value = metric(clean_logits, clean).mean().item()
-    corrupt_value = metric(corrupt_logits, corrupt).mean().item()
+        _, clean_cache = model.run_with_cache(clean, names_filter=names, attention_mask=attention_mask)
+        _, corrupt_cache = model.run_with_cache(corrupt, names_filter=names, attention_mask=attention_mask)
+        clean_value = evaluate(model, clean, metric, attention_mask=attention_mask)[0].mean().item()
+        corrupt_value = evaluate(model, corrupt, metric, attention_mask=attention_mask)[0].mean().item()
     if abs(clean_value - corrupt_value) < 1e-6:
         raise InputError("the metric is the same on clean and corrupted prompts, so nothing can be normalised")
     source, target = (clean_cache, corrupt) if direction == "denoise" else (corrupt_cache, clean)
@@ -48,7 +48,8 @@ def _setup(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor,
 
 def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, source: dict[int, torch.Tensor],
                 n_copies: int, place: Callable[[torch.Tensor, torch.Tensor, int], None], metric: Metric,
-                key: str, clean_value: float, corrupt_value: float) -> list[dict]:
+                key: str, clean_value: float, corrupt_value: float,
+                attention_mask: torch.Tensor | None = None) -> list[dict]:
     """For every layer, one forward pass over ``n_copies`` copies of the target batch, copy
     ``i`` patched by ``place(copy_i, source[layer], i)`` at ``hook_name``; one row per
     (layer, i) with the patched metric and its normalised value."""
@@ -63,9 +64,10 @@ def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, 
                 place(x[i * b:(i + 1) * b], src, i)  # a view: writes into x
             return x
 
-        logits = model.run_with_hooks(target.repeat(n_copies, 1), [(hook_name.format(layer=layer), hook)])
-        for i in range(n_copies):
-            patched = metric(logits[i * b:(i + 1) * b], target).mean().item()
+        values = evaluate(model, target, metric, [(hook_name.format(layer=layer), hook)], attention_mask,
+                          copies=n_copies)
+        for i, value in enumerate(values):
+            patched = value.mean().item()
             rows.append({"layer": layer, key: i, "patched": patched,
                          "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
     return rows
@@ -73,31 +75,32 @@ def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, 
 
 @torch.no_grad()
 def patch_residual(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
-                   direction: Direction = "denoise") -> pd.DataFrame:
-    """Patch ``resid_pre`` of each [layer, position]; one row per cell."""
+                   direction: Direction = "denoise", attention_mask: torch.Tensor | None = None) -> pd.DataFrame:
+    """Patch ``resid_pre`` of each [layer, position]; one row per cell. ``attention_mask``
+    (shared by the pairs) lets pairs of one length ride in a batch padded to a longer one."""
     source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
-                                                        "blocks.*.hook_resid_pre")
+                                                        "blocks.*.hook_resid_pre", attention_mask)
 
     def place(x, src, pos):  # x, src: [b, pos, m]
         x[:, pos] = src[:, pos]
 
     resid = {layer: source["resid_pre", layer] for layer in range(model.cfg.n_layers)}
     rows = _patch_each(model, target, "blocks.{layer}.hook_resid_pre", resid, target.shape[1], place, metric,
-                       "position", clean_value, corrupt_value)
+                       "position", clean_value, corrupt_value, attention_mask)
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)
 
 
 @torch.no_grad()
 def patch_heads(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
-                direction: Direction = "denoise") -> pd.DataFrame:
+                direction: Direction = "denoise", attention_mask: torch.Tensor | None = None) -> pd.DataFrame:
     """Patch each head's output z (all positions) per [layer, head]; one row per head."""
     source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
-                                                        "blocks.*.attn.hook_z")
+                                                        "blocks.*.attn.hook_z", attention_mask)
 
     def place(z, src, head):  # z, src: [b, pos, head, d_head]
         z[:, :, head] = src[:, :, head]
 
     zs = {layer: source["z", layer] for layer in range(model.cfg.n_layers)}
     rows = _patch_each(model, target, "blocks.{layer}.attn.hook_z", zs, model.cfg.n_heads, place, metric, "head",
-                       clean_value, corrupt_value)
+                       clean_value, corrupt_value, attention_mask)
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)

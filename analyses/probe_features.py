@@ -132,7 +132,7 @@ def antecedent_features(run, layers: Sequence[int], query: str = "pronoun_span",
                         out: FeatureRows | None = None):
     """Antecedent identification: from the pronoun's representation (mean over its tokens),
     which candidate mention is the antecedent (label ``answer``: 0 = the first mention, 1 =
-    the second). The control task's type is the pronoun with the two candidate words
+    the second). The third value is the split unit (``split_groups``), not the prompt. The control task's type is the pronoun with the two candidate words
     ("he|physician|secretary"): a probe that only memorises which words are in the sentence
     learns the control task as well as the real one (selectivity ~0)."""
     feats, labels, prompt_of, spans = span_features(run, layers, query, "answer", hook, "mean", out)
@@ -140,7 +140,14 @@ def antecedent_features(run, layers: Sequence[int], query: str = "pronoun_span",
     for i, pronoun in zip(prompt_of, spans):
         lab, text = run.labels(int(i)), run.prompt_records[int(i)]["text"]
         types.append("|".join([pronoun] + [text[a:b].lower() for a, b in lab.get("candidate_spans", [])]))
-    return feats, labels, prompt_of, types
+    return feats, labels, split_groups(run, prompt_of), types
+
+
+def split_groups(run, prompts: Sequence[int]) -> np.ndarray:
+    """The split unit of each prompt: its ``pair_id`` when it has one, so the variants of one
+    sentence (WinoBias pro/anti, the tired/wide twins) never sit on both sides of a split
+    (a probe would recognise the sentence and look better than it is), else the prompt."""
+    return np.asarray([str(run.labels(int(i)).get("pair_id", f"prompt-{int(i)}")) for i in prompts])
 
 
 def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", pool: str = "mean",

@@ -1,8 +1,9 @@
 """Linear probes on recorded activations, fitted for every layer at once.
 
-Multinomial logistic regression trained in torch, batched over layers *and* over a grid of
-L2 strengths (one L-BFGS optimisation for the whole [layer x strength] stack, not a loop of
-scikit-learn fits). The strength is chosen per layer on a dev split; splits are by prompt,
+Multinomial logistic regression trained in torch, batched over layers (one vectorised
+L-BFGS run solves every layer's problem, each with its own step and stopping test:
+``analyses.lbfgs``), over a grid of L2 strengths walked from strong to weak with warm starts,
+not a loop of scikit-learn fits. The strength is chosen per layer on a dev split; splits are by prompt,
 never by token; seeds are fixed.
 
 Reported per layer, as the literature asks (Hewitt & Liang 2019, "Designing and
@@ -30,6 +31,7 @@ import torch
 
 from models import InputError
 
+from .lbfgs import batched_lbfgs
 from .probe_features import (  # noqa: F401 - re-exported: the probe's data lives there
     FeatureRows,
     antecedent_features,
@@ -54,6 +56,13 @@ def split_prompts(n_prompts: int, seed: int = 0, fractions: tuple[float, float] 
     return split
 
 
+def split_units(units: Sequence, seed: int = 0) -> np.ndarray:
+    """Split of each row when rows are grouped into units (prompts, or twin pairs of prompts)
+    that must not straddle train and test: every unit lands whole in one split."""
+    unique, index = np.unique(np.asarray(units), return_inverse=True)
+    return split_prompts(len(unique), seed)[index]
+
+
 def control_labels(types: Sequence, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Hewitt & Liang's control task: every type (word) gets one random label, drawn from
     the empirical label distribution, and all its occurrences carry it."""
@@ -70,39 +79,61 @@ Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # () -> (X 
 def fit_logistic(X: torch.Tensor, y: torch.Tensor, n_classes: int, lambdas: Sequence[float],
                  max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit W [L, K, d, C], b [L, K, C] for features X [L, n, d] and labels y [n], one
-    probe per (layer, strength), all in one L-BFGS problem (the objectives are independent,
-    so the joint optimum is every probe's optimum)."""
-    return fit_logistic_streamed(lambda: [(X, y)], X.shape[0], X.shape[1], X.shape[2], n_classes, lambdas, max_iter)
+    probe per (layer, strength)."""
+    return fit_logistic_streamed(lambda: [(X, y)], X.shape[0], X.shape[1], X.shape[2], n_classes, lambdas, max_iter,
+                                 in_memory=True)
 
 
 def fit_logistic_streamed(batches: Batches, L: int, n: int, d: int, n_classes: int, lambdas: Sequence[float],
-                          max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+                          max_iter: int = 200, gtol: float = 1e-4, in_memory: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fit_logistic`` over data given as chunks: ``batches()`` yields (X [L, r, d], y [r])
-    covering the n training rows once per call; gradients are accumulated chunk by chunk."""
-    K = len(lambdas)
-    lam = torch.tensor(lambdas, dtype=torch.float32)[None, :, None, None]
-    W = torch.zeros(L, K, d, n_classes, requires_grad=True)
-    b = torch.zeros(L, K, n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    covering the n training rows once per call; loss and gradient are accumulated chunk by
+    chunk (``in_memory``: the chunks may be transformed once and kept).
 
-    def closure():
-        opt.zero_grad()
-        total = torch.zeros(())
-        for Xc, yc in batches():
-            r = Xc.shape[1]
-            logits = torch.einsum("lnd,lkdc->lknc", Xc, W) + b[:, :, None, :]
-            target = yc[None, None, :].expand(L, K, r)
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1),
-                                                   reduction="sum") / n
-            ce.backward()
-            total += ce.detach()
-        reg = (lam * W.pow(2)).sum()
-        reg.backward()
-        return total + reg.detach()
+    Each layer is its own problem for ``batched_lbfgs`` (stopping at scikit-learn's ``gtol``).
+    Preconditioning, exact (a change of variables, same optimum): in the eigenbasis U of the
+    features' covariance, with eigenvalues e, the weights are W = U diag((e + 8 lam)^-1/2) V and
+    L-BFGS works on V, whose Hessian is close to a multiple of the identity (the softmax
+    curvature is at most 1/4, so 8 lam = 2 lam / (1/4)). Strengths are solved from the strongest
+    down, each warm-started from the previous solution (the regularisation path)."""
+    C = n_classes
+    cov = torch.zeros(L, d, d)
+    for Xc, _ in batches():
+        cov += torch.einsum("lnd,lne->lde", Xc, Xc) / n
+    evals, U = torch.linalg.eigh(cov)  # [L, d], [L, d, d]
+    evals = evals.clamp(min=0)
+    rotated = [(torch.einsum("lnd,lde->lne", Xc, U), yc) for Xc, yc in batches()] if in_memory else None
 
-    opt.step(closure)
-    return W.detach(), b.detach()
+    def rotated_batches():
+        return rotated if rotated is not None else ((torch.einsum("lnd,lde->lne", Xc, U), yc) for Xc, yc in batches())
+
+    W_out = torch.zeros(L, len(lambdas), d, C)
+    b_out = torch.zeros(L, len(lambdas), C)
+    G, b = torch.zeros(L, d, C), torch.zeros(L, C)  # G = diag(scale) V: the weights in the eigenbasis
+    for k in sorted(range(len(lambdas)), key=lambda k: -lambdas[k]):
+        lam = float(lambdas[k])
+        scale = (evals + 8 * lam).rsqrt()  # [L, d]
+
+        def objective(x: torch.Tensor, lam: float = lam, scale: torch.Tensor = scale):
+            V, b = x[:, :d * C].view(L, d, C), x[:, d * C:]
+            G = scale[:, :, None] * V
+            loss = lam * G.pow(2).sum((1, 2))
+            gG, gb = 2 * lam * G, torch.zeros_like(b)
+            for Q, yc in rotated_batches():
+                logp = torch.log_softmax(torch.einsum("lnd,ldc->lnc", Q, G) + b[:, None], -1)  # [L, r, C]
+                idx = yc[None, :, None].expand(L, -1, 1)
+                loss = loss - logp.gather(-1, idx).sum((1, 2)) / n
+                resid = logp.exp().scatter_add_(-1, idx, -torch.ones_like(idx, dtype=logp.dtype))  # p - onehot
+                gG = gG + torch.einsum("lnd,lnc->ldc", Q, resid) / n
+                gb = gb + resid.sum(1) / n
+            return loss, torch.cat(((scale[:, :, None] * gG).flatten(1), gb), 1)
+
+        x0 = torch.cat(((G / scale[:, :, None]).flatten(1), b), 1)
+        x, _ = batched_lbfgs(objective, x0, max_iter=max_iter, gtol=gtol)
+        G, b = scale[:, :, None] * x[:, :d * C].view(L, d, C), x[:, d * C:]
+        W_out[:, k], b_out[:, k] = U @ G, b
+    return W_out, b_out
 
 
 def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -132,7 +163,7 @@ def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_
                  standardize: bool = True, chunk_rows: int | None = None) -> pd.DataFrame:
     """Probe every layer. features: [layers, n, d] array, or a ``FeatureRows`` file
     streamed in chunks of ``chunk_rows``; labels: [n] (any hashable values); prompt_of: [n]
-    prompt index of each row (the split unit); types: [n] word types for the control task
+    the split unit of each row (its prompt, or a group of prompts such as a twin pair); types: [n] word types for the control task
     (default: no control task). Returns one row per layer."""
     classes, y_all = np.unique(labels, return_inverse=True)
     C = len(classes)
@@ -142,9 +173,7 @@ def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_
     L, n, d = features.shape
     if len(labels) != n or len(prompt_of) != n:
         raise InputError(f"{n} feature rows but {len(labels)} labels and {len(prompt_of)} prompt ids; they must align")
-    prompts = np.unique(prompt_of)
-    split_of_prompt = dict(zip(prompts, split_prompts(len(prompts), seed)))
-    split = np.array([split_of_prompt[p] for p in prompt_of])
+    split = split_units(prompt_of, seed)
     if not all((split == s).any() for s in (0, 1, 2)):
         raise InputError("too few prompts to split into train, dev and test; give at least 10 prompts")
     if standardize:
@@ -170,7 +199,7 @@ def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_
             for idx, X in cached if cached is not None else blocks(train):
                 yield X, yt[idx]
 
-        W, b = fit_logistic_streamed(batches, L, int(train.sum()), d, C, lambdas)
+        W, b = fit_logistic_streamed(batches, L, int(train.sum()), d, C, lambdas, in_memory=cached is not None)
         correct = np.zeros((3, L, len(lambdas)))
         for idx, X in blocks(np.ones(n, bool)):
             hit = (predict(X, W, b) == yt[idx]).numpy()  # [L, K, r]

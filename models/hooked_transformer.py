@@ -123,20 +123,35 @@ class HookedTransformer(HookedModule):
         return_type: Literal["logits", "hidden", "loss", "both"] | None = None,
         stop_at_layer: int | None = None,
         kv_cache: KVCache | None = None,
+        start_at_layer: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
         """Run the model. Returns logits [b, p, vocab] (decoders), final hidden states
         [b, p, m] (encoders without an LM head, or ``return_type="hidden"``), the mean
-        next-token loss over real tokens (``"loss"``), or None after ``stop_at_layer``."""
+        next-token loss over real tokens (``"loss"``), or None after ``stop_at_layer``.
+        With ``start_at_layer`` (as in TransformerLens), ``input`` is the residual stream
+        [b, p, m] entering that block (e.g. a cached ``resid_pre``), and the embedding and
+        earlier blocks are skipped; give the same ``attention_mask`` as the original run."""
         cfg = self.cfg
-        tokens, mask = self._prepare(input, attention_mask)
-        b, p = tokens.shape
+        if start_at_layer is not None:
+            if not (isinstance(input, torch.Tensor) and input.is_floating_point() and input.dim() == 3):
+                raise InputError("with start_at_layer, the input is the residual stream [batch, pos, d_model]")
+            if kv_cache is not None or return_type in ("loss", "both"):
+                raise InputError("start_at_layer works without a KV cache and without a loss (no token ids)")
+            mask = attention_mask.to(input.device) if attention_mask is not None else None
+            tokens = None
+            b, p = input.shape[:2]
+            device = input.device
+        else:
+            tokens, mask = self._prepare(input, attention_mask)
+            b, p = tokens.shape
+            device = tokens.device
         past_len = kv_cache.past_len if kv_cache is not None else 0
         if past_len + p > cfg.n_ctx and cfg.positional in ("learned", "sinusoidal"):
             raise InputError(f"input is {past_len + p} tokens long but {cfg.model_name} takes at most {cfg.n_ctx}")
 
         key_valid = None
         if kv_cache is not None:
-            new_valid = mask.bool() if mask is not None else torch.ones(b, p, dtype=torch.bool, device=tokens.device)
+            new_valid = mask.bool() if mask is not None else torch.ones(b, p, dtype=torch.bool, device=device)
             key_valid = new_valid if kv_cache.key_valid is None else torch.cat((kv_cache.key_valid, new_valid), 1)
             kv_cache.key_valid = key_valid
         elif mask is not None:
@@ -146,21 +161,24 @@ class HookedTransformer(HookedModule):
                 # Count only real tokens, so left padding does not shift positions.
                 position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             else:
-                position_ids = torch.arange(past_len, past_len + p, device=tokens.device).expand(b, p)
+                position_ids = torch.arange(past_len, past_len + p, device=device).expand(b, p)
         attn_mask = AttentionMask.build(key_valid, p, past_len, cfg.causal)
 
-        x = self.hook_embed(self.embed(tokens))
-        if cfg.positional in ("learned", "sinusoidal"):
-            x = x + self.hook_pos_embed(self.pos_embed(position_ids))
-        if cfg.n_token_types:
-            if token_type_ids is None:
-                token_type_ids = torch.zeros_like(tokens)
-            x = x + self.hook_token_type_embed(self.token_type_embed(token_type_ids))
-        if cfg.embed_norm:
-            x = self.ln_embed(x)
+        if start_at_layer is None:
+            x = self.hook_embed(self.embed(tokens))
+            if cfg.positional in ("learned", "sinusoidal"):
+                x = x + self.hook_pos_embed(self.pos_embed(position_ids))
+            if cfg.n_token_types:
+                if token_type_ids is None:
+                    token_type_ids = torch.zeros_like(tokens)
+                x = x + self.hook_token_type_embed(self.token_type_embed(token_type_ids))
+            if cfg.embed_norm:
+                x = self.ln_embed(x)
+        else:
+            x = input
         rotary = self.rotary.cos_sin(position_ids, x.dtype) if self.rotary is not None else None
 
-        for block in self.blocks[:stop_at_layer]:
+        for block in self.blocks[start_at_layer:stop_at_layer]:
             x = block(x, attn_mask, rotary, kv_cache)
         if stop_at_layer is not None:
             return None

@@ -54,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nhead metrics (saved to analyses/head_metrics.csv): strongest previous-token heads:",
           ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.prev_token:.2f}"
                     for _, r in metrics.sort_values("prev_token", ascending=False).head(3).iterrows()))
-    report = write_report(run)
+    report = write_report(run, model=model)
     print("\n" + report.read_text())
     labels = np.array([str(run.labels(i).get("gender")) for i in range(run.n_prompts)])
     keep = np.flatnonzero(labels != "None")
@@ -152,10 +152,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from analyses.ablation import head_ablation_sweep, next_token_loss
     from models import InputError
 
+    if args.run:
+        return ablate_on_run(args)
+    if not args.model:
+        raise InputError("give --model (with --task or --prompts), or --run RUN for the coreference metrics")
     model = models.load(args.model)
     if not model.cfg.has_unembed:
-        raise InputError(f"{args.model} is an encoder without an LM head; the sweep's metric (next-token loss) "
-                         "needs a decoder such as toy-induction or toy-coref")
+        raise InputError(f"{args.model} is an encoder without an LM head, so next-token loss does not apply; use "
+                         "--run RUN --metric accuracy|antecedent-score on a run with gold antecedents (a probe or the "
+                         "heads' attention measures the effect)")
     if args.task == "induction":
         from models.tasks import induction
 
@@ -177,15 +182,60 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         tokens, reference = torch.stack(rows), torch.stack(rows)
         metric = next_token_loss()
         what = f"next-token loss on {len(texts)} prompts"
+    if not args.output:
+        raise InputError("give -o FILE.csv for the sweep's table")
     table = head_ablation_sweep(model, tokens, metric, method=args.method, reference=reference)
     from pathlib import Path
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output, index=False)
-    print(f"{args.method}-ablation sweep of {args.model}: {what}; clean {table.clean.iloc[0]:.3f}")
-    for _, r in table.sort_values("effect", ascending=False).head(args.top).iterrows():
-        print(f"  L{int(r.layer)}H{int(r['head'])}  {r.effect:+.3f}")
+    print_sweep(table, f"{args.method}-ablation sweep of {args.model}: {what}; clean {table.clean.iloc[0]:.3f}",
+                args.top)
     print(f"wrote {args.output}")
+    return 0
+
+
+def print_sweep(table, title: str, top: int) -> None:
+    print(title)
+    for _, r in table.reindex(table.effect.abs().sort_values(ascending=False).index).head(top).iterrows():
+        print(f"  L{int(r.layer)}H{int(r['head'])}  {r.effect:+.3f}")
+
+
+def ablate_on_run(args: argparse.Namespace) -> int:
+    """The sweep on a run with gold antecedents, measured by the model's own answer or the
+    antecedent probe (``accuracy``), or by the study's heads' attention (``antecedent-score``)."""
+    from pathlib import Path
+
+    import models
+    from analyses.coref import candidate_attention, coref_heads
+    from analyses.coref_interventions import ablation_setup, sweep
+    from analyses.results import save_result
+    from models import InputError
+    from probe.reader import open_run
+
+    if args.method == "resample":
+        raise InputError("resample ablation needs prompts of one length; on a run use --method mean or zero")
+    run = open_run(args.run)
+    model = models.load(args.model or run.model_name)
+    _, _, used = candidate_attention(run, query=args.query)
+    layer = args.layer if args.layer is not None else run.config["n_layers"] - 1
+    heads = [tuple(int(x) for x in h.upper().lstrip("L").split("H")) for h in args.heads] if args.heads else None
+    if args.metric == "antecedent-score" and not heads:
+        table, _, _ = coref_heads(run, query=args.query)
+        best = table[table.beats_positional] if table.beats_positional.any() else table
+        heads = [(int(r.layer), int(r["head"])) for _, r in best.sort_values("accuracy", ascending=False)
+                 .head(args.top).iterrows()]
+        print("heads measured (the coreference study's best): " + ", ".join(f"L{la}H{h}" for la, h in heads))
+    setup = ablation_setup(model, run, used, layer, args.query, args.seed)
+    table = sweep(model, setup, args.metric, heads, args.method)
+    name = f"ablation_{args.metric.replace('-', '_')}"
+    out = save_result(run.path, name, table) if not args.output else Path(args.output)
+    if args.output:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+    print_sweep(table, f"{args.method}-ablation sweep on {len(setup.data.prompts)} held-out prompts of {args.run}: "
+                f"{table.metric.iloc[0]}; clean {table.clean.iloc[0]:.3f}", args.top)
+    print(f"wrote {out}")
     return 0
 
 
@@ -308,11 +358,22 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_coref(args: argparse.Namespace) -> int:
+    import models
     from analyses.coref import write_report
     from probe.reader import open_run
 
     run = open_run(args.run)
-    report = write_report(run, seed=args.seed, top=args.top, query=args.query)
+    model = None
+    if not args.no_interventions:
+        name = args.model or run.model_name
+        try:
+            model = models.load(name)
+        except (models.ModelNotFound, OSError) as e:
+            if args.model:  # asked for explicitly: a mistake to report
+                raise
+            print(f"note: cannot load the run's model {name!r} ({e}); give --model to ablate and patch its heads",
+                  file=sys.stderr)
+    report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -377,14 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     heads.set_defaults(func=cmd_heads)
 
     abl = sub.add_parser("ablate", help="effect of ablating each head in turn ([layer, head] table)")
-    abl.add_argument("--model", required=True)
+    abl.add_argument("--model", help="model (default with --run: the one the run was recorded with)")
     abl.add_argument("--task", choices=["induction"], help="built-in data and metric (repeated random tokens)")
     abl.add_argument("--prompts", help="equal-length prompts (txt/jsonl/bundled); metric: next-token loss")
+    abl.add_argument("--run", help="a run with gold antecedents (seed, winobias, toy-coref-test): sweep on its "
+                                   "held-out prompts with --metric; saved next to the run")
+    abl.add_argument("--metric", choices=["accuracy", "antecedent-score"], default="accuracy",
+                     help="with --run: accuracy = the model's own answer where it gives one (toy-coref), else an "
+                          "antecedent probe at --layer; antecedent-score = attention from the pronoun to the gold "
+                          "minus the other candidate, averaged over --heads")
+    abl.add_argument("--layer", type=int, help="with --run: the probe's layer (default: the last)")
+    abl.add_argument("--heads", nargs="+", metavar="LxHy", help="heads the antecedent score averages (e.g. L1H3); "
+                                                               "default: the coreference study's best")
+    abl.add_argument("--query", default="pronoun_span", help="with --run: the span that attends / is probed")
     abl.add_argument("--method", choices=["zero", "mean", "resample"], default="mean")
     abl.add_argument("-n", type=int, default=64, help="examples for --task")
     abl.add_argument("--seed", type=int, default=0)
     abl.add_argument("--top", type=int, default=5)
-    abl.add_argument("-o", "--output", required=True, help="CSV file to write")
+    abl.add_argument("-o", "--output", help="CSV file to write (default with --run: RUN/analyses/ablation_METRIC.csv)")
     abl.set_defaults(func=cmd_ablate)
 
     pr = sub.add_parser("probes", help="linear probes per layer: a prompt-level label, part of speech, or the antecedent")
@@ -415,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
     co.add_argument("--top", type=int, default=5)
     co.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    co.add_argument("--model", help="the model the run was recorded with, for the ablation and patching tests "
+                                    "(default: the name recorded in the run)")
+    co.add_argument("--no-interventions", action="store_true", help="attention and probes only; no model runs")
     co.add_argument("--query", default="pronoun_span",
                     help="label field of the span that attends (default pronoun_span; the toy task also has "
                          "question_span, where its model answers)")

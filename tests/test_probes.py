@@ -194,3 +194,24 @@ def test_antecedent_probe_on_toy_coref(tmp_path):
         tables[query] = layer_probes(feats, labels, prompt_of, types=types)
     assert tables["question_span"].test_acc.iloc[-1] > 0.9
     assert tables["pronoun_span"].test_acc.max() < 0.75
+
+
+def test_batched_lbfgs_solves_each_problem_to_its_own_optimum():
+    """Independent quadratics of very different conditioning, solved together: each reaches
+    its exact minimiser A^-1 c, and easy ones stop early (their own iteration count)."""
+    from analyses.lbfgs import batched_lbfgs
+
+    g = torch.Generator().manual_seed(0)
+    P, n = 5, 30
+    Q = torch.linalg.qr(torch.randn(P, n, n, generator=g, dtype=torch.float64))[0]
+    spectra = torch.stack([torch.logspace(0, k, n, dtype=torch.float64) for k in (0, 1, 2, 2.5, 0.5)])
+    A = Q @ torch.diag_embed(spectra) @ Q.transpose(1, 2)
+    c = torch.randn(P, n, generator=g, dtype=torch.float64)
+
+    def fun(x):
+        Ax = torch.einsum("pij,pj->pi", A, x)
+        return 0.5 * (x * Ax).sum(1) - (c * x).sum(1), Ax - c
+
+    x, iters = batched_lbfgs(fun, torch.zeros(P, n, dtype=torch.float64), max_iter=1000, gtol=1e-9)
+    assert torch.allclose(x, torch.linalg.solve(A, c), atol=1e-7)
+    assert iters[0] <= 2 < iters[3]  # the identity needs one step; the ill-conditioned one many

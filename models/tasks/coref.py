@@ -172,7 +172,8 @@ def evaluate(model) -> dict[str, float]:
 def prompt_records(split: str) -> list[dict]:
     """The split as prompt records with the coreference labels probe's analyses read:
     ``pronoun_span``, ``candidate_spans`` (in order of appearance), ``answer`` (index of the
-    antecedent among them), and ``question_span`` (the final "the", where the model answers)."""
+    antecedent among them), ``question_span`` (the final "the", where the model answers), and
+    ``pair_id`` shared by the prompts that differ only in the adjective (twins for patching)."""
     records = []
     for e in all_examples(split):
         text = e.text
@@ -187,5 +188,7 @@ def prompt_records(split: str) -> list[dict]:
                         "candidates": cands, "candidate_spans": [spans[n] for n in cands],
                         "answer": cands.index(e.answer), "antecedent": e.answer,
                         "question_span": [len(text) - 3, len(text)], "adjective": e.adjective,
-                        "template": e.template})
+                        "template": e.template,
+                        # twins: same nouns and template, the adjective decides the antecedent
+                        "pair_id": f"{cands[0]}-{cands[1]}-t{e.template}", "variant": e.adjective})
     return records
