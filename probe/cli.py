@@ -309,21 +309,100 @@ def available_memory() -> int:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    """Activation patching on the toy coreference model's tired/wide twins."""
+    """Activation patching of clean/corrupted pairs: given texts (or a JSONL file of pairs)
+    for any decoder, or the toy coreference model's tired/wide twins by default."""
     from pathlib import Path
-
-    import torch
 
     import models
     from analyses.ablation import logit_difference
     from analyses.patching import patch_heads, patch_residual
+
+    model = models.load(args.model)
+    if args.pairs or args.clean_text:
+        clean, corrupt, answer, wrong, what = text_pairs(model, args)
+    else:
+        clean, corrupt, answer, wrong, what = toy_twins(model, args)
+    metric = logit_difference(answer, wrong)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    resid = patch_residual(model, clean, corrupt, metric, direction=args.direction)
+    heads = patch_heads(model, clean, corrupt, metric, direction=args.direction)
+    tokens = model.to_str_tokens(clean[0])
+    resid["token"] = [tokens[p] for p in resid.position]
+    resid.to_csv(out / "patch_resid.csv", index=False)
+    heads.to_csv(out / "patch_heads.csv", index=False)
+    print(f"{args.direction} patching, {what}, metric: logit difference "
+          f"clean {resid.clean.iloc[0]:.2f}, corrupt {resid.corrupt.iloc[0]:.2f}; normalised (patched - corrupt) / "
+          "(clean - corrupt):")
+    grid = resid.pivot(index="layer", columns="position", values="normalized")
+    print("resid_pre  " + " ".join(f"{t[:6]:>6}" for t in tokens))
+    for layer, row in grid.iterrows():
+        print(f"layer {layer:<4} " + " ".join(f"{v:6.2f}" for v in row))
+    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
+                                heads.sort_values("normalized", ascending=False).head(args.top).iterrows()))
+    print(f"wrote {out / 'patch_resid.csv'} and {out / 'patch_heads.csv'}")
+    return 0
+
+
+def text_pairs(model, args: argparse.Namespace):
+    """Token ids of clean/corrupted texts with the answer and wrong-answer token ids; pairs
+    from --clean-text/--corrupt-text/--answer/--wrong or a JSONL file with those four fields."""
+    import json
+
+    import torch
+
+    from models import InputError
+
+    if not model.cfg.has_unembed:
+        raise InputError(f"{args.model} is an encoder without an LM head, so there is no answer logit to patch; "
+                         "`probe coref RUN` patches encoder twins measured by an antecedent probe")
+    if args.pairs:
+        rows = []
+        with open(args.pairs, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"{args.pairs}:{n}: not valid JSON ({e.msg})") from None
+        fields = ("clean", "corrupt", "answer", "wrong")
+        for n, r in enumerate(rows, 1):
+            if not isinstance(r, dict) or any(k not in r for k in fields):
+                raise InputError(f"{args.pairs}: pair {n} needs the fields {', '.join(fields)}")
+    else:
+        if not (args.corrupt_text and args.answer and args.wrong):
+            raise InputError("give --clean-text, --corrupt-text, --answer and --wrong together (or --pairs FILE)")
+        rows = [{"clean": args.clean_text, "corrupt": args.corrupt_text, "answer": args.answer, "wrong": args.wrong}]
+    if not rows:
+        raise InputError(f"{args.pairs} holds no pairs")
+
+    def one_token(word: str) -> int:
+        ids = model.tokenize(word, prepend_bos=False).ids[0].tolist()
+        if len(ids) != 1:
+            raise InputError(f"the answer {word!r} is {len(ids)} tokens ({model.to_str_tokens(ids)}); the logit "
+                             "difference needs one-token answers (with GPT-2-style tokenizers, mind the leading space)")
+        return ids[0]
+
+    clean = [model.tokenize(r["clean"]).ids[0] for r in rows]
+    corrupt = [model.tokenize(r["corrupt"]).ids[0] for r in rows]
+    lengths = {len(t) for t in clean + corrupt}
+    if len(lengths) != 1:
+        raise InputError("patching swaps activations position by position, so every clean and corrupted prompt "
+                         f"must have the same token length; these have {sorted(lengths)} tokens")
+    answer = torch.tensor([one_token(r["answer"]) for r in rows])
+    wrong = torch.tensor([one_token(r["wrong"]) for r in rows])
+    return torch.stack(clean), torch.stack(corrupt), answer, wrong, f"{len(rows)} pair(s)"
+
+
+def toy_twins(model, args: argparse.Namespace):
+    import torch
+
     from models import InputError
     from models.tasks import coref
 
-    model = models.load(args.model)
     if model.cfg.model_name != "toy-coref" and args.model != "toy-coref":
-        raise InputError("probe patch currently builds its clean/corrupted pairs from the toy coreference task; "
-                         "use --model toy-coref (or analyses.patching from Python for other models)")
+        raise InputError("without --clean-text/--pairs, probe patch builds the toy coreference task's twins, which "
+                         "need --model toy-coref")
     adjectives = coref.ANIMATE_ADJ + coref.PLACE_ADJ
     for adj in (args.clean, args.corrupt):
         if adj not in adjectives:
@@ -332,29 +411,13 @@ def cmd_patch(args: argparse.Namespace) -> int:
         raise InputError("the clean and corrupted adjectives must point to different nouns: pair an animate one "
                          f"({', '.join(coref.ANIMATE_ADJ)}) with a place one ({', '.join(coref.PLACE_ADJ)})")
     vocab = {w: i for i, w in enumerate(coref.vocabulary())}
-    pairs = [(coref.make_example(a, p, args.clean, t), coref.make_example(a, p, args.corrupt, t))
-             for a in coref.ANIMATES[:4] for p in coref.PLACES[:4] for t in (0,)]
+    pairs = [(coref.make_example(a, p, args.clean, 0), coref.make_example(a, p, args.corrupt, 0))
+             for a in coref.ANIMATES[:4] for p in coref.PLACES[:4]]
     clean = torch.tensor([coref.ids_of(c, vocab) for c, _ in pairs])
     corrupt = torch.tensor([coref.ids_of(w, vocab) for _, w in pairs])
-    metric = logit_difference(torch.tensor([vocab[c.answer] for c, _ in pairs]),
-                              torch.tensor([vocab[w.answer] for _, w in pairs]))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    resid = patch_residual(model, clean, corrupt, metric, direction=args.direction)
-    heads = patch_heads(model, clean, corrupt, metric, direction=args.direction)
-    resid.to_csv(out / "patch_resid.csv", index=False)
-    heads.to_csv(out / "patch_heads.csv", index=False)
-    tokens = model.to_str_tokens(clean[0])
-    print(f"{args.direction} patching, {len(pairs)} pairs '{args.clean}' vs '{args.corrupt}', metric: logit difference "
-          f"clean {resid.clean.iloc[0]:.2f}, corrupt {resid.corrupt.iloc[0]:.2f}; normalised (patched - corrupt) / "
-          "(clean - corrupt):")
-    grid = resid.pivot(index="layer", columns="position", values="normalized")
-    print("resid_pre  " + " ".join(f"{t[:6]:>6}" for t in tokens))
-    for layer, row in grid.iterrows():
-        print(f"layer {layer:<4} " + " ".join(f"{v:6.2f}" for v in row))
-    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in heads.iterrows()))
-    print(f"wrote {out / 'patch_resid.csv'} and {out / 'patch_heads.csv'}")
-    return 0
+    answer = torch.tensor([vocab[c.answer] for c, _ in pairs])
+    wrong = torch.tensor([vocab[w.answer] for _, w in pairs])
+    return clean, corrupt, answer, wrong, f"{len(pairs)} pairs '{args.clean}' vs '{args.corrupt}'"
 
 
 def cmd_coref(args: argparse.Namespace) -> int:
@@ -474,11 +537,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=cmd_probes)
 
-    pa = sub.add_parser("patch", help="activation patching of clean/corrupted twins (toy coreference task)")
+    pa = sub.add_parser("patch", help="activation patching of clean/corrupted prompt pairs ([layer, position], "
+                                      "[layer, head])")
     pa.add_argument("--model", default="toy-coref")
-    pa.add_argument("--clean", default="tired", help="adjective of the clean prompts (default tired)")
-    pa.add_argument("--corrupt", default="wide", help="adjective of the corrupted prompts (default wide)")
+    pa.add_argument("--clean-text", help="clean prompt (with --corrupt-text, --answer, --wrong)")
+    pa.add_argument("--corrupt-text", help="corrupted prompt, the same number of tokens as the clean one")
+    pa.add_argument("--answer", help="the clean prompt's next token (one token), e.g. ' Mary'")
+    pa.add_argument("--wrong", help="the corrupted prompt's next token (one token), e.g. ' John'")
+    pa.add_argument("--pairs", help="JSONL file of pairs, one per line: {clean, corrupt, answer, wrong}")
+    pa.add_argument("--clean", default="tired", help="toy twins (no texts given): clean adjective (default tired)")
+    pa.add_argument("--corrupt", default="wide", help="toy twins: corrupted adjective (default wide)")
     pa.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
+    pa.add_argument("--top", type=int, default=5, help="heads to print")
     pa.add_argument("-o", "--output", required=True, help="directory for patch_resid.csv and patch_heads.csv")
     pa.set_defaults(func=cmd_patch)
 

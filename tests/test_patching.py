@@ -78,3 +78,42 @@ def test_patch_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--corrupt", "hungry", "-o", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "different nouns" in r.stderr
+
+
+def test_patch_cli_on_text_pairs_equals_the_python_api(setup, tmp_path):
+    """Pairs given as texts (a JSONL file) go through the same patching as the API on the same
+    token ids; unequal lengths, multi-token answers and encoders are refused clearly."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    model, clean, corrupt, metric, _ = setup
+    vocab = coref.vocabulary()
+    texts = [(" ".join(vocab[i] for i in c.tolist()), " ".join(vocab[i] for i in w.tolist())) for c, w in
+             zip(clean, corrupt)]
+    pairs = tmp_path / "pairs.jsonl"
+    animals = ["animal", "dog", "horse", "cat"]
+    places = ["street", "road", "river", "bridge"]
+    pairs.write_text("".join(json.dumps({"clean": c, "corrupt": w, "answer": a, "wrong": p}) + "\n"
+                             for (c, w), a, p in zip(texts, animals, places)))
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--pairs", str(pairs), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cli = pd.read_csv(tmp_path / "o" / "patch_heads.csv")
+    api = patch_heads(model, clean, corrupt, metric)
+    assert torch.allclose(torch.tensor(cli.normalized.values), torch.tensor(api.normalized.values), atol=1e-4)
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "probe.cli", "patch", *extra, "-o", str(tmp_path / "x")],
+                              capture_output=True, text=True, timeout=300)
+
+    r = run("--clean-text", "the dog was tired", "--corrupt-text", "the dog was very tired", "--answer", "dog",
+            "--wrong", "road")
+    assert r.returncode == 2 and "same token length" in r.stderr and "[5, 6]" in r.stderr
+    r = run("--clean-text", texts[0][0], "--corrupt-text", texts[0][1], "--answer", "dog dog", "--wrong", "road")
+    assert r.returncode == 2 and "is 2 tokens" in r.stderr
+    r = run("--model", "minilm", "--clean-text", "a", "--corrupt-text", "b", "--answer", "a", "--wrong", "b")
+    assert r.returncode == 2 and "encoder without an LM head" in r.stderr
+    assert not (tmp_path / "x").exists()  # nothing written on a refused input
