@@ -119,7 +119,7 @@ const t0 = performance.now();
 if (action === 'next') {
     document.querySelector('#next').click();
 } else {  // what the grid's plotly_click hands Dash
-    window.dash_clientside.set_props('grid', {clickData: {points: [{x: action[1] + 0.5, y: action[0] + 0.5}]}});
+    window.dash_clientside.set_props('grid', {clickData: {points: [{x: action[1], y: action[0]}]}});
 }
 (function poll() {
     if (title().includes(want)) { done(performance.now() - t0); return; }
@@ -201,7 +201,7 @@ def main() -> None:
         for _ in range(args.repeats):
             if kind.startswith("switch head"):
                 layer, head = rng.randrange(L), rng.randrange(H)
-                click = {"points": [{"x": head + 0.5, "y": layer + 0.5}]}
+                click = {"points": [{"x": head, "y": layer}]}  # the grid's cells are centred on (head, layer)
                 times, size, state = interaction(browser, state, "grid.clickData", click)
             else:
                 times, size, state = interaction(browser, state, "prompt.value", rng.randrange(run.n_prompts))
