@@ -98,6 +98,9 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
         text = run.prompt_records[i]["text"]
         spans = _as_spans(lab[span_field])
         tags = lab[label_field] if len(spans) > 1 or isinstance(lab[label_field], list) else [lab[label_field]]
+        if len(tags) != len(spans):
+            raise InputError(f"prompt {i} of {run.path} has {len(spans)} {span_field!r} spans but {len(tags)} "
+                             f"{label_field!r} labels; each span needs exactly one label (fix the prompt file)")
         acts = [run.prompt_activation(f"blocks.{layer}.{hook}", i) for layer in layers]
         rows: list[list[np.ndarray]] = [[] for _ in layers]
         for (start, end), tag in zip(spans, tags):

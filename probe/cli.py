@@ -316,13 +316,18 @@ def cmd_patch(args: argparse.Namespace) -> int:
     import models
     from analyses.ablation import logit_difference
     from analyses.patching import patch_heads, patch_residual
+    from models import InputError
 
-    model = models.load(args.model)
+    if args.run:
+        return patch_on_run(args)
+    model = models.load(args.model or "toy-coref")
     if args.pairs or args.clean_text:
         clean, corrupt, answer, wrong, what = text_pairs(model, args)
     else:
         clean, corrupt, answer, wrong, what = toy_twins(model, args)
     metric = logit_difference(answer, wrong)
+    if not args.output:
+        raise InputError("give -o DIR for patch_resid.csv and patch_heads.csv")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     resid = patch_residual(model, clean, corrupt, metric, direction=args.direction)
@@ -341,6 +346,39 @@ def cmd_patch(args: argparse.Namespace) -> int:
     print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
                                 heads.sort_values("normalized", ascending=False).head(args.top).iterrows()))
     print(f"wrote {out / 'patch_resid.csv'} and {out / 'patch_heads.csv'}")
+    return 0
+
+
+def patch_on_run(args: argparse.Namespace) -> int:
+    """Patching on the twin prompts of a run with gold antecedents (same pair_id, flipped
+    antecedent), measured by the model's answer or an antecedent probe: works on encoders."""
+    import models
+    from analyses.coref import candidate_attention
+    from analyses.coref_interventions import check_model_matches, fit_antecedent_probe, patching_tests, twin_pairs
+    from analyses.results import save_result
+    from models import InputError
+    from probe.reader import open_run
+
+    run = open_run(args.run)
+    model = models.load(args.model or run.model_name)
+    check_model_matches(model, run)
+    _, _, used = candidate_attention(run, query=args.query)
+    pairs = twin_pairs(run, used)
+    if not pairs:
+        raise InputError(f"{args.run} has no twin prompts (same pair_id, different antecedent, same token length); "
+                         "record the bundled seed set or toy-coref-test")
+    layer = args.layer if args.layer is not None else run.config["n_layers"] - 1
+    hook = f"blocks.{layer}.hook_resid_post"
+    if hook not in run.hooks and not model.cfg.has_unembed:
+        raise InputError(f"{args.run} lacks {hook}, which the antecedent probe reads; record 'blocks.*.hook_resid_post'")
+    probe = fit_antecedent_probe(run, used, layer, args.query) if hook in run.hooks else None
+    heads, resid = patching_tests(model, run, pairs, probe, args.query)
+    out = [save_result(run.path, "patch_heads_antecedent", heads), save_result(run.path, "patch_resid_antecedent", resid)]
+    print(f"denoising patches of {int(heads.n_pairs.iloc[0])} twin pair(s) of {args.run}, metric: {heads.metric.iloc[0]} "
+          f"(clean {heads.clean.iloc[0]:.2f}, corrupt {heads.corrupt.iloc[0]:.2f})")
+    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
+                                heads.sort_values("normalized", ascending=False).head(args.top).iterrows()))
+    print(f"wrote {out[0]} and {out[1]}")
     return 0
 
 
@@ -400,7 +438,7 @@ def toy_twins(model, args: argparse.Namespace):
     from models import InputError
     from models.tasks import coref
 
-    if model.cfg.model_name != "toy-coref" and args.model != "toy-coref":
+    if model.cfg.model_name != "toy-coref" and args.model not in (None, "toy-coref"):
         raise InputError("without --clean-text/--pairs, probe patch builds the toy coreference task's twins, which "
                          "need --model toy-coref")
     adjectives = coref.ANIMATE_ADJ + coref.PLACE_ADJ
@@ -539,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pa = sub.add_parser("patch", help="activation patching of clean/corrupted prompt pairs ([layer, position], "
                                       "[layer, head])")
-    pa.add_argument("--model", default="toy-coref")
+    pa.add_argument("--model", help="default: toy-coref, or with --run the model the run was recorded with")
     pa.add_argument("--clean-text", help="clean prompt (with --corrupt-text, --answer, --wrong)")
     pa.add_argument("--corrupt-text", help="corrupted prompt, the same number of tokens as the clean one")
     pa.add_argument("--answer", help="the clean prompt's next token (one token), e.g. ' Mary'")
@@ -549,7 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--corrupt", default="wide", help="toy twins: corrupted adjective (default wide)")
     pa.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
     pa.add_argument("--top", type=int, default=5, help="heads to print")
-    pa.add_argument("-o", "--output", required=True, help="directory for patch_resid.csv and patch_heads.csv")
+    pa.add_argument("--run", help="patch the twin prompts of a run with gold antecedents (works on encoders: an "
+                                  "antecedent probe at --layer measures); saved next to the run")
+    pa.add_argument("--layer", type=int, help="with --run: the probe's layer (default: the last)")
+    pa.add_argument("--query", default="pronoun_span", help="with --run: the span the probe reads")
+    pa.add_argument("-o", "--output", help="directory for patch_resid.csv and patch_heads.csv")
     pa.set_defaults(func=cmd_patch)
 
     co = sub.add_parser("coref", help="coreference study: which heads attend from the pronoun to its antecedent")

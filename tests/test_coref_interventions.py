@@ -129,6 +129,19 @@ def test_coref_cli_runs_the_interventions_on_minilm(wb_run):
     assert patch.token.iloc[0] == "[CLS]" and patch.n_pairs.iloc[0] == 1
     probes = pd.read_csv(wb_run.path / "analyses" / "probes_antecedent.csv")
     assert list(probes.layer) == list(range(6))
+    # the same patching from `probe patch --run` (an encoder: the probe measures), and the sweep
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--run", str(wb_run.path), "--layer", "3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "probe log-odds" in r.stdout, r.stderr
+    heads = pd.read_csv(wb_run.path / "analyses" / "patch_heads_antecedent.csv")
+    assert len(heads) == 72 and heads.normalized.notna().all()
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "ablate", "--run", str(wb_run.path), "--metric",
+                        "antecedent-score", "--heads", "L3H1", "L5H11"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    score = pd.read_csv(wb_run.path / "analyses" / "ablation_antecedent_score.csv")
+    # a head's ablation cannot move patterns of its own layer or earlier ones: layer 5 does nothing
+    assert score[score.layer == 5].effect.abs().max() < 1e-6 < score[score.layer < 5].effect.abs().max()
+
 
 
 def test_toy_coref_heads_matter_by_the_models_own_answer(tmp_path):
