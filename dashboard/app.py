@@ -1,5 +1,6 @@
-"""The Dash app: layout and thin callbacks over `data` (what to read) and `figures` (how
-to draw it). ``create_app(run_paths)`` serves only the given runs.
+"""The Dash app: layout and thin callbacks over `views` (what each view shows, read
+through `data` and drawn by `figures`). ``create_app(run_paths)`` serves only the given
+runs.
 
 One callback (`sync_state`) owns the view state: it reads the URL on load and after
 back/forward, applies every control or click to a `ViewState`, and writes the state to a
@@ -9,34 +10,30 @@ draws each figure once, and only the active view reads anything from the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dash
-import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures
-from .data import (
-    ABLATION,
-    COREF,
-    HEAD_METRICS,
-    HOW_TO,
-    PATCH_HEADS,
-    PATCH_RESID,
-    PROBES,
-    READ_ERRORS,
-    Registry,
-    RunData,
-    error_message,
-)
+from .data import READ_ERRORS, Registry, RunData, error_message
 from .state import THUMBNAILS, VIEWS, ViewState, from_query, to_query
+from .views import (
+    GRAPH_CONFIG,
+    HIDDEN,
+    SHOWN,
+    default_x,
+    default_y,
+    grid_figure,
+    head_card,
+    prompt_options,
+    render_view,
+    token_checklist,
+)
 
 VIEW_LABELS = {"head": "Head", "layer": "Layer", "metrics": "Head metrics", "results": "Probes & causal",
                "qk": "Q/K", "compare": "Compare"}
-HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
-GRAPH_CONFIG = {"displaylogo": False, "scrollZoom": True}
 
 # Runs in the browser: moves the grid's outline to the selected head with Plotly.relayout,
 # which redraws the outline only (a new figure from the server would redraw every thumbnail).
@@ -104,16 +101,6 @@ def clamp(state: ViewState, registry: Registry) -> ViewState:
     return state
 
 
-def default_x(cols: list[str]) -> str:
-    return "induction" if "induction" in cols else cols[0]
-
-
-def default_y(cols: list[str], x: str) -> str:
-    """A causal result when there is one (the point of the scatter), else another metric."""
-    causal = [c for c in cols if c.startswith(("ablation", "patch")) or c == "coref_accuracy"]
-    return next((c for c in causal + cols if c != x), x)
-
-
 def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
     """The state after one control changed or one figure was clicked. A dropdown reporting
     no value is ignored: Dash empties a dropdown whose value is not (yet) among its options,
@@ -166,183 +153,6 @@ def _point(click: Any) -> dict | None:
         return click["points"][0]
     except (TypeError, KeyError, IndexError):
         return None
-
-
-# ----------------------------------------------------------------------- view bodies
-def _missing(kind: str, what: str) -> html.Div:
-    return html.Div([f"No {what} saved for this run yet. Compute it with ", html.Code(HOW_TO[kind]), "."],
-                    className="missing")
-
-
-def head_card(data: RunData, layer: int, head: int) -> html.Div:
-    """The selected head's numbers from every per-head analysis table."""
-    values = data.head_values(layer, head)
-    if not data.head_columns():
-        return _missing(HEAD_METRICS, "head metrics")
-    rows = [html.Tr([html.Td(name), html.Td(f"{v:.3f}")]) for name, v in values.items() if np.isfinite(v)]
-    return html.Div([html.B(f"L{layer}H{head}"), html.Table(rows, className="card")])
-
-
-def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
-    pattern = data.pattern(s.prompt, s.layer, s.head)
-    tokens = data.str_tokens(s.prompt)
-    window = figures.crop_window(len(tokens), focus=list(s.queries))
-    title = f"L{s.layer}H{s.head} on prompt {s.prompt}"
-    out = {"head-heatmap": figures.head_heatmap(pattern, tokens, title, window, list(s.queries)),
-           "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
-           "head-card": head_card(data, s.layer, s.head)}
-    # without selected queries the bar is hidden, not redrawn: every Plotly draw costs the browser
-    out["head-summed"] = figures.summed_bar(pattern, tokens, list(s.queries)) if s.queries else no_update
-    out["head-summed-style"] = SHOWN if s.queries else HIDDEN
-    return out
-
-
-def view_layer(data: RunData, s: ViewState) -> dict[str, Any]:
-    tokens = data.str_tokens(s.prompt)
-    out = {"layer-view": figures.layer_view(data.layer_patterns(s.prompt, s.layer), tokens, s.layer, s.head)}
-    norms = data.residual_norms(s.prompt)
-    out["resid-norm"] = figures.residual_norms(norms[0], tokens, norms[1]) if norms else figures.message_figure(
-        "no residual stream recorded; record it with `probe record ... --names 'blocks.*.hook_resid_post'`")
-    return out
-
-
-def view_metrics(data: RunData, s: ViewState) -> dict[str, Any]:
-    cols = data.head_columns()
-    if not cols:
-        return {"scatter": figures.message_figure(f"no per-head results yet: run `{HOW_TO[HEAD_METRICS]}`"),
-                "metrics-msg": _missing(HEAD_METRICS, "head metrics")}
-    x = s.x if s.x in cols else default_x(list(cols))
-    y = s.y if s.y in cols else default_y(list(cols), x)
-    notes = [] if data.tables_of(ABLATION) else [_missing(ABLATION, "ablation sweep")]
-    return {"scatter": figures.metrics_scatter(cols, x, y, (s.layer, s.head)), "metrics-msg": html.Div(notes)}
-
-
-def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
-    parts: list[Any] = []
-
-    def graph(fig):
-        return dcc.Graph(figure=fig, config=GRAPH_CONFIG)
-
-    probes = data.tables_of(PROBES)
-    parts += [graph(figures.probe_curves(t.table, t.name, s.layer)) for t in probes] or [_missing(PROBES, "probe results")]
-    sel = (s.layer, s.head)
-    ablations = data.tables_of(ABLATION)
-    parts += [graph(figures.layer_head_heatmap(t.table, "effect", f"{t.name}: effect of ablating each head "
-                                               "(ablated - clean)", sel)) for t in ablations] \
-        or [_missing(ABLATION, "ablation sweep")]
-    heads = data.tables_of(PATCH_HEADS)
-    parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, normalised", sel))
-              for t in heads] or [_missing(PATCH_HEADS, "head patching")]
-    resid = data.tables_of(PATCH_RESID)
-    parts += [graph(figures.layer_position_heatmap(t.table, "normalized", f"{t.name}: residual patching "
-                                                   "[layer, position], normalised")) for t in resid] \
-        or [_missing(PATCH_RESID, "residual patching")]
-    coref = data.tables_of(COREF)
-    parts += [graph(figures.layer_head_heatmap(t.table, "accuracy", f"{t.name}: antecedent accuracy per head", sel,
-                                               diverging=False)) for t in coref] or [_missing(COREF, "coreference study")]
-    return {"results": parts}
-
-
-def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
-    vectors = data.qk_vectors(s.layer, s.head, include=s.prompt)
-    if vectors is None:
-        return {"qk": figures.message_figure("this run has no query/key vectors for this layer"),
-                "qk-msg": html.Div(["Record them with ", html.Code(
-                    "probe record --model MODEL --prompts PROMPTS -o RUN --names 'blocks.*.attn.hook_q' "
-                    "'blocks.*.attn.hook_k' 'blocks.*.attn.hook_pattern'"), "."], className="missing")}
-    fig = figures.qk_pca(vectors["q"], vectors["k"], vectors["tokens"], vectors["prompt"], s.layer, s.head,
-                         highlight_prompt=s.prompt)
-    n_prompts = len(set(vectors["prompt"].tolist()))
-    return {"qk": fig, "qk-msg": html.Div(f"{len(vectors['q'])} tokens of {n_prompts} prompts spread over the run "
-                                          "(all of them for a small run); the selected prompt's points are larger")}
-
-
-def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:
-    other = s.compare if s.compare is not None else (s.prompt + 1 if s.prompt + 1 < data.n_prompts else 0)
-    pa, pb = data.pattern(s.prompt, s.layer, s.head), data.pattern(other, s.layer, s.head)
-    ta, tb = data.str_tokens(s.prompt), data.str_tokens(other)
-    wa, wb = figures.crop_window(len(ta)), figures.crop_window(len(tb))
-    fig = figures.compare_heads(pa[wa[0]:wa[1], wa[0]:wa[1]], pb[wb[0]:wb[1], wb[0]:wb[1]], ta[wa[0]:wa[1]],
-                                tb[wb[0]:wb[1]], f"L{s.layer}H{s.head}: prompt {s.prompt} (A) and prompt {other} (B)")
-    texts = data.prompts()
-    return {"compare-graph": fig, "compare-msg": html.Div([html.Div(f"A: {texts[s.prompt]}"),
-                                                          html.Div(f"B: {texts[other]}")])}
-
-
-VIEW_FUNCS: dict[str, Callable[[RunData, ViewState], dict[str, Any]]] = {
-    "head": view_head, "layer": view_layer, "metrics": view_metrics, "results": view_results, "qk": view_qk,
-    "compare": view_compare}
-NEEDS_PATTERNS = {"head", "layer", "compare"}
-
-
-def render_view(registry: Registry, s: ViewState) -> tuple[dict[str, Any], str | None]:
-    """The active view's outputs, or a message saying why it cannot be shown."""
-    try:
-        data = registry.get(s.run)
-        if data.error:
-            return {}, data.error
-        if s.view in NEEDS_PATTERNS and (why := data.missing_patterns()):
-            return {}, why
-        if data.n_prompts == 0 and s.view not in ("metrics", "results"):
-            return {}, f"run {data.label} has no published prompts yet; press Refresh while it is being recorded"
-        return VIEW_FUNCS[s.view](data, s), None
-    except READ_ERRORS as e:
-        return {}, error_message(e)
-
-
-def grid_figure(registry: Registry, s: ViewState):
-    """The all-heads grid: thumbnails of the prompt's patterns, or one metric per head."""
-    try:
-        data = registry.get(s.run)
-        if data.error:
-            return figures.message_figure(data.error)
-        if s.metric and s.metric != THUMBNAILS:
-            cols = data.head_columns()
-            if s.metric not in cols:
-                return figures.message_figure(f"no metric {s.metric!r} saved for this run")
-            values = np.full((data.n_layers, data.n_heads), np.nan)
-            for (layer, head), v in cols[s.metric].items():
-                if 0 <= layer < data.n_layers and 0 <= head < data.n_heads:
-                    values[int(layer), int(head)] = v
-            fig = figures.grid_metric(values, s.metric)
-        else:
-            if why := data.missing_patterns():
-                return figures.message_figure(why)
-            if data.n_prompts == 0:
-                return figures.message_figure("no prompts published yet")
-            fig = figures.grid_thumbnails(data.all_patterns(s.prompt))
-        fig.update_layout(shapes=figures.grid_selection(s.layer, s.head))
-        return fig
-    except READ_ERRORS as e:
-        return figures.message_figure(error_message(e))
-
-
-def token_checklist(registry: Registry, s: ViewState) -> tuple[list[dict], str, str]:
-    """The prompt's tokens as selectable query positions, its text, and its labels."""
-    try:
-        data = registry.get(s.run)
-        if data.error or data.n_prompts == 0:
-            return [], "", ""
-        tokens = data.str_tokens(s.prompt)
-        labels = data.labels(s.prompt)
-        shown = ", ".join(f"{k}: {v}" for k, v in labels.items() if not isinstance(v, list | dict))
-        return ([{"label": t, "value": i} for i, t in enumerate(tokens)], data.prompts()[s.prompt], shown)
-    except READ_ERRORS as e:
-        return [], error_message(e), ""
-
-
-def prompt_options(registry: Registry, run_id: str, search: str | None, current: int | None,
-                   limit: int = 50) -> list[dict]:
-    """At most ``limit`` prompts matching the search text, the current one always included."""
-    try:
-        data = registry.get(run_id)
-        if data.error:
-            return []
-        texts = data.prompts()
-        return [{"label": f"{i}: {texts[i][:90]}", "value": i}
-                for i in data.search_prompts(search, limit, include=current)]
-    except READ_ERRORS:
-        return []
 
 
 # ----------------------------------------------------------------------- layout

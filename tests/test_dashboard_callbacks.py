@@ -13,10 +13,11 @@ import pytest
 from test_dashboard_runs import corrupt_copy, record_coref_run, record_plain_run
 
 from dashboard import figures
-from dashboard.app import apply_event, create_app, grid_figure, next_state, prompt_options, render_view
+from dashboard.app import apply_event, create_app, next_state
 from dashboard.cli import add_subcommand, check_runs, url_of
 from dashboard.data import Registry, UnknownRun, discover_tables, table_kind
 from dashboard.state import ViewState, from_query, to_query
+from dashboard.views import grid_figure, prompt_options, render_view
 from probe.errors import StoreError
 from probe.reader import Run
 
