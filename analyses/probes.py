@@ -255,3 +255,34 @@ class LinearProbe:
 
     def score(self, X: torch.Tensor | np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(X) == np.asarray(y)).mean())
+
+
+MDL_PORTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)  # Voita & Titov's blocks
+
+
+def online_codelength(features: np.ndarray, labels: np.ndarray, prompt_of: np.ndarray, lam: float = 1e-3,
+                      seed: int = 0, portions: Sequence[float] = MDL_PORTIONS) -> pd.DataFrame:
+    """Minimum description length of the labels given the features, online code (Voita &
+    Titov 2020, "Information-Theoretic Probing with Minimum Description Length"): the first
+    block is sent with the uniform code, every later block with a probe trained on all blocks
+    before it. Rows are ordered by shuffled prompt, so a block never splits a prompt's rows
+    between training and coding. Returns per layer the codelength in bits, the uniform
+    codelength, and the compression uniform / online (1 = the features do not help)."""
+    classes, y = np.unique(labels, return_inverse=True)
+    C = len(classes)
+    order_of_unit = {u: i for i, u in enumerate(np.random.default_rng(seed).permutation(np.unique(prompt_of)))}
+    order = np.argsort([order_of_unit[u] for u in prompt_of], kind="stable")
+    X = torch.as_tensor(np.asarray(features, dtype=np.float32)[:, order])
+    y_t = torch.as_tensor(y[order])
+    L, n, _ = X.shape
+    ends = sorted({max(1, int(round(p * n))) for p in portions} | {n})
+    bits = torch.full((L,), float(ends[0] * np.log2(C)))
+    for start, stop in zip(ends[:-1], ends[1:]):
+        mu, sd = X[:, :start].mean(1, keepdim=True), X[:, :start].std(1, keepdim=True).nan_to_num(1.0).clamp(min=1e-6)
+        W, b = fit_logistic((X[:, :start] - mu) / sd, y_t[:start], C, [lam])
+        logits = torch.einsum("lnd,ldc->lnc", (X[:, start:stop] - mu) / sd, W[:, 0]) + b[:, 0, None]
+        nll = -torch.log_softmax(logits, -1).gather(-1, y_t[start:stop][None, :, None].expand(L, -1, 1))[..., 0]
+        bits += nll.sum(1) / np.log(2)
+    uniform = n * np.log2(C)
+    return pd.DataFrame({"layer": np.arange(L), "mdl_bits": bits.numpy(), "uniform_bits": uniform,
+                         "compression": uniform / bits.numpy()})

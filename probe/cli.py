@@ -290,6 +290,14 @@ def cmd_probes(args: argparse.Namespace) -> int:
     if stream:
         print(f"streaming {len(labels)} feature rows ({need / 2**30:.2f} GiB bound) from disk through the fit")
     table = layer_probes(feats, labels, prompt_of, types=types, seed=args.seed)
+    if args.mdl:
+        if stream:
+            raise InputError("--mdl fits probes on growing prefixes in memory; these features are streamed from disk "
+                             "(too large for RAM or --stream): leave out --mdl or probe fewer prompts")
+        from analyses.probes import online_codelength
+
+        mdl = online_codelength(feats, labels, prompt_of, seed=args.seed)
+        table = table.merge(mdl, on="layer")
     out_path = save_result(args.run, name, table)
     print(f"probe for {what}, {run.n_prompts} prompts -> {out_path}")
     print(table.round(3).to_string(index=False))
@@ -568,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--query", default="pronoun_span",
                     help="for --task antecedent: the span whose representation is probed (default pronoun_span; "
                          "toy-coref runs also have question_span)")
+    pr.add_argument("--mdl", action="store_true",
+                    help="add the online-code description length per layer (Voita & Titov 2020): mdl_bits, compression")
     pr.add_argument("--stream", action="store_true",
                     help="stream feature rows from disk through the fit (automatic when they would not fit in RAM)")
     pr.add_argument("--hook", default="hook_resid_post", help="per-layer hook to probe (default hook_resid_post)")

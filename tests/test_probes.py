@@ -215,3 +215,19 @@ def test_batched_lbfgs_solves_each_problem_to_its_own_optimum():
     x, iters = batched_lbfgs(fun, torch.zeros(P, n, dtype=torch.float64), max_iter=1000, gtol=1e-9)
     assert torch.allclose(x, torch.linalg.solve(A, c), atol=1e-7)
     assert iters[0] <= 2 < iters[3]  # the identity needs one step; the ill-conditioned one many
+
+
+def test_online_codelength_separates_signal_from_noise():
+    """Voita & Titov's online code: a layer that encodes the label compresses it several
+    times; a noise layer does not (compression about 1 or below, the price of early blocks)."""
+    from analyses.probes import online_codelength
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 3, n)
+    feats = rng.normal(size=(2, n, 16)).astype(np.float32)
+    feats[0, :, :3] += 3 * np.eye(3)[y]
+    table = online_codelength(feats, y, np.repeat(np.arange(400), 5))
+    assert np.allclose(table.uniform_bits, n * np.log2(3))
+    assert table.compression[0] > 4 and table.compression[1] < 1.1
+    assert np.allclose(table.compression, table.uniform_bits / table.mdl_bits)
