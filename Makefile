@@ -10,8 +10,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 .PHONY: demo test install install-test lint clean toys browser
 
+# `make demo` ends by serving the dashboard on the demo runs (Ctrl-C stops it);
+# `make demo DEMO_FLAGS=--no-serve` prints the command instead, for scripts.
 demo: $(VENV)/.installed
-	$(BIN)/probe demo
+	$(BIN)/probe demo $(DEMO_FLAGS)
 
 test: browser $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests

@@ -76,6 +76,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
           + ", ".join(f"L{int(r.layer)} {r.test_acc:.2f}/{r.selectivity:.2f}" for _, r in pos.iterrows())
           + f" (majority {pos.majority_baseline.iloc[0]:.2f})")
     print(f"\nreport: {report}")
+    runs = [str(args.output), str(pos_run.path)]
+    if args.no_serve:
+        print(f"dashboard: probe dashboard {' '.join(runs)}")
+        return 0
+    from dashboard.cli import serve
+
+    print()
+    serve(runs, port=args.port)  # prints its URL; Ctrl-C stops it
     return 0
 
 
@@ -500,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="runs/demo", help="run directory to (re)create (default runs/demo)")
     demo.add_argument("-n", type=int, default=400, help="WinoBias dev prompts to record (default 400)")
     demo.add_argument("--no-record", action="store_true", help="only print the seed sentence's heads")
+    demo.add_argument("--no-serve", action="store_true",
+                      help="do not open the dashboard at the end (for scripts; it prints the command instead)")
+    demo.add_argument("--port", type=int, default=8050, help="dashboard port (default 8050)")
     demo.set_defaults(func=cmd_demo)
 
     attend = sub.add_parser("attend", help="heads that attend most from one word to others in a text")
@@ -603,6 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--query", default="pronoun_span", help="with --run: the span the probe reads")
     pa.add_argument("-o", "--output", help="directory for patch_resid.csv and patch_heads.csv")
     pa.set_defaults(func=cmd_patch)
+
+    from dashboard.cli import add_subcommand as add_dashboard
+
+    add_dashboard(sub)
 
     co = sub.add_parser("coref", help="coreference study: which heads attend from the pronoun to its antecedent")
     co.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
