@@ -45,16 +45,16 @@ def error_message(e: BaseException) -> str:
 
 # ----------------------------------------------------------------------- analysis tables
 # Tables are recognised by their columns, not their file names (analyses/results.py saves
-# them as RUN/analyses/NAME.csv; probe patch and probe ablate write where -o says).
+# them as RUN/analyses/NAME.csv; with --run, probe ablate and probe patch do too).
 HEAD_METRICS, ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF = (
     "head_metrics", "ablation", "patch_resid", "patch_heads", "probes", "coref")
 
 HOW_TO = {
     HEAD_METRICS: "probe heads RUN",
-    ABLATION: "probe ablate --model MODEL --task induction -o RUN/analyses/ablation_induction.csv",
-    PATCH_RESID: "probe patch --model toy-coref -o RUN/analyses",
-    PATCH_HEADS: "probe patch --model toy-coref -o RUN/analyses",
-    PROBES: "probe probes RUN --label FIELD (or --task pos on a ud-ewt run)",
+    ABLATION: "probe coref RUN (ablates the study's heads), or probe ablate --run RUN --metric accuracy",
+    PATCH_RESID: "probe patch --run RUN (twin prompts of the run), or probe patch --pairs FILE -o RUN/analyses",
+    PATCH_HEADS: "probe patch --run RUN (twin prompts of the run), or probe patch --pairs FILE -o RUN/analyses",
+    PROBES: "probe probes RUN --label FIELD (or --task pos on a ud-ewt run, --task antecedent on a coreference run)",
     COREF: "probe coref RUN",
 }
 
