@@ -195,6 +195,12 @@ def _probe_section(run, query: str, seed: int, lines: list[str]) -> pd.DataFrame
               "combination.", "", "| layer | test acc | majority | control | selectivity |", "|---|---|---|---|---|"]
     lines += [f"| {int(r.layer)} | {r.test_acc:.3f} | {r.majority_baseline:.3f} | {r.control_test_acc:.3f} | "
               f"{r.selectivity:.3f} |" for _, r in probes.iterrows()]
+    majority, first, best = probes.majority_baseline.iloc[0], probes.test_acc.iloc[0], probes.test_acc.max()
+    if best > majority + 0.1 and first - majority >= 0.75 * (best - majority):
+        lines += ["", f"Caution: layer 0 already reads most of it ({first:.3f} of the best {best:.3f}). At layer 0 the "
+                  "pronoun has seen the sentence through one attention layer only, so surface cues (pronoun form "
+                  "and case, the sentence template) may carry much of the answer: high probe accuracy here is "
+                  "weak evidence of coreference resolution."]
     return probes
 
 
