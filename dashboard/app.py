@@ -86,6 +86,13 @@ def clamp(state: ViewState, registry: Registry) -> ViewState:
     data = registry.get(state.run)
     if data.error:
         return state
+    try:
+        return _fit(state, data)
+    except READ_ERRORS:  # manifest fine, shards or tables not: the views say what is wrong
+        return state
+
+
+def _fit(state: ViewState, data: RunData) -> ViewState:
     n = max(data.n_prompts, 1)
     prompt = min(max(state.prompt, 0), n - 1)
     compare = state.compare if state.compare is None or 0 <= state.compare < n else None

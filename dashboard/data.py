@@ -86,8 +86,26 @@ class AnalysisTable:
     table: pd.DataFrame
 
 
-def discover_tables(run_path: Path) -> list[AnalysisTable]:
-    """Every recognisable CSV under RUN/analyses (one level of subfolders, for coref/)."""
+INDEX_COLUMNS = ("layer", "head", "position")  # what views turn into grid coordinates
+
+
+def index_problem(table: pd.DataFrame) -> str | None:
+    """Why a table's layer/head/position columns cannot index a grid (not whole numbers,
+    e.g. "L0" from a foreign tool), or None when they can."""
+    for col in INDEX_COLUMNS:
+        if col not in table.columns:
+            continue
+        values = pd.to_numeric(table[col], errors="coerce")
+        if values.isna().any() or not (values == values.round()).all():
+            bad = table[col][values.isna() | (values != values.round())].iloc[0]
+            return f"its {col!r} column holds {str(bad)[:20]!r}, not a whole number"
+    return None
+
+
+def discover_tables(run_path: Path, problems: list[str] | None = None) -> list[AnalysisTable]:
+    """Every recognisable CSV under RUN/analyses (one level of subfolders, for coref/).
+    A table of a known kind whose layer/head/position columns are not whole numbers is
+    left out, and why is appended to ``problems`` (the views show it)."""
     root = run_path / "analyses"
     if not root.is_dir():
         return []
@@ -98,8 +116,16 @@ def discover_tables(run_path: Path) -> list[AnalysisTable]:
         except (OSError, ValueError, pd.errors.ParserError):
             continue  # a half-written or foreign CSV is not an analysis result
         kind = table_kind(list(table.columns), path.stem)
-        if kind is not None:
-            found.append(AnalysisTable(path.stem, kind, table))
+        if kind is None:
+            continue
+        if why := index_problem(table):
+            if problems is not None:
+                problems.append(f"{path.relative_to(run_path)} is not shown: {why}")
+            continue
+        for col in INDEX_COLUMNS:  # 1.0 from a float CSV is layer 1
+            if col in table.columns:
+                table[col] = pd.to_numeric(table[col]).astype(int)
+        found.append(AnalysisTable(path.stem, kind, table))
     return found
 
 
@@ -117,12 +143,17 @@ def head_columns(tables: list[AnalysisTable]) -> dict[str, pd.Series]:
                 if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
                     out[c if t.name == "head_metrics" else f"{t.name}.{c}"] = df[c].astype(float)
         elif t.kind == ABLATION:
-            out[t.name] = df["effect"].astype(float)
+            out[t.name] = _numbers(df["effect"])
         elif t.kind == PATCH_HEADS:
-            out[t.name] = df["normalized"].astype(float)
+            out[t.name] = _numbers(df["normalized"])
         elif t.kind == COREF:
-            out["coref_accuracy"] = df["accuracy"].astype(float)
+            out["coref_accuracy"] = _numbers(df["accuracy"])
     return out
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """A column as floats; a cell that is not a number (a foreign CSV) becomes NaN."""
+    return pd.to_numeric(column, errors="coerce").astype(float)
 
 
 # ----------------------------------------------------------------------- one run
@@ -348,13 +379,18 @@ class RunData:
             sig.append((str(f), st.st_mtime_ns, st.st_size))
         cached = self._tables
         if cached is None or cached[0] != sig:
-            tables = discover_tables(self.path)
+            problems: list[str] = []
+            tables = discover_tables(self.path, problems)
             cols = head_columns(tables)
             by_head = {name: {(int(k[0]), int(k[1])): float(v) for k, v in series.items()} for name, series in
                        cols.items()}
-            cached = (sig, tables, cols, by_head)
+            cached = (sig, tables, cols, by_head, problems)
             self._tables = cached
         return cached[1:]
+
+    def table_problems(self) -> list[str]:
+        """Analysis CSVs left out because they cannot be shown, with why."""
+        return self._analyses()[3]
 
     def tables(self) -> list[AnalysisTable]:
         return self._analyses()[0]

@@ -82,15 +82,19 @@ def view_metrics(data: RunData, s: ViewState) -> dict[str, Any]:
     cols = data.head_columns()
     if not cols:
         return {"scatter": figures.message_figure(f"no per-head results yet: run `{HOW_TO[HEAD_METRICS]}`"),
-                "metrics-msg": _missing(HEAD_METRICS, "head metrics")}
+                "metrics-msg": html.Div([*_problems(data), _missing(HEAD_METRICS, "head metrics")])}
     x = s.x if s.x in cols else default_x(list(cols))
     y = s.y if s.y in cols else default_y(list(cols), x)
-    notes = [] if data.tables_of(ABLATION) else [_missing(ABLATION, "ablation sweep")]
+    notes = _problems(data) + ([] if data.tables_of(ABLATION) else [_missing(ABLATION, "ablation sweep")])
     return {"scatter": figures.metrics_scatter(cols, x, y, (s.layer, s.head)), "metrics-msg": html.Div(notes)}
 
 
+def _problems(data: RunData) -> list[html.Div]:
+    return [html.Div(why, className="missing", style={"color": "#a00"}) for why in data.table_problems()]
+
+
 def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
-    parts: list[Any] = []
+    parts: list[Any] = _problems(data)
 
     def graph(fig):
         return dcc.Graph(figure=fig, config=GRAPH_CONFIG)

@@ -1,0 +1,96 @@
+"""The dashboard's callbacks driven through Dash's real HTTP endpoint (what the browser
+posts), so a failure anywhere in a callback, state sync included, shows here as it would in
+the page: a message in the page, never a 500 and a stack trace."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from test_dashboard_runs import corrupt_copy, record_coref_run
+
+from dashboard.app import create_app
+from dashboard.state import from_query
+
+
+@pytest.fixture(scope="module")
+def coref_run(tmp_path_factory):
+    return record_coref_run(tmp_path_factory.mktemp("srv") / "coref", n=12)
+
+
+class Page:
+    """Posts callback requests to a served app, as dash-renderer does."""
+
+    def __init__(self, app):
+        self.client = app.server.test_client()
+        self.deps = self.client.get("/_dash-dependencies").get_json()
+
+    def dep(self, output_part: str) -> dict:
+        return next(d for d in self.deps if output_part in d["output"])
+
+    def post(self, output_part: str, values: dict, changed: str) -> tuple[dict, int]:
+        """The callback whose output names ``output_part``, fired by ``changed``
+        ("id.prop") with inputs/states from ``values`` {"id.prop": value} (None where not
+        given): (its response {id: {prop: value}}, size of the body in bytes)."""
+        dep = self.dep(output_part)
+
+        def fill(items):
+            out = []
+            for i in items:
+                key = f"{i['id']}.{i['property']}"
+                if isinstance(i["id"], str) and i["id"].startswith("{"):  # pattern-matching (ALL): no components
+                    out.append([])
+                else:
+                    out.append({"id": i["id"], "property": i["property"], "value": values.get(key)})
+            return out
+
+        outputs = []
+        for part in dep["output"].strip(".").split("..."):
+            cid, prop = part.rsplit(".", 1)
+            outputs.append({"id": cid, "property": prop})
+        body = {"output": dep["output"], "outputs": outputs, "inputs": fill(dep["inputs"]),
+                "state": fill(dep["state"]), "changedPropIds": [changed]}
+        r = self.client.post("/_dash-update-component", json=body)
+        assert r.status_code in (200, 204), r.data[:2000]
+        return (r.get_json()["response"] if r.status_code == 200 else {}), len(r.data)
+
+    def load(self, search: str) -> str:
+        """Open the page at ``?search``: the state sync_state derives from the URL."""
+        resp, _ = self.post("state.data", {"url.search": search}, "url.search")
+        return resp["state"]["data"]
+
+    def view(self, state: str) -> dict:
+        return self.post("view-msg.children", {"state.data": state, "generation.data": 0}, "state.data")[0]
+
+
+def test_a_run_with_garbage_shards_opened_with_query_tokens_shows_a_message(coref_run, tmp_path):
+    bad = corrupt_copy(coref_run, tmp_path / "shard", "shard")
+    page = Page(create_app([coref_run, bad]))
+    state = page.load("?run=1&prompt=2&layer=1&head=1&q=3,4")  # clamp reads the (garbage) tokens
+    assert from_query(state).run == "1" and from_query(state).queries == (3, 4)
+    msg = page.view(state)["view-msg"]["children"]
+    assert "damaged" in msg and "Traceback" not in msg
+    # the good run beside it still works
+    good = page.load("?run=0&prompt=2&q=3")
+    assert page.view(good)["view-msg"]["children"] == ""
+
+
+def test_a_foreign_csv_with_non_integer_layers_is_named_not_fatal(coref_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(coref_run, run)
+    (run / "analyses" / "foreign.csv").write_text("layer,head,score\nL0,H1,0.5\nL1,H0,0.25\n")
+    (run / "analyses" / "ablation_foreign.csv").write_text("layer,head,effect\n0,1,oops\n1,x,0.3\n")
+    page = Page(create_app([run, coref_run]))
+    state = page.load("?run=0&view=results&layer=1&head=2")
+    s = from_query(state)
+    assert (s.layer, s.head) == (1, 2)
+    out = page.view(state)
+    assert out["view-msg"]["children"] == ""
+    text = str(out["panel-results"]["children"])
+    assert "foreign.csv is not shown" in text and "'L0'" in text
+    assert "ablation_foreign.csv is not shown" in text and "'x'" in text
+    # the run's own tables are still drawn, and its metrics still colour the grid
+    assert "ablation_coref" in text and "coref_heads" in text
+    metrics = page.view(page.load("?run=0&view=metrics"))
+    assert "foreign.csv is not shown" in str(metrics["metrics-msg"]["children"])
+    assert page.view(page.load("?run=1&view=results"))["view-msg"]["children"] == ""
