@@ -17,7 +17,7 @@ import dash
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures
-from .data import READ_ERRORS, Registry, RunData, error_message
+from .data import CACHE_BYTES, READ_ERRORS, Registry, RunData, error_message
 from .state import THUMBNAILS, VIEWS, ViewState, from_query, to_query
 from .views import (
     GRAPH_CONFIG,
@@ -277,9 +277,10 @@ def next_state(search: str | None, stored: str | None, trigger: str | None, valu
     return clamp(state, registry)
 
 
-def create_app(run_paths: list[str | Path]) -> dash.Dash:
-    """A Dash app serving exactly these runs (opened lazily, on first use)."""
-    registry = Registry(run_paths)
+def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> dash.Dash:
+    """A Dash app serving exactly these runs (opened lazily, on first use), each caching
+    up to ``cache_bytes`` of the slices its views read."""
+    registry = Registry(run_paths, cache_bytes=cache_bytes)
     app = dash.Dash(__name__, title="probe dashboard", update_title=None,
                     assets_folder=str(Path(__file__).parent / "assets"), serve_locally=True)
     app.registry = registry

@@ -22,6 +22,9 @@ def add_subcommand(sub) -> argparse.ArgumentParser:
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the runs to the "
                         "network)")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error pages); off by default")
+    p.add_argument("--cache-mb", type=int, default=None,
+                   help="memory each run's cache of read slices may hold, in MiB (default: data.CACHE_BYTES, "
+                        "256 MiB)")
     p.set_defaults(func=cmd_dashboard)
     return p
 
@@ -46,13 +49,16 @@ def url_of(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
+def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 8050, debug: bool = False,
+          cache_bytes: int | None = None) -> None:
     """Build the app on these runs and serve it until interrupted (Ctrl-C)."""
     check_runs(run_paths)
     from .app import create_app
 
     check_port(host, port)
-    app = create_app(run_paths)
+    from .data import CACHE_BYTES  # here, not at the top: building probe's parser should not import pandas
+
+    app = create_app(run_paths, cache_bytes=CACHE_BYTES if cache_bytes is None else cache_bytes)
     print(f"dashboard on {len(run_paths)} run(s): {url_of(host, port)}  (Ctrl-C to stop)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: bound to {host}; anyone who can reach this address can read these runs", file=sys.stderr)
@@ -75,7 +81,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    serve(args.runs, host=args.host, port=args.port, debug=args.debug)
+    serve(args.runs, host=args.host, port=args.port, debug=args.debug,
+          cache_bytes=None if args.cache_mb is None else max(args.cache_mb, 0) * 2**20)
     return 0
 
 

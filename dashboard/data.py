@@ -157,27 +157,60 @@ def _numbers(column: pd.Series) -> pd.Series:
 
 
 # ----------------------------------------------------------------------- one run
-class LRU:
-    """A small thread-safe least-recently-used cache (views are served from threads)."""
+CACHE_BYTES = 256 * 2**20  # default budget of one run's cache of slices (--cache-mb sets it)
 
-    def __init__(self, size: int):
-        self.size, self._data, self._lock = size, OrderedDict(), threading.Lock()
+
+def nbytes(value: Any) -> int:
+    """Rough size of a cached value: numpy arrays by their nbytes, containers by their
+    items, strings by their length (what dominates is the arrays)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return 64 + sum(nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return 56 + 8 * len(value) + sum(nbytes(v) for v in value if not isinstance(v, int | float))
+    if isinstance(value, str):
+        return 50 + len(value)
+    return 64
+
+
+class LRU:
+    """A thread-safe least-recently-used cache bounded by bytes (views are served from
+    threads; a long prompt's patterns are megabytes, a token list is a few hundred bytes,
+    so counting entries would bound nothing). A value bigger than the whole budget is
+    returned but not kept."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key, make):
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
-                return self._data[key]
+                return self._data[key][0]
         value = make()
+        size = nbytes(value)
         with self._lock:
-            self._data[key] = value
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            if size > self.max_bytes:
+                return value
+            if key in self._data:  # another thread made it meanwhile
+                self.bytes -= self._data.pop(key)[1]
+            self._data[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= self._data.popitem(last=False)[1][1]
         return value
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._data
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self.bytes = 0
 
 
 @dataclass
@@ -190,7 +223,11 @@ class RunData:
     _error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _tables: tuple | None = None  # (signature of the CSV files, tables)
-    _cache: LRU = field(default_factory=lambda: LRU(256))
+    cache_bytes: int = CACHE_BYTES
+    _cache: LRU = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._cache = LRU(self.cache_bytes)
 
     @property
     def label(self) -> str:
@@ -411,10 +448,11 @@ class RunData:
 class Registry:
     """The runs given on the command line, by id ("0", "1", ...)."""
 
-    def __init__(self, run_paths: list[str | Path]):
+    def __init__(self, run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES):
         if not run_paths:
             raise StoreError("give at least one run directory to serve")
-        self.runs = {str(i): RunData(str(i), Path(p)) for i, p in enumerate(run_paths)}
+        # each run gets the budget: a run's cache holds only what views of it re-read
+        self.runs = {str(i): RunData(str(i), Path(p), cache_bytes=cache_bytes) for i, p in enumerate(run_paths)}
 
     def ids(self) -> list[str]:
         return list(self.runs)

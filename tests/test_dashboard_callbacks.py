@@ -406,3 +406,36 @@ def test_results_saved_while_serving_appear_without_a_restart(plain_run, tmp_pat
     cols = reg.get("0").head_columns()
     assert set(cols) >= {"entropy", "prev_token", "induction"}
     assert np.isclose(reg.get("0").head_values(3, 1)["entropy"], table.set_index(["layer", "head"]).entropy[(3, 1)])
+
+
+# ----------------------------------------------------------------------- memory
+def test_the_slice_cache_is_bounded_by_bytes_not_entries(coref_run):
+    from dashboard.data import LRU
+
+    mib = 2**20
+    cache = LRU(max_bytes=10 * mib)
+    made = []
+
+    def make(i, size=3 * mib):
+        made.append(i)
+        return np.zeros(size // 4, np.float32)
+
+    for i in range(3):
+        cache.get(i, lambda i=i: make(i))
+    assert cache.bytes == 9 * mib and all(i in cache for i in range(3))
+    cache.get(0, lambda: make("again"))  # a hit: not re-made, and now the most recent
+    assert made == [0, 1, 2]
+    cache.get(3, lambda: make(3))  # 12 MiB > 10: the least recently used (1) goes
+    assert 1 not in cache and all(i in cache for i in (0, 2, 3)) and cache.bytes == 9 * mib
+    big = cache.get("huge", lambda: make("huge", 11 * mib))  # bigger than the budget: returned, not kept
+    assert big.nbytes == 11 * mib and "huge" not in cache and cache.bytes == 9 * mib
+    # a run's cache stays under its budget while the grid reads every layer of every prompt
+    run = Run(coref_run)
+    per_layer = run.pattern(0, 0).nbytes
+    reg = Registry([coref_run], cache_bytes=3 * per_layer)
+    data = reg.get("0")
+    for prompt in range(run.n_prompts):
+        assert np.array_equal(data.all_patterns(prompt)[1], run.pattern(prompt, 1))
+        assert data._cache.bytes <= 3 * per_layer
+    assert ("layer", run.n_prompts - 1, run.config["n_layers"] - 1) in data._cache
+    assert ("layer", 0, 0) not in data._cache
