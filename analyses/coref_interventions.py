@@ -13,7 +13,8 @@ Attention from the pronoun to its antecedent is a correlation; these tests inter
   attention score of the study's heads, i.e. which earlier heads feed them);
 - patching: for prompt pairs of the run that share a ``pair_id`` but not the antecedent (the
   tired/wide twins), each head's output and each [layer, position] of the residual stream is
-  patched from the clean into the corrupted prompt (denoising), measured by the logit (or
+  patched from the clean into the corrupted prompt (denoising, the default) or the other way
+  (noising), measured by the logit (or
   probe log-odds) difference between the clean antecedent and the other candidate,
   normalised (patched - corrupt) / (clean - corrupt).
 """
@@ -39,7 +40,7 @@ from .ablation import (
     probe_margin,
     reference_z,
 )
-from .patching import patch_heads, patch_residual
+from .patching import Direction, patch_heads, patch_residual
 from .probe_features import span_features, split_groups
 from .probes import LinearProbe, split_units
 
@@ -240,12 +241,13 @@ def twin_pairs(run, used: list[int]) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def patching_tests(model: HookedTransformer, run, pairs: list[tuple[int, int]], probe: AntecedentProbe,
-                   query: str = "pronoun_span") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Denoising patches of heads and residual positions for the twin pairs of the modal
-    token length (so positions line up), measured by the model's logit difference between
-    the clean prompt's antecedent and the other candidate where the model answers, else by
-    the probe's log-odds for the clean antecedent."""
+def patching_tests(model: HookedTransformer, run, pairs: list[tuple[int, int]], probe: AntecedentProbe | None,
+                   query: str = "pronoun_span", direction: Direction = "denoise") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Patches of heads and residual positions for the twin pairs of the modal token length
+    (so positions line up), denoising (clean into corrupted) or noising (corrupted into
+    clean), measured by the model's logit difference between the clean prompt's antecedent
+    and the other candidate where the model answers, else by the probe's log-odds for the
+    clean antecedent."""
     if not pairs:
         raise InputError("no twin pairs (same pair_id, different antecedent, same token length) to patch")
     lengths = [len(run.tokens(c)) for c, _ in pairs]
@@ -258,8 +260,8 @@ def patching_tests(model: HookedTransformer, run, pairs: list[tuple[int, int]], 
     own = answers_in_output(model, run, [c for c, _ in pairs])
     margin = answer_metric(clean, "difference") if own else probe_margin(probe.probe, probe.hook, clean.query,
                                                                           clean.gold.numpy())
-    heads = patch_heads(model, clean.tokens, corrupt.tokens, margin)
-    resid = patch_residual(model, clean.tokens, corrupt.tokens, margin)
+    heads = patch_heads(model, clean.tokens, corrupt.tokens, margin, direction)
+    resid = patch_residual(model, clean.tokens, corrupt.tokens, margin, direction)
     tokens = run.str_tokens(pairs[0][0])
     resid["token"] = [tokens[p] for p in resid.position]
     what = "logit difference" if own else "probe log-odds"

@@ -7,7 +7,13 @@ activation alone restores the clean behaviour and 0 means it does nothing.
 - ``denoise`` (the default): run the corrupted input and patch in one clean activation
   (does this component suffice to restore the clean behaviour?);
 - ``noise``: run the clean input and patch in one corrupted activation (is it necessary?).
-  For noising the same normalisation is reported, so values near 1 mean "no damage".
+
+For both directions ``normalized`` is the same affine map of the patched metric, the one
+Heimersheim & Nanda use throughout (0 = the corrupted run's value, 1 = the clean run's):
+denoising reads it as "how much of the clean behaviour this activation restores" (0 = none,
+1 = all), noising as "how much of the clean behaviour survives losing it" (1 = no damage,
+0 = as bad as the corrupted run). So ``1 - normalized`` is the damage a noising patch does.
+The unnormalised ``patched`` value is in every row too.
 
 Batched like the ablation sweep: one forward pass per layer runs one copy of the batch per
 patched position (or head).

@@ -388,10 +388,10 @@ def patch_on_run(args: argparse.Namespace) -> int:
     if hook not in run.hooks and not model.cfg.has_unembed:
         raise InputError(f"{args.run} lacks {hook}, which the antecedent probe reads; record 'blocks.*.hook_resid_post'")
     probe = fit_antecedent_probe(run, used, layer, args.query) if hook in run.hooks else None
-    heads, resid = patching_tests(model, run, pairs, probe, args.query)
+    heads, resid = patching_tests(model, run, pairs, probe, args.query, args.direction)
     out = [save_result(run.path, "patch_heads_antecedent", heads), save_result(run.path, "patch_resid_antecedent", resid)]
-    print(f"denoising patches of {int(heads.n_pairs.iloc[0])} twin pair(s) of {args.run}, metric: {heads.metric.iloc[0]} "
-          f"(clean {heads.clean.iloc[0]:.2f}, corrupt {heads.corrupt.iloc[0]:.2f})")
+    print(f"{args.direction} patches of {int(heads.n_pairs.iloc[0])} twin pair(s) of {args.run}, "
+          f"metric: {heads.metric.iloc[0]} (clean {heads.clean.iloc[0]:.2f}, corrupt {heads.corrupt.iloc[0]:.2f})")
     print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
                                 heads.sort_values("normalized", ascending=False).head(args.top).iterrows()))
     print(f"wrote {out[0]} and {out[1]}")
@@ -606,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--pairs", help="JSONL file of pairs, one per line: {clean, corrupt, answer, wrong}")
     pa.add_argument("--clean", default="tired", help="toy twins (no texts given): clean adjective (default tired)")
     pa.add_argument("--corrupt", default="wide", help="toy twins: corrupted adjective (default wide)")
-    pa.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
+    pa.add_argument("--direction", choices=["denoise", "noise"], default="denoise",
+                    help="denoise: patch clean activations into the corrupted run (sufficient?); noise: corrupted "
+                         "into the clean run (necessary?); normalised 0 = corrupt, 1 = clean either way")
     pa.add_argument("--top", type=int, default=5, help="heads to print")
     pa.add_argument("--run", help="patch the twin prompts of a run with gold antecedents (works on encoders: an "
                                   "antecedent probe at --layer measures); saved next to the run")

@@ -144,7 +144,18 @@ def test_coref_cli_runs_the_interventions_on_minilm(wb_run):
 
 
 
-def test_toy_coref_heads_matter_by_the_models_own_answer(tmp_path):
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """toy-coref on 200 held-out prompts (whole twin groups, spread over the nouns)."""
+    toy = models.load("toy-coref")
+    prompts = probe.load_prompts("toy-coref-test")
+    groups = sorted({p.labels["pair_id"] for p in prompts})[::7]
+    prompts = [p for p in prompts if p.labels["pair_id"] in set(groups)][:200]
+    return probe.record(toy, prompts, tmp_path_factory.mktemp("toy") / "run",
+                        names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"], progress=False)
+
+
+def test_toy_coref_heads_matter_by_the_models_own_answer(toy_run):
     """toy-coref answers itself: the study's heads (layer 1), ablated together, lower the
     held-out logit difference (antecedent vs other candidate; the forced choice survives, and
     with the free answer test_coref_study shows the drop toward chance), while the layer-0
@@ -152,12 +163,7 @@ def test_toy_coref_heads_matter_by_the_models_own_answer(tmp_path):
     answer only at the adjective positions."""
     from analyses.coref import coref_heads
 
-    toy = models.load("toy-coref")
-    prompts = probe.load_prompts("toy-coref-test")
-    groups = sorted({p.labels["pair_id"] for p in prompts})[::7]  # whole twin groups, spread over the nouns
-    prompts = [p for p in prompts if p.labels["pair_id"] in set(groups)][:200]
-    run = probe.record(toy, prompts, tmp_path / "toy",
-                       names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"], progress=False)
+    toy, run = models.load("toy-coref"), toy_run
     table, _, _ = coref_heads(run, query="question_span")
     named = [(int(r.layer), int(r["head"])) for _, r in table[table.beats_positional].iterrows()]
     _, _, used = candidate_attention(run, query="question_span")
@@ -185,3 +191,23 @@ def test_toy_coref_heads_matter_by_the_models_own_answer(tmp_path):
     assert 0 < len(differ) < width
     assert layer0.drop(differ).abs().max() < 1e-4
     assert layer0[differ].max() > 0.3
+
+
+def test_patch_run_noising_on_toy_coref(toy_run):
+    """`probe patch --run RUN --direction noise` noises (corrupted activations into the clean
+    run): at layer 0 the residual stream is the token embedding, so noising a position where
+    the twins' tokens agree leaves the clean answer untouched (normalised exactly 1), while
+    noising an adjective position damages it."""
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--run", str(toy_run.path), "--query",
+                        "question_span", "--direction", "noise"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "noise patches of" in r.stdout
+    resid = pd.read_csv(toy_run.path / "analyses" / "patch_resid_antecedent.csv")
+    assert set(resid.direction) == {"noise"} and resid.clean.iloc[0] > 0 > resid.corrupt.iloc[0]
+    width = resid.position.max() + 1
+    _, _, used = candidate_attention(toy_run, query="question_span")
+    patched = [(c, w) for c, w in ci.twin_pairs(toy_run, used) if len(toy_run.tokens(c)) == width]
+    differ = sorted({int(p) for c, w in patched for p in np.flatnonzero(toy_run.tokens(c) != toy_run.tokens(w))})
+    layer0 = resid[resid.layer == 0].set_index("position").normalized
+    assert (layer0.drop(differ) - 1).abs().max() < 1e-4
+    assert layer0[differ].min() < 0.7

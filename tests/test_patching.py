@@ -63,6 +63,44 @@ def test_batched_patching_equals_one_at_a_time(setup):
         patch_residual(model, clean, corrupt[:, :-1], metric)
 
 
+def test_noising_equals_a_hand_built_patch(setup):
+    """Noising: run the clean input with one activation replaced by the corrupted run's. The
+    normalised value is (patched - corrupt) / (clean - corrupt) as for denoising (Heimersheim
+    & Nanda 2024: 0 = corrupted behaviour, 1 = clean), so 1 means the patch did no damage."""
+    model, clean, corrupt, metric, adjective_positions = setup
+    heads = patch_heads(model, clean, corrupt, metric, direction="noise")
+    resid = patch_residual(model, clean, corrupt, metric, direction="noise")
+    with torch.no_grad():
+        _, corrupt_cache = model.run_with_cache(corrupt, names_filter=lambda n: n.endswith(("hook_z", "resid_pre")))
+        base_clean = metric(model(clean), clean).mean().item()
+        base_corrupt = metric(model(corrupt), corrupt).mean().item()
+
+        def noised(name, index):
+            def hook(x, hook):
+                x = x.clone()
+                x[index] = corrupt_cache[name][index]
+                return x
+
+            return metric(model.run_with_hooks(clean, [(name, hook)]), clean).mean().item()
+
+        by_hand = {("head", 1, 2): noised("blocks.1.attn.hook_z", (slice(None), slice(None), 2)),
+                   ("head", 0, 3): noised("blocks.0.attn.hook_z", (slice(None), slice(None), 3))}
+        adjective = min(adjective_positions)
+        for layer, pos in [(0, adjective), (1, clean.shape[1] - 1), (0, 1)]:
+            by_hand[("position", layer, pos)] = noised(f"blocks.{layer}.hook_resid_pre", (slice(None), pos))
+    assert base_clean > 0 > base_corrupt
+    for (key, layer, i), patched in by_hand.items():
+        table = heads if key == "head" else resid
+        row = table[(table.layer == layer) & (table[key] == i)].iloc[0]
+        assert abs(row.patched - patched) < 1e-4, (key, layer, i)
+        assert abs(row.normalized - (patched - base_corrupt) / (base_clean - base_corrupt)) < 1e-5
+    assert set(heads.direction) == {"noise"} and abs(heads.clean.iloc[0] - base_clean) < 1e-5
+    # ground truth: the twins share token 1, so noising it at layer 0 does nothing (exactly 1)
+    at = resid.set_index(["layer", "position"]).normalized
+    assert abs(at[(0, 1)] - 1) < 1e-5
+    assert at[(0, adjective)] < 0.9  # losing the adjective hurts
+
+
 def test_patch_cli(tmp_path):
     import subprocess
     import sys
