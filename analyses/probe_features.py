@@ -82,8 +82,10 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
     token, or the mean over its tokens), labels [rows], prompt_of [rows] and types (the
     lower-cased span text). ``span_field`` holds one [start, end] character span per prompt
     (e.g. ``pronoun_span``, with a scalar ``label_field`` such as ``answer``) or a list of
-    them (``words``, with a list ``upos``). Spans that cover no token (truncated) are
-    skipped. With ``out`` the rows go to disk and ``out`` is returned in place of the array."""
+    them (``words``, with a list ``upos``). Spans cut off by truncation at recording are
+    skipped; any other span that does not align with the text's tokens is refused
+    (``aligned_tokens``), never silently dropped. With ``out`` the rows go to disk and ``out``
+    is returned in place of the array."""
     layers = list(layers)
     for layer in layers:
         name = f"blocks.{layer}.{hook}"
@@ -91,6 +93,7 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
             raise InputError(f"{run.path} lacks {name}; record it with --names 'blocks.*.{hook}'")
     feats: list[list[np.ndarray]] = [[] for _ in layers]
     labels, prompt_of, types = [], [], []
+    truncated = set(run.manifest.get("truncated_prompts", []))
     for i in range(run.n_prompts) if prompts is None else prompts:
         lab = run.labels(i)
         if span_field not in lab or label_field not in lab:
@@ -104,7 +107,7 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
         acts = [run.prompt_activation(f"blocks.{layer}.{hook}", i) for layer in layers]
         rows: list[list[np.ndarray]] = [[] for _ in layers]
         for (start, end), tag in zip(spans, tags):
-            toks = run.tokens_in(i, start, end)
+            toks = aligned_tokens(run, i, text, start, end, span_field, i in truncated)
             if not toks:
                 continue
             for j, a in enumerate(acts):
@@ -122,6 +125,29 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
         raise InputError(f"no prompt of {run.path} carries the labels {span_field!r} and {label_field!r}")
     data = out.close() if out is not None else np.stack([np.stack(f) for f in feats]).astype(np.float32)
     return data, np.asarray(labels), np.asarray(prompt_of), types
+
+
+def aligned_tokens(run, i: int, text: str, start, end, field: str, truncated: bool) -> list[int]:
+    """The token positions of prompt ``i``'s span [start, end), refusing a span that cannot be
+    what its label file meant: outside the text, empty, starting or ending on whitespace
+    (an off-by-one: no bundled set has one), or covering no token. A prompt truncated at
+    recording loses its tail, so there a span past the last token is an honest [] (skipped)."""
+    where = f"prompt {i} of {run.path}: the {field!r} span {[start, end]}"
+    fix = ("spans are [start, end) character offsets into the prompt's \"text\" so that text[start:end] is "
+           "the labelled word; fix the prompt file (were the spans computed on another version of the text?)")
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+        raise InputError(f"{where} does not lie inside its text ({len(text)} characters); {fix}")
+    piece = text[start:end]
+    if piece != piece.strip():
+        raise InputError(f"{where} is {piece!r}, which starts or ends with whitespace; {fix}")
+    toks = run.tokens_in(i, start, end)
+    if not toks:
+        spans = run.token_spans(i)
+        last = int(spans[:, 1].max()) if len(spans) else 0
+        if truncated and start >= last:
+            return []
+        raise InputError(f"{where} ({piece!r}) covers none of the prompt's tokens; {fix}")
+    return toks
 
 
 def word_features(run, layers: Sequence[int], spans_field: str = "words", label_field: str = "upos",

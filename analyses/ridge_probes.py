@@ -185,8 +185,27 @@ def _per_layer(sse: np.ndarray, Y: np.ndarray, split: np.ndarray, lambdas: np.nd
     return pd.DataFrame(rows)
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def is_real_valued(values: Sequence) -> bool:
-    """True when every value is a number (int or float, not bool): the CLI's rule for
-    choosing a ridge probe over a logistic one."""
-    return len(values) > 0 and all(isinstance(v, (int, float, np.integer, np.floating))
-                                   and not isinstance(v, (bool, np.bool_)) for v in values)
+    """True when every value is a number (int or float, not bool), except integer fields
+    with at most two values: those are class indices or indicators (``answer`` is 0 or 1,
+    the index of the antecedent), which a logistic probe reports as accuracy. The CLI's rule
+    for choosing a ridge probe over a logistic one when not told."""
+    if not values or not all(is_number(v) for v in values):
+        return False
+    return not (all(float(v).is_integer() for v in values) and len(set(values)) <= 2)
+
+
+def prompt_targets(values: Sequence, target: str, field: str) -> np.ndarray | None:
+    """A prompt-level label field as a ridge target [n] (float64), or None when it is to be
+    probed as classes. ``target``: "auto" (``is_real_valued``), "class" or "real"."""
+    if target == "class" or (target == "auto" and not is_real_valued(values)):
+        return None
+    bad = next((v for v in values if not is_number(v)), None) if target == "real" else None
+    if bad is not None:
+        raise InputError(f"--target real needs numbers, but {field!r} has the value {bad!r}; "
+                         "probe it as classes (--target class) or give the prompts numeric values")
+    return np.asarray([float(v) for v in values])

@@ -67,8 +67,9 @@ function(hover, fig) {
         if (trace && trace.name === 'queries') { q = p.pointNumber; }
     }
     if (q === null) { return data.length === fig.data.length ? nu : Object.assign({}, fig, {data: data}); }
+    const qy = fig.layout.meta.qy ? fig.layout.meta.qy[q] : q;  // keys outside the window add rows
     for (const [k, w] of fig.layout.meta.top[q]) {
-        data.push({type: 'scatter', name: 'hover', x: [0, 1], y: [q, k], mode: 'lines', hoverinfo: 'skip',
+        data.push({type: 'scatter', name: 'hover', x: [0, 1], y: [qy, k], mode: 'lines', hoverinfo: 'skip',
                    showlegend: false, line: {color: '#ff7f0e', width: 1.5 + 8 * w}});
     }
     return Object.assign({}, fig, {data: data});
@@ -102,9 +103,11 @@ def _fit(state: ViewState, data: RunData) -> ViewState:
     if cols:
         x = state.x if state.x in cols else default_x(cols)
         state = state.with_(x=x, y=state.y if state.y in cols else default_y(cols, x))
-    if state.queries and data.n_prompts:
+    if (state.queries or state.window is not None) and data.n_prompts:
         n_tok = len(data.str_tokens(prompt))
-        state = state.with_(queries=tuple(q for q in state.queries if q < n_tok))
+        window = None if state.window is None or n_tok <= figures.MAX_TOKENS else \
+            min(state.window, n_tok - figures.MAX_TOKENS)
+        state = state.with_(queries=tuple(q for q in state.queries if q < n_tok), window=window)
     return state
 
 
@@ -116,11 +119,15 @@ def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
                                      "scatter-y"):
         return state
     if trigger == "run":
-        return state.with_(run=str(value), prompt=0, compare=None, queries=())
+        return state.with_(run=str(value), prompt=0, compare=None, queries=(), window=None)
     if trigger == "prompt" and value is not None:
-        return state.with_(prompt=int(value), queries=()) if int(value) != state.prompt else state
+        return state.with_(prompt=int(value), queries=(), window=None) if int(value) != state.prompt else state
     if trigger in ("prev", "next"):
-        return state.with_(prompt=max(0, state.prompt + (1 if trigger == "next" else -1)), queries=())
+        return state.with_(prompt=max(0, state.prompt + (1 if trigger == "next" else -1)), queries=(), window=None)
+    if trigger == "window":  # emptied: back to the automatic window
+        return state.with_(window=None if value in (None, "") else max(0, int(value)))
+    if trigger == "prompt-search":
+        return state.with_(search=str(value or "")[:120])
     if trigger in ("layer", "head") and value is not None:
         return state.with_(**{trigger: int(value)})
     if trigger == "grid":
@@ -186,6 +193,7 @@ def layout(registry: Registry) -> html.Div:
         dcc.Location(id="url", refresh=False),
         dcc.Store(id="generation", data=0),
         dcc.Store(id="state"), dcc.Store(id="grid-drawn"), dcc.Store(id="tokens-drawn"), dcc.Store(id="grid-outline"),
+        dcc.Store(id="prompts-drawn"),
         html.Div([
             html.H3("probe dashboard", style={"margin": "0 16px 0 0"}),
             _dropdown("run", registry.options(), registry.ids()[0], "260px", clearable=False),
@@ -223,6 +231,11 @@ def layout(registry: Registry) -> html.Div:
                 dcc.Tabs(id="view", value="head", children=[dcc.Tab(label=VIEW_LABELS[v], value=v) for v in VIEWS]),
                 html.Div(id="view-msg", className="missing", style={"color": "#a00", "margin": "6px"}),
                 html.Div(id="panel-head", style=panel["head"], children=[
+                    html.Div(["window start ", dcc.Input(
+                        id="window", type="number", min=0, step=1, debounce=True, placeholder="auto",
+                        style={"width": "80px"}), f" (prompts longer than {figures.MAX_TOKENS} tokens show a window "
+                                                  "of them; the token view still finds each query's top keys "
+                                                  "anywhere)"], style={"fontSize": "12px"}),
                     graph("head-heatmap"), graph("head-summed", style=HIDDEN),
                     graph("head-lines", clear_on_unhover=True)]),
                 html.Div(id="panel-layer", style=panel["layer"], children=[graph("layer-view"), graph("resid-norm")]),
@@ -246,7 +259,8 @@ def layout(registry: Registry) -> html.Div:
 
 
 # ----------------------------------------------------------------------- app
-STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "queries", "scatter-x", "scatter-y"]
+STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "queries", "scatter-x", "scatter-y",
+                "window", "prompt-search"]
 CLICKS = ["grid", "scatter", "layer-view", "head-lines"]
 VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-summed", "style"),
                          ("head-lines", "figure")],
@@ -260,7 +274,7 @@ OUT_KEYS = {("panel-results", "children"): "results", ("head-summed", "style"): 
 
 def state_outputs(s: ViewState) -> list[Any]:
     return [to_query(s), s.run, s.prompt, s.layer, s.head, s.view, s.metric, s.compare, list(s.queries),
-            s.x or None, s.y or None]
+            s.x or None, s.y or None, s.window, s.search]
 
 
 def next_state(search: str | None, stored: str | None, trigger: str | None, value: Any,
@@ -325,13 +339,16 @@ def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> d
         return (data.status(), [{"label": str(i), "value": i} for i in range(data.n_layers)],
                 [{"label": str(i), "value": i} for i in range(data.n_heads)], metrics, columns, columns)
 
-    @app.callback(Output("prompt", "options"), Output("compare", "options"), Input("state", "data"),
-                  Input("prompt-search", "value"), Input("generation", "data"))
-    def prompts(query, search, _):
+    @app.callback(Output("prompt", "options"), Output("compare", "options"), Output("prompts-drawn", "data"),
+                  Input("state", "data"), Input("generation", "data"), State("prompts-drawn", "data"))
+    def prompts(query, generation, drawn):
         s = from_query(query)
-        opts = prompt_options(registry, s.run, search, s.prompt)
-        other = prompt_options(registry, s.run, search, s.compare) if s.compare is not None else opts
-        return opts, other
+        key = [s.run, s.search, s.prompt, s.compare, generation]
+        if key == drawn:  # a head switch: the options are what the browser has
+            return no_update, no_update, no_update
+        opts = prompt_options(registry, s.run, s.search, s.prompt)
+        other = prompt_options(registry, s.run, s.search, s.compare) if s.compare is not None else opts
+        return opts, other, key
 
     @app.callback(Output("queries", "options"), Output("prompt-text", "children"), Output("prompt-labels", "children"),
                   Output("tokens-drawn", "data"), Input("state", "data"), Input("generation", "data"),

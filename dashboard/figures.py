@@ -99,8 +99,8 @@ def head_heatmap(pattern: np.ndarray, tokens: list[str], title: str = "", window
         [dict(type="heatmap", z=z, x=pos, y=pos, colorscale="Blues", zmin=0,
               zmax=max(float(np.nanmax(z)), 1e-6) if z.size else 1, hovertext=hover,
               hovertemplate="%{hovertext}: %{z:.3f}<extra></extra>", colorbar={"title": {"text": "attn"}})],
-        dict(title={"text": title + (f" (positions {a}-{b - 1} of {len(tokens)}; select a query token to move "
-                                     "the window)" if (a, b) != (0, len(tokens)) else "")},
+        dict(title={"text": title + (f" (positions {a}-{b - 1} of {len(tokens)}; set the window start, or select "
+                                     "a query token, to move the window)" if (a, b) != (0, len(tokens)) else "")},
              xaxis=dict(title={"text": "key"}, side="bottom", tickangle=-60, **tick),
              yaxis=dict(title={"text": "query"}, autorange="reversed", **tick), shapes=shapes,
              height=max(360, min(900, 14 * len(pos) + 140))))
@@ -112,47 +112,67 @@ LINE_BUCKETS = [(0.02, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.01)]  # weight ra
 def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None = None, top_k: int = TOP_K,
               window: tuple[int, int] | None = None) -> go.Figure:
     """bertviz-style: queries on the left, keys on the right, a line per (query, key) among
-    each query's ``top_k`` keys, opacity and width by weight. Selected queries' lines are
-    red and the key markers' size shows the attention they get from the selected queries,
-    summed. Clicking a query token selects it."""
+    each query's ``top_k`` keys, opacity and width by weight. ``window`` crops the queries
+    only: each query's top keys come from its whole row, and a top key outside the window
+    (a BOS sink, a distant antecedent) gets a row of its own, labelled with its position.
+    Selected queries' lines are red and the key markers' size shows the attention they get
+    from the selected queries, summed. Clicking a query token selects it."""
     a, b = window or (0, len(tokens))
-    p = sparsify_topk(pattern[a:b, a:b], top_k)
-    toks = tokens[a:b]
-    n = len(toks)
+    rows = pattern[a:b]  # [window queries, every key]
+    top = _top_keys(rows, top_k)  # [n, top_k] key positions, each row's strongest first
+    weight = np.take_along_axis(rows, top, 1)
+    keys = np.union1d(np.arange(a, b), top[weight > 0])  # the key rows drawn, in position order
+    y_of = {int(k): i for i, k in enumerate(keys)}
+    n = b - a
+    q_y = np.searchsorted(keys, np.arange(a, b))  # a query sits level with itself as a key
     sel = [q - a for q in queries or [] if a <= q < b]
     is_sel = np.isin(np.arange(n), sel)
     traces = []
     for selected in (False, True):
         for lo, hi in LINE_BUCKETS:
-            qs, ks = np.nonzero((p >= lo) & (p < hi) & (is_sel[:, None] == selected))
+            qs, j = np.nonzero((weight >= lo) & (weight < hi) & (is_sel[:, None] == selected))
             if not len(qs):
                 continue
             xs = np.tile([0.0, 1.0, np.nan], len(qs))
-            ys = np.stack([qs, ks, np.full(len(qs), np.nan)], 1).ravel()
+            ys = np.stack([q_y[qs], np.searchsorted(keys, top[qs, j]), np.full(len(qs), np.nan)], 1).ravel()
             color = SELECTED if selected else f"rgba(31,119,180,{0.15 + 0.8 * lo:.2f})"
             traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                connectgaps=False, line=dict(color=color, width=(2 if selected else 1) + 4 * lo)))
-    summed = summed_attention(pattern[a:b, a:b], sel)
-    top = np.argsort(-p, axis=1)[:, :top_k]
-    where = ["<br>".join(f"{toks[k]!r} {p[q, k]:.2f}" for k in top[q] if p[q, k] > 0) for q in range(n)]
-    traces.append(dict(type="scatter", x=[0] * n, y=list(range(n)), mode="markers+text", text=toks,
+    summed = summed_attention(rows, sel)[keys]
+    key_text = [tokens[k] if a <= k < b else f"{tokens[k]} @{k}" for k in keys]
+    where = ["<br>".join(f"{k} {tokens[k]!r} {w:.2f}" for k, w in zip(top[q], weight[q]) if w > 0) for q in range(n)]
+    traces.append(dict(type="scatter", x=[0] * n, y=q_y.tolist(), mode="markers+text", text=tokens[a:b],
                        textposition="middle left", name="queries", showlegend=False, customdata=list(range(a, b)),
                        hovertext=where, marker=dict(size=9, color=[SELECTED if s else "#1f77b4" for s in is_sel]),
                        hovertemplate="query %{customdata} %{text} attends to:<br>%{hovertext}"
                                      "<extra>click to select</extra>"))
-    traces.append(dict(type="scatter", x=[1] * n, y=list(range(n)), mode="markers+text", text=toks,
-                       textposition="middle right", name="keys", showlegend=False, customdata=_round(summed, 3),
+    traces.append(dict(type="scatter", x=[1] * len(keys), y=list(range(len(keys))), mode="markers+text",
+                       text=key_text, textposition="middle right", name="keys", showlegend=False,
+                       customdata=_round(summed, 3),
                        marker=dict(size=6 + 20 * np.sqrt(np.clip(summed, 0, None) / max(len(sel), 1)),
                                    color=SELECTED if sel else "#7f7f7f"),
                        hovertemplate="key %{text}: summed attention %{customdata}<extra></extra>"))
+    outside = len(keys) - n
     return figure(traces, dict(
         title={"text": f"token view: top {top_k} keys per query" + (
             f"; {len(sel)} selected queries, marker size = summed attention" if sel
-            else "; click query tokens to select")},
+            else "; click query tokens to select") + (f"; {outside} keys outside the window (@position)"
+                                                      if outside else "")},
         xaxis=dict(visible=False, range=[-0.6, 1.6]), yaxis=dict(visible=False, autorange="reversed"),
-        height=max(360, min(1400, 18 * n + 80)), clickmode="event",
+        height=max(360, min(1400, 18 * len(keys) + 80)), clickmode="event",
         # each query's top keys [[key row, weight], ...]: the browser draws them on hover (app.HOVER_JS)
-        meta={"top": [[[int(k), round(float(p[q, k]), 4)] for k in top[q] if p[q, k] > 0] for q in range(n)]}))
+        # and each query's own row, "qy" (keys outside the window add rows)
+        meta={"top": [[[y_of[int(k)], round(float(w), 4)] for k, w in zip(top[q], weight[q]) if w > 0]
+                      for q in range(n)], "qy": q_y.tolist()}))
+
+
+def _top_keys(rows: np.ndarray, k: int) -> np.ndarray:
+    """[n, min(k, n_keys)] positions of each row's largest weights, largest first."""
+    k = min(k, rows.shape[-1])
+    idx = np.argpartition(-rows, k - 1, axis=-1)[:, :k] if k < rows.shape[-1] else \
+        np.broadcast_to(np.arange(rows.shape[-1]), rows.shape).copy()
+    order = np.argsort(-np.take_along_axis(rows, idx, 1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, 1)
 
 
 def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int]) -> go.Figure:

@@ -1,5 +1,5 @@
 """The view state and its URL query string, so that a view can be shared and reloaded:
-``?run=0&prompt=1&layer=3&head=1&view=head&metric=induction&compare=0&q=10,11``.
+``?run=0&prompt=1&layer=3&head=1&view=head&metric=induction&compare=0&q=10,11&window=200&search=tired``.
 
 Parsing never fails: a value that is missing or malformed falls back to its default (the
 app then checks ranges against the run, which only it knows).
@@ -26,6 +26,8 @@ class ViewState:
     queries: tuple[int, ...] = field(default_factory=tuple)  # selected query positions
     x: str = ""  # scatter axes of the metrics view
     y: str = ""
+    window: int | None = None  # first position of a long prompt's heatmap window (None: automatic)
+    search: str = ""  # the prompt picker's search text
 
     def with_(self, **changes) -> ViewState:
         return replace(self, **changes)
@@ -57,7 +59,8 @@ def from_query(search: str | None) -> ViewState:
     return ViewState(run=text("run", DEFAULT.run, limit=20), prompt=_int(q.get("prompt"), 0), layer=_int(q.get("layer"), 0),
                      head=_int(q.get("head"), 0), view=text("view", DEFAULT.view, VIEWS),
                      metric=text("metric", THUMBNAILS), compare=_int(q.get("compare"), None),
-                     queries=tuple(sorted(set(queries))), x=text("x", ""), y=text("y", ""))
+                     queries=tuple(sorted(set(queries))), x=text("x", ""), y=text("y", ""),
+                     window=_int(q.get("window"), None), search=text("search", ""))
 
 
 def to_query(state: ViewState) -> str:

@@ -58,7 +58,7 @@ def head_card(data: RunData, layer: int, head: int) -> html.Div:
 def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
     pattern = data.pattern(s.prompt, s.layer, s.head)
     tokens = data.str_tokens(s.prompt)
-    window = figures.crop_window(len(tokens), focus=list(s.queries))
+    window = figures.crop_window(len(tokens), focus=list(s.queries), start=s.window)
     title = f"L{s.layer}H{s.head} on prompt {s.prompt}"
     out = {"head-heatmap": figures.head_heatmap(pattern, tokens, title, window, list(s.queries)),
            "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
@@ -137,7 +137,7 @@ def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:
     other = s.compare if s.compare is not None else (s.prompt + 1 if s.prompt + 1 < data.n_prompts else 0)
     pa, pb = data.pattern(s.prompt, s.layer, s.head), data.pattern(other, s.layer, s.head)
     ta, tb = data.str_tokens(s.prompt), data.str_tokens(other)
-    wa, wb = figures.crop_window(len(ta)), figures.crop_window(len(tb))
+    wa, wb = figures.crop_window(len(ta), start=s.window), figures.crop_window(len(tb), start=s.window)
     fig = figures.compare_heads(pa[wa[0]:wa[1], wa[0]:wa[1]], pb[wb[0]:wb[1], wb[0]:wb[1]], ta[wa[0]:wa[1]],
                                 tb[wb[0]:wb[1]], f"L{s.layer}H{s.head}: prompt {s.prompt} (A) and prompt {other} (B)")
     texts = data.prompts()

@@ -255,9 +255,12 @@ def cmd_probes(args: argparse.Namespace) -> int:
     from analyses.probe_features import FeatureRows, antecedent_features, prompt_features, word_features
     from analyses.probes import layer_probes
     from analyses.results import save_result
+    from analyses.ridge_probes import layer_ridge_probes, prompt_targets
     from models import InputError
     from probe.reader import open_run
 
+    if args.task and args.target == "real":
+        raise InputError(f"--task {args.task} probes classes; --target real is for a numeric --label field")
     run = open_run(args.run)
     L = run.config["n_layers"]
     layers = range(L)
@@ -272,7 +275,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
     stream = args.stream or need > available_memory() // 4
     scratch = tempfile.TemporaryDirectory(prefix="probe-rows-") if stream else None
     out = FeatureRows(f"{scratch.name}/rows.f32", L, run.config["d_model"]) if scratch else None
-    types = None
+    types, real = None, None  # real: the targets [n] when the probe is a ridge regression
     if args.task == "pos":
         if "upos" not in fields:
             raise InputError(f"{args.run} has no part-of-speech labels; record the bundled 'ud-ewt-dev' set")
@@ -290,14 +293,21 @@ def cmd_probes(args: argparse.Namespace) -> int:
             raise InputError("give --label FIELD (a prompt-level label) or --task pos|antecedent")
         if args.label not in fields:
             raise InputError(f"{args.run} has no label field {args.label!r}; its prompts carry {fields}")
-        labels = np.array([str(run.labels(i).get(args.label)) for i in range(run.n_prompts)])
-        keep = np.flatnonzero(labels != "None")  # prompts without the field are left out, not a class
+        values = [run.labels(i).get(args.label) for i in range(run.n_prompts)]
+        keep = np.flatnonzero([v is not None for v in values])  # prompts without the field are left out, not a class
+        real = prompt_targets([values[i] for i in keep], args.target, args.label)
         feats = prompt_features(run, layers, args.hook, args.pool, prompts=keep, out=out)
-        labels, prompt_of = labels[keep], keep
+        labels, prompt_of = np.array([str(values[i]) for i in keep]), keep
         name, what = f"probes_{args.label}", f"{args.label!r} from {args.pool}-pooled {args.hook}"
     if stream:
         print(f"streaming {len(labels)} feature rows ({need / 2**30:.2f} GiB bound) from disk through the fit")
-    table = layer_probes(feats, labels, prompt_of, types=types, seed=args.seed)
+    if real is not None:
+        if args.mdl:
+            raise InputError("--mdl is the online codelength of class labels; this target is real-valued "
+                             "(a ridge probe): leave out --mdl, or give --target class")
+        table = layer_ridge_probes(feats, real, prompt_of, types=types, seed=args.seed)
+    else:
+        table = layer_probes(feats, labels, prompt_of, types=types, seed=args.seed)
     if args.mdl:
         if stream:
             raise InputError("--mdl fits probes on growing prefixes in memory; these features are streamed from disk "
@@ -307,7 +317,8 @@ def cmd_probes(args: argparse.Namespace) -> int:
         mdl = online_codelength(feats, labels, prompt_of, seed=args.seed)
         table = table.merge(mdl, on="layer")
     out_path = save_result(args.run, name, table)
-    print(f"probe for {what}, {run.n_prompts} prompts -> {out_path}")
+    kind = "ridge probe (real-valued target; --target class to probe classes)" if real is not None else "probe"
+    print(f"{kind} for {what}, {run.n_prompts} prompts -> {out_path}")
     print(table.round(3).to_string(index=False))
     return 0
 
@@ -584,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--task", choices=["pos", "antecedent"],
                     help="pos: part of speech per word (runs of the ud-ewt sets); antecedent: which candidate "
                          "mention the pronoun refers to, from its representation (seed, winobias, toy-coref runs)")
+    pr.add_argument("--target", choices=["auto", "class", "real"], default="auto",
+                    help="for --label: class (logistic regression, accuracy) or real (ridge regression, R^2); "
+                         "auto: real when every value is a number, except 0/1-style integer fields (class indices)")
     pr.add_argument("--query", default="pronoun_span",
                     help="for --task antecedent: the span whose representation is probed (default pronoun_span; "
                          "toy-coref runs also have question_span)")

@@ -439,3 +439,42 @@ def test_the_slice_cache_is_bounded_by_bytes_not_entries(coref_run):
         assert data._cache.bytes <= 3 * per_layer
     assert ("layer", run.n_prompts - 1, run.config["n_layers"] - 1) in data._cache
     assert ("layer", 0, 0) not in data._cache
+
+
+# ----------------------------------------------------------------------- long prompts
+def test_late_queries_keep_their_far_top_keys_and_the_window_moves(tmp_path):
+    n = 300
+    rng = np.random.default_rng(1)
+    p = np.tril(rng.random((n, n)) * 0.01)
+    p[:, 0] += 0.5  # a BOS sink, far before the default window of late queries
+    p[290, 7] += 3.0  # query 290's strongest key: a distant antecedent
+    p /= p.sum(1, keepdims=True)
+    tokens = [f"t{i}" for i in range(n)]
+    a, b = figures.crop_window(n)
+    assert a > 7  # the old window cut both keys off
+    lines = figure_dict(figures.line_view(p, tokens, window=(a, b)))
+    keys = next(t for t in lines["data"] if t.get("name") == "keys")
+    queries = next(t for t in lines["data"] if t.get("name") == "queries")
+    top = lines["layout"]["meta"]["top"]
+    row = 290 - a
+    # hover: query 290's top keys, as key rows, are the true top keys of the full row
+    expected = np.argsort(-p[290])[:figures.TOP_K]
+    got = [keys["text"][k] for k, _ in top[row]]
+    assert got == [f"t{k} @{k}" if not a <= k < b else f"t{k}" for k in expected]
+    assert got[0] == "t7 @7" and got[1] == "t0 @0"
+    assert np.isclose(top[row][0][1], p[290, 7], atol=1e-4)
+    assert "7 't7'" in queries["hovertext"][row].split("<br>")[0]
+    # the query sits level with itself among the keys
+    assert keys["text"][lines["layout"]["meta"]["qy"][row]] == "t290"
+    assert queries["y"][row] == lines["layout"]["meta"]["qy"][row]
+    # a drawn line joins query 290 to key 7's row
+    ys = np.concatenate([np.asarray(t["y"], float) for t in lines["data"] if t["mode"] == "lines"])
+    pairs = set(zip(ys[0::3].tolist(), ys[1::3].tolist()))
+    assert (queries["y"][row], float(keys["text"].index("t7 @7"))) in pairs
+    # the heatmap's window starts where the state says, and the start lives in the URL
+    assert figures.crop_window(n, start=0) == (0, figures.MAX_TOKENS)
+    assert figures.crop_window(n, start=250) == (n - figures.MAX_TOKENS, n)
+    s = ViewState(window=5, queries=(290,))
+    assert from_query(to_query(s)) == s and "window=5" in to_query(s)
+    assert apply_event(s, "window", 40).window == 40 and apply_event(s, "window", None).window is None
+    assert apply_event(s, "prompt", 3).window is None  # a new prompt: the automatic window again

@@ -94,3 +94,23 @@ def test_a_foreign_csv_with_non_integer_layers_is_named_not_fatal(coref_run, tmp
     metrics = page.view(page.load("?run=0&view=metrics"))
     assert "foreign.csv is not shown" in str(metrics["metrics-msg"]["children"])
     assert page.view(page.load("?run=1&view=results"))["view-msg"]["children"] == ""
+
+
+def test_prompt_search_text_lives_in_the_url(coref_run):
+    from dashboard.state import ViewState, to_query
+    from probe.reader import Run
+
+    s = ViewState(search="the sick one", prompt=2)
+    assert from_query(to_query(s)) == s and "search=the+sick+one" in to_query(s)
+    page = Page(create_app([coref_run]))
+    # typing in the search box puts the text in the state and the URL
+    stored = page.load("?prompt=2")
+    resp, _ = page.post("state.data", {"prompt-search.value": "SICK", "state.data": stored}, "prompt-search.value")
+    assert from_query(resp["state"]["data"]).search == "SICK" and "search=SICK" in resp["url"]["search"]
+    # and a shared URL with it restores the search box and the filtered prompt list
+    state = page.load("?prompt=2&search=sick")
+    resp, _ = page.post("state.data", {"url.search": "?prompt=2&search=sick"}, "url.search")
+    assert resp["prompt-search"]["value"] == "sick"
+    opts, _ = page.post("prompt.options", {"state.data": state, "generation.data": 0}, "state.data")
+    texts = Run(coref_run).prompts
+    assert [o["value"] for o in opts["prompt"]["options"]] == [i for i, t in enumerate(texts) if "sick" in t]

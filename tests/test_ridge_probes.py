@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from analyses.probes import split_units, standardizer
-from analyses.ridge_probes import fit_ridge, is_real_valued, layer_ridge_probes, ridge_predict
+from analyses.ridge_probes import fit_ridge, is_real_valued, layer_ridge_probes, prompt_targets, ridge_predict
 from models import InputError
 
 
@@ -116,5 +116,11 @@ def test_refuses_targets_it_cannot_probe():
 
 
 def test_real_valued_rule():
-    assert is_real_valued([1, 2.5, 3]) and is_real_valued([np.int64(2), 0.0])
+    assert is_real_valued([1, 2.5, 3]) and is_real_valued([np.int64(2), 0.5])
     assert not is_real_valued([True, False]) and not is_real_valued([1, "2"]) and not is_real_valued([])
+    assert not is_real_valued([0, 1, 1, 0]) and is_real_valued([0, 1, 2]) and is_real_valued([0.5, 1.0])
+    assert prompt_targets([0, 1, 1], "auto", "answer") is None
+    assert np.array_equal(prompt_targets([0, 1, 1], "real", "answer"), [0.0, 1.0, 1.0])
+    assert prompt_targets([1.5, 2.5], "class", "x") is None
+    with pytest.raises(InputError, match="'size' has the value 'big'"):
+        prompt_targets([1, "big"], "real", "size")

@@ -1,0 +1,150 @@
+"""`probe probes` end to end on small recorded runs: part of speech, the antecedent, a
+real-valued label (ridge) and a boolean one (logistic), results next to the run; labelled
+spans that do not align with the text are refused with the prompt and the fix named."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import probe
+from probe.cli import main
+
+RESID = ["blocks.*.hook_resid_post"]
+WORDS = "the cat dog sat on mat and ran to house big small red blue green old man woman said that".split()
+
+
+def probes(run, *flags: str) -> int:
+    return main(["probes", str(run.path), *flags])
+
+
+def result(run, name: str) -> pd.DataFrame:
+    return pd.read_csv(run.path / "analyses" / f"{name}.csv")
+
+
+def test_pos_probe_cli(minilm, tmp_path):
+    run = probe.record(minilm, probe.load_prompts("ud-ewt-dev")[:30], tmp_path / "ud", names=RESID, progress=False)
+    assert probes(run, "--task", "pos") == 0
+    table = result(run, "probes_pos")
+    assert list(table.layer) == list(range(6))
+    # ~400 words of 30 sentences: far above always-NOUN, and above the control task somewhere
+    assert table.test_acc.max() > table.majority_baseline.iloc[0] + 0.3
+    assert table.selectivity.max() > 0
+
+
+def test_antecedent_probe_cli(tmp_path):
+    import models
+
+    toy = models.load("toy-coref")
+    prompts = probe.load_prompts("toy-coref-test")[::12][:240]
+    run = probe.record(toy, prompts, tmp_path / "toy", names=RESID, progress=False)
+    assert probes(run, "--task", "antecedent", "--query", "question_span") == 0
+    question = result(run, "probes_antecedent_question_span")
+    assert question.test_acc.iloc[-1] > 0.9 and question.majority_baseline.iloc[0] < 0.65
+    assert probes(run, "--task", "antecedent") == 0
+    assert result(run, "probes_antecedent").test_acc.max() < 0.75  # causal: the pronoun precedes the cue
+    assert probes(run, "--task", "antecedent", "--target", "real") == 2  # antecedents are classes
+
+
+@pytest.fixture(scope="module")
+def numeric_run(tmp_path_factory, minilm):
+    """80 prompts of 3..22 random words, labelled with their word count (an int), a float
+    of it, a constant, a flag and a category."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("num") / "prompts.jsonl"
+    lines = []
+    for _ in range(80):
+        n = int(rng.integers(3, 23))
+        lines.append({"text": " ".join(rng.choice(WORDS, n)), "n_words": n, "half_words": n / 2, "constant": 7.5,
+                      "long": bool(n > 12), "parity": "even" if n % 2 == 0 else "odd"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return probe.record(minilm, path, path.parent / "run", names=RESID, progress=False)
+
+
+def test_real_valued_label_gets_a_ridge_probe(numeric_run, capsys):
+    run = numeric_run
+    assert probes(run, "--label", "n_words") == 0
+    assert "ridge probe" in capsys.readouterr().out
+    table = result(run, "probes_n_words")
+    assert {"train_r2", "dev_r2", "test_r2", "test_mse", "mean_baseline_r2", "lambda"} <= set(table.columns)
+    assert table.mean_baseline_r2.iloc[0] <= 0.05  # predicting the train mean explains nothing
+    assert table.test_r2.max() > 0.8 and table.test_r2.max() > table.mean_baseline_r2.iloc[0] + 0.7
+    # Halving the target changes nothing but the MSE's scale (ridge is equivariant to it).
+    assert probes(run, "--label", "half_words") == 0
+    half = result(run, "probes_half_words")
+    assert np.allclose(half.test_r2, table.test_r2, atol=1e-3)
+    assert np.allclose(half.test_mse, table.test_mse / 4, rtol=1e-2)
+
+
+def test_target_choice_and_refusals(numeric_run, capsys):
+    run = numeric_run
+    assert probes(run, "--label", "long") == 0  # booleans are classes
+    assert "test_acc" in result(run, "probes_long").columns
+    assert probes(run, "--label", "n_words", "--target", "class") == 0  # forced: logistic over 20 lengths
+    assert "test_acc" in result(run, "probes_n_words").columns
+    capsys.readouterr()
+    assert probes(run, "--label", "constant") == 2
+    assert "every row has the target value 7.5: a constant target has nothing to predict" in capsys.readouterr().err
+    assert probes(run, "--label", "parity", "--target", "real") == 2
+    assert "'parity' has the value" in capsys.readouterr().err
+    assert probes(run, "--label", "n_words", "--mdl") == 2
+    assert "--mdl" in capsys.readouterr().err
+
+
+def write_pos_prompts(path, spans_of_second: list) -> None:
+    """Ten well-formed POS prompts and, second, one whose spans are given."""
+    good = {"text": "the cat sat", "words": [[0, 3], [4, 7], [8, 11]], "upos": ["DET", "NOUN", "VERB"]}
+    bad = {"text": "the dog ran", "words": spans_of_second, "upos": ["DET", "NOUN", "VERB"][:len(spans_of_second)]}
+    path.write_text("".join(json.dumps(p) + "\n" for p in [good, bad] + [good] * 9))
+
+
+@pytest.mark.parametrize("spans, message", [
+    ([[0, 3], [4, 7], [8, 15]], r"span \[8, 15\] does not lie inside its text \(11 characters\)"),
+    ([[0, 3], [3, 7], [8, 11]], r"span \[3, 7\] is ' dog', which starts or ends with whitespace"),
+    ([[0, 3], [5, 4], [8, 11]], r"span \[5, 4\] does not lie inside"),
+])
+def test_misaligned_spans_are_refused(minilm, tmp_path, capsys, spans, message):
+    path = tmp_path / "pos.jsonl"
+    write_pos_prompts(path, spans)
+    run = probe.record(minilm, path, tmp_path / "run", names=RESID, progress=False)
+    assert probes(run, "--task", "pos") == 2
+    err = capsys.readouterr().err
+    assert "prompt 1 of" in err and "fix the prompt file" in err
+    assert re.search(message, err), err
+    assert not (run.path / "analyses" / "probes_pos.csv").exists()
+
+
+def test_span_covering_no_token_is_refused(tmp_path):
+    """A span inside the text that no token overlaps (characters the tokenizer dropped, such
+    as a zero-width or control character) is refused too, not skipped."""
+    from analyses.probe_features import word_features
+    from models import InputError
+
+    class FakeRun:  # the reader's span interface, with a gap between the tokens
+        path, n_prompts, hooks = "RUN", 1, {"blocks.0.hook_resid_post"}
+        manifest: dict = {}
+        prompt_records = [{"text": "a x b", "words": [[0, 1], [2, 3], [4, 5]], "upos": ["X", "X", "X"]}]
+
+        def labels(self, i):
+            return {k: v for k, v in self.prompt_records[i].items() if k != "text"}
+
+        def token_spans(self, i):
+            return np.array([[-1, -1], [0, 1], [4, 5], [-1, -1]])  # nothing covers the "x"
+
+        def tokens_in(self, i, start, end):
+            return [j for j, (a, b) in enumerate(self.token_spans(i)) if a >= 0 and a < end and b > start]
+
+        def prompt_activation(self, name, i):
+            return np.zeros((4, 2), np.float32)
+
+    with pytest.raises(InputError, match=r"prompt 0 of RUN: the 'words' span \[2, 3\] \('x'\) covers none of the "
+                                         r"prompt's tokens; spans are \[start, end\) character offsets"):
+        word_features(FakeRun(), [0])
+    FakeRun.prompt_records[0]["words"] = [[0, 1], [4, 5]]  # the aligned spans alone are fine
+    FakeRun.prompt_records[0]["upos"] = ["X", "Y"]
+    feats, labels, _, _ = word_features(FakeRun(), [0])
+    assert list(labels) == ["X", "Y"] and feats.shape == (1, 2, 2)
