@@ -4,7 +4,10 @@ Methods (as the literature names them):
 - ``zero``: the head's output z is set to 0;
 - ``mean``: z is replaced by its mean over a reference set, per position;
 - ``resample``: z is replaced by z of another example of the reference set (a fixed random
-  pairing), which keeps it on-distribution (Chan et al. 2022, causal scrubbing).
+  pairing, ``resample_pairing``), which keeps it on-distribution (Chan et al. 2022, causal
+  scrubbing). When the reference set has as many examples as the inputs (above all when it
+  *is* the inputs, as on the CLI) the pairing is a derangement: example i never gets its own
+  activation back, which would be no ablation at all.
 
 A sweep ablates each head in turn and reports the change in a metric as a [layer, head]
 table. It is batched: one forward pass per layer runs the batch once per head of that layer,
@@ -35,14 +38,18 @@ Method = Literal["zero", "mean", "resample"]
 Metric = Callable[..., torch.Tensor]  # (out [b,p,v|m], tokens [b,p], cache {hook: [b,...]}) -> [b]
 
 
-def next_token_loss(positions: slice | None = None) -> Metric:
+def next_token_loss(positions: slice | None = None, attention_mask: torch.Tensor | None = None) -> Metric:
     """Per-example mean next-token cross-entropy, optionally over a slice of the
-    [p-1] prediction positions (e.g. only the repeated half of an induction sequence)."""
+    [p-1] prediction positions (e.g. only the repeated half of an induction sequence).
+    With ``attention_mask`` [b, p] (right-padded prompts) only real next tokens count."""
 
     def metric(logits: torch.Tensor, tokens: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         logp = logits[:, :-1].float().log_softmax(-1)
         nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
-        return nll[:, positions].mean(-1) if positions is not None else nll.mean(-1)
+        real = torch.ones_like(nll) if attention_mask is None else attention_mask[:, 1:].to(nll.dtype)
+        if positions is not None:
+            nll, real = nll[:, positions], real[:, positions]
+        return (nll * real).sum(-1) / real.sum(-1).clamp(min=1)
 
     return metric
 
@@ -145,16 +152,41 @@ def evaluate(model: HookedTransformer, tokens: torch.Tensor, metric: Metric, fwd
 
 
 @torch.no_grad()
+def reference_activations(model: HookedTransformer, reference: torch.Tensor, hook: str,
+                          reference_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """``blocks.{layer}.{hook}`` of every layer on the reference tokens: {layer: [n_ref, pos,
+    ...]}; padded positions are NaN, so means skip them."""
+    _, cache = model.run_with_cache(reference, names_filter=f"blocks.*.{hook}", attention_mask=reference_mask)
+    acts = {layer: cache[f"blocks.{layer}.{hook}"] for layer in range(model.cfg.n_layers)}
+    if reference_mask is not None and not bool(reference_mask.all()):
+        pad = ~reference_mask.bool()
+        acts = {layer: x.masked_fill(pad.reshape(*pad.shape, *[1] * (x.dim() - 2)), float("nan"))
+                for layer, x in acts.items()}
+    return acts
+
+
 def reference_z(model: HookedTransformer, reference: torch.Tensor,
                 reference_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
     """z of every layer on the reference tokens: {layer: [n_ref, pos, head, d_head]}; padded
     positions are NaN, so means skip them."""
-    _, cache = model.run_with_cache(reference, names_filter="blocks.*.attn.hook_z", attention_mask=reference_mask)
-    zs = {layer: cache["z", layer] for layer in range(model.cfg.n_layers)}
-    if reference_mask is not None and not bool(reference_mask.all()):
-        pad = ~reference_mask.bool()[:, :, None, None]
-        zs = {layer: z.masked_fill(pad, float("nan")) for layer, z in zs.items()}
-    return zs
+    return reference_activations(model, reference, "attn.hook_z", reference_mask)
+
+
+def check_heads(model: HookedTransformer, heads: list[tuple[int, int]]) -> None:
+    cfg = model.cfg
+    for layer, head in heads:
+        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
+            raise InputError(f"head L{layer}H{head} is not in {cfg.model_name} ({cfg.n_layers} layers x "
+                             f"{cfg.n_heads} heads: L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1})")
+
+
+def check_mlp_layers(model: HookedTransformer, layers: list[int]) -> None:
+    if model.cfg.attn_only:
+        raise InputError(f"{model.cfg.model_name} is attention-only: it has no MLP layers to ablate")
+    for layer in layers:
+        if not 0 <= layer < model.cfg.n_layers:
+            raise InputError(f"MLP layer {layer} is not in {model.cfg.model_name} (layers 0 .. "
+                             f"{model.cfg.n_layers - 1})")
 
 
 def replacement(method: Method, z: torch.Tensor, ref: torch.Tensor | None, seed: int = 0) -> torch.Tensor:
@@ -175,10 +207,25 @@ def replacement(method: Method, z: torch.Tensor, ref: torch.Tensor | None, seed:
         if ref.isnan().any():
             raise InputError("resample ablation needs unpadded references of the inputs' length; use mean or zero "
                              "ablation for prompts of different lengths")
-        g = torch.Generator().manual_seed(seed)
-        pick = torch.randint(0, ref.shape[0], (z.shape[0],), generator=g)
-        return ref[pick]
+        return ref[resample_pairing(z.shape[0], ref.shape[0], seed)]
     raise InputError(f"unknown ablation method {method!r}; use zero, mean or resample")
+
+
+def resample_pairing(n_inputs: int, n_reference: int, seed: int = 0) -> torch.Tensor:
+    """The reference example each input takes its activation from ([n_inputs] indices).
+    Equal sizes: a uniformly random derangement (no i -> i), since the reference is then
+    usually the inputs themselves; otherwise independent uniform draws (give a reference set
+    disjoint from the inputs then)."""
+    g = torch.Generator().manual_seed(seed)
+    if n_inputs != n_reference:
+        return torch.randint(0, n_reference, (n_inputs,), generator=g)
+    if n_inputs < 2:
+        raise InputError("resample ablation with the inputs as their own reference needs at least 2 examples, so "
+                         "each can take another's activation; give more prompts or use mean or zero ablation")
+    while True:  # rejection sampling: about e tries on average, uniform over derangements
+        pick = torch.randperm(n_inputs, generator=g)
+        if not bool((pick == torch.arange(n_inputs)).any()):
+            return pick
 
 
 def ablate_heads_hooks(model: HookedTransformer, heads: list[tuple[int, int]], method: Method = "zero",
@@ -186,6 +233,7 @@ def ablate_heads_hooks(model: HookedTransformer, heads: list[tuple[int, int]], m
                        reference_mask: torch.Tensor | None = None) -> list:
     """Forward hooks that ablate the given (layer, head) pairs; pass to run_with_hooks.
     ``reference``: token ids, or their ``reference_z`` computed once for many calls."""
+    check_heads(model, heads)
     if isinstance(reference, dict) or reference is None or method == "zero":
         refs = reference if isinstance(reference, dict) else {}
     else:
@@ -207,18 +255,38 @@ def ablate_heads_hooks(model: HookedTransformer, heads: list[tuple[int, int]], m
 
 
 def ablate_mlp_hooks(model: HookedTransformer, layers: list[int], method: Method = "zero",
-                     reference: torch.Tensor | None = None, seed: int = 0) -> list:
-    """Forward hooks that ablate the MLP output of the given layers."""
-    if model.cfg.attn_only:
-        raise InputError("this model has no MLP layers")
+                     reference: torch.Tensor | None = None, seed: int = 0,
+                     reference_mask: torch.Tensor | None = None) -> list:
+    """Forward hooks that ablate the MLP output (``hook_mlp_out``, [b, pos, d_model]) of the
+    given layers, by the same methods as heads."""
+    check_mlp_layers(model, layers)
     refs = {}
     if method != "zero":
         if reference is None:
             raise InputError(f"{method} ablation needs a reference set of examples (reference=...)")
-        _, cache = model.run_with_cache(reference, names_filter="blocks.*.hook_mlp_out")
-        refs = {layer: cache["mlp_out", layer] for layer in layers}
+        refs = reference_activations(model, reference, "hook_mlp_out", reference_mask)
     return [(f"blocks.{layer}.hook_mlp_out",
              lambda x, hook, layer=layer: replacement(method, x, refs.get(layer), seed)) for layer in layers]
+
+
+@torch.no_grad()
+def ablate_together(model: HookedTransformer, tokens: torch.Tensor, metric: Metric,
+                    heads: list[tuple[int, int]] = (), mlp_layers: list[int] = (), method: Method = "mean",
+                    reference: torch.Tensor | None = None, seed: int = 0,
+                    attention_mask: torch.Tensor | None = None,
+                    reference_mask: torch.Tensor | None = None) -> pd.DataFrame:
+    """The metric (mean over examples) clean and with ``heads`` and ``mlp_layers`` all ablated
+    at once: one row with clean, ablated and effect (ablated - clean)."""
+    if not heads and not mlp_layers:
+        raise InputError("nothing to ablate: name heads (e.g. L1H0) and/or MLP layers")
+    hooks = ablate_heads_hooks(model, list(heads), method, reference, seed, reference_mask) if heads else []
+    if mlp_layers:
+        hooks += ablate_mlp_hooks(model, list(mlp_layers), method, reference, seed, reference_mask)
+    clean = evaluate(model, tokens, metric, attention_mask=attention_mask)[0].mean().item()
+    ablated = evaluate(model, tokens, metric, hooks, attention_mask)[0].mean().item()
+    return pd.DataFrame([{"method": method, "heads": " ".join(f"L{la}H{h}" for la, h in heads),
+                          "mlp": " ".join(str(layer) for layer in mlp_layers), "clean": clean, "ablated": ablated,
+                          "effect": ablated - clean}])
 
 
 @torch.no_grad()

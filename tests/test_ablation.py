@@ -13,6 +13,8 @@ from analyses.ablation import (
     head_ablation_sweep,
     logit_difference,
     next_token_loss,
+    replacement,
+    resample_pairing,
 )
 from models.tasks import coref, induction
 
@@ -54,6 +56,44 @@ def test_mean_ablation_replaces_with_the_reference_mean(toy, data):
     assert torch.allclose(seen["z"][:, :, 3], expected.expand_as(seen["z"][:, :, 3]))
     with pytest.raises(ValueError, match="reference"):
         ablate_heads_hooks(toy, [(1, 3)], method="mean")[0][1](torch.zeros(2, 41, 4, 16), None)
+
+
+def test_resample_never_pairs_an_example_with_itself():
+    """With the inputs as their own reference (equal sizes) the pairing is a derangement, for
+    every seed; each example's replacement is another example's activation."""
+    for n in (2, 3, 5, 32):
+        for seed in range(50):
+            pick = resample_pairing(n, n, seed)
+            assert sorted(pick.tolist()) == list(range(n))  # a permutation
+            assert not (pick == torch.arange(n)).any(), (n, seed)
+    z = torch.arange(6.0)[:, None, None].expand(6, 3, 2)  # example i holds the value i everywhere
+    out = replacement("resample", z, z, seed=3)
+    assert (out[:, 0, 0] != torch.arange(6.0)).all() and sorted(out[:, 0, 0].tolist()) == list(range(6))
+    assert resample_pairing(4, 100, 0).max() < 100  # a separate, larger reference: independent draws
+    with pytest.raises(ValueError, match="at least 2"):
+        resample_pairing(1, 1)
+
+
+def test_resample_sweep_with_the_inputs_as_reference_equals_a_hand_built_hook(toy, data):
+    """The CLI's --prompts case (reference = the inputs): the sweep's resample value for a head
+    equals a hook written here that swaps in that head's z from the paired other example."""
+    tokens = data[0]
+    metric = next_token_loss(induction.repeated_positions()[1])
+    sweep = head_ablation_sweep(toy, tokens, metric, method="resample", reference=tokens, seed=7)
+    pick = resample_pairing(len(tokens), len(tokens), 7)
+    with torch.no_grad():
+        _, cache = toy.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_z"))
+        for layer, head in [(1, 0), (1, 1), (0, 2)]:
+            def hook(z, hook, layer=layer, head=head):
+                z = z.clone()
+                z[:, :, head] = cache["z", layer][pick][:, :, head]
+                return z
+
+            by_hand = metric(toy.run_with_hooks(tokens, [(f"blocks.{layer}.attn.hook_z", hook)]), tokens).mean()
+            row = sweep[(sweep.layer == layer) & (sweep["head"] == head)].iloc[0]
+            assert abs(row.ablated - by_hand.item()) < 1e-4, (layer, head)
+    effect = sweep.set_index(["layer", "head"]).effect
+    assert effect[(1, 0)] > 0.1  # another sequence's induction output really ablates the head
 
 
 def test_induction_heads_matter_and_others_do_not(toy, data):
