@@ -370,30 +370,48 @@ class RunData:
         """Query and key vectors of one head over the run's prompts (all of them, or prompts
         spread evenly over the run up to about ``max_tokens`` tokens, ``include`` among
         them), with each token's string and prompt. None when the run lacks hook_q/hook_k
-        for the layer."""
+        for the layer. The spread-out sample is cached apart from ``include`` (the
+        selected prompt), so switching prompt reads that one prompt at most."""
         self._check_head(layer, head)
-        q_name, k_name = f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
-        if not (self.has_hook(q_name) and self.has_hook(k_name)):
+        if not (self.has_hook(f"blocks.{layer}.attn.hook_q") and self.has_hook(f"blocks.{layer}.attn.hook_k")):
             return None
+        n = self.n_prompts
+        k = max(1, min(n, int(max_tokens * n / max(self.run.n_tokens, 1))))
+        chosen = tuple(sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())))
+        sample = self._cache.get(("qk", layer, head, chosen), lambda: self._qk_of(layer, head, chosen))
+        if include is None or not 0 <= include < n or include in chosen:
+            return sample
+        extra = self._cache.get(("qk", layer, head, (include,)), lambda: self._qk_of(layer, head, (include,)))
+        order = np.argsort(np.concatenate([sample["prompt"], extra["prompt"]]), kind="stable")  # prompt order
+        return {key: (np.concatenate([sample[key], extra[key]])[order] if key != "tokens" else
+                      [[*sample[key], *extra[key]][i] for i in order]) for key in sample}
 
-        def read():
-            n_kv = self.run.manifest["hooks"][k_name]["shape"][0]
-            kv_head = head * n_kv // self.n_heads  # grouped-query models share a key head
-            qs, ks, toks, prompt_of = [], [], [], []
-            n = self.n_prompts
-            k = max(1, min(n, int(max_tokens * n / max(self.run.n_tokens, 1))))
-            chosen = sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist())
-                            | ({include} if include is not None and 0 <= include < n else set()))
-            for p in chosen:
-                qs.append(self.run.prompt_activation(q_name, p)[:, head])
-                ks.append(self.run.prompt_activation(k_name, p)[:, kv_head])
-                t = self.str_tokens(p)
-                toks += t
-                prompt_of += [p] * len(t)
-            return {"q": np.concatenate(qs).astype(np.float32), "k": np.concatenate(ks).astype(np.float32),
-                    "tokens": toks, "prompt": np.asarray(prompt_of)}
+    def _qk_of(self, layer: int, head: int, prompts: tuple[int, ...]) -> dict[str, Any]:
+        """One head's query and key vectors over ``prompts``, with tokens and prompt ids."""
+        q_name, k_name = f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
+        n_kv = self.run.manifest["hooks"][k_name]["shape"][0]
+        kv_head = head * n_kv // self.n_heads  # grouped-query models share a key head
+        qs, ks, toks, prompt_of = [], [], [], []
+        for p in prompts:
+            qs.append(self._head_rows(q_name, p, head))
+            ks.append(self._head_rows(k_name, p, kv_head))
+            t = self.str_tokens(p)
+            toks += t
+            prompt_of += [p] * len(t)
+        return {"q": np.concatenate(qs).astype(np.float32), "k": np.concatenate(ks).astype(np.float32),
+                "tokens": toks, "prompt": np.asarray(prompt_of)}
 
-        return self._cache.get(("qk", layer, head, max_tokens, include), read)
+    def _head_rows(self, name: str, prompt: int, head: int) -> np.ndarray:
+        """[tokens, d_head] of one head of a per-token [n, head, d_head] hook. The reader's
+        public calls return every head; its shard index lets h5py read one head's slice
+        (a hyperslab), so that is used when present, the public call otherwise."""
+        run = self.run
+        try:
+            shard, a, b = run._span(prompt)
+            dataset = run._file(shard)["act"][name]
+        except AttributeError:  # a reader without these internals
+            return run.prompt_activation(name, prompt)[:, head]
+        return dataset[a:b, head]
 
     def _check_head(self, layer: int, head: int) -> None:
         if not 0 <= layer < self.n_layers:

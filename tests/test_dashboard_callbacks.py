@@ -478,3 +478,41 @@ def test_late_queries_keep_their_far_top_keys_and_the_window_moves(tmp_path):
     assert from_query(to_query(s)) == s and "window=5" in to_query(s)
     assert apply_event(s, "window", 40).window == 40 and apply_event(s, "window", None).window is None
     assert apply_event(s, "prompt", 3).window is None  # a new prompt: the automatic window again
+
+
+# ----------------------------------------------------------------------- Q/K
+def test_qk_sample_is_cached_apart_from_the_selected_prompt_and_reads_one_head(coref_run, monkeypatch):
+    run = Run(coref_run)
+    data = Registry([coref_run]).get("0")
+    reads = []
+    real = type(data)._head_rows
+    monkeypatch.setattr(type(data), "_head_rows", lambda self, name, p, h: reads.append((name, p)) or real(
+        self, name, p, h))
+    budget = 3 * run.n_tokens // run.n_prompts  # about three prompts' tokens: a sample of the run
+    first = data.qk_vectors(1, 2, max_tokens=budget, include=0)
+    sampled = sorted({p for _, p in reads})
+    assert 2 <= len(sampled) < run.n_prompts and 0 in sampled
+    outside = next(p for p in range(run.n_prompts) if p not in sampled)
+    reads.clear()
+    other = data.qk_vectors(1, 2, max_tokens=budget, include=outside)  # a prompt switch
+    assert sorted({p for _, p in reads}) == [outside]  # the sample is not read again
+    reads.clear()
+    assert data.qk_vectors(1, 2, max_tokens=budget, include=sampled[1]) is first and reads == []
+    # the vectors are the run's, one head's, with their prompts and tokens, in prompt order
+    prompts = sorted({*sampled, outside})
+    assert sorted(set(other["prompt"].tolist())) == prompts
+    q = np.concatenate([run.prompt_activation("blocks.1.attn.hook_q", p)[:, 2] for p in prompts])
+    k = np.concatenate([run.prompt_activation("blocks.1.attn.hook_k", p)[:, 2 * run.manifest["hooks"][
+        "blocks.1.attn.hook_k"]["shape"][0] // run.config["n_heads"]] for p in prompts])
+    assert np.allclose(other["q"], q) and np.allclose(other["k"], k)
+    assert other["tokens"] == [t for p in prompts for t in run.str_tokens(p)]
+    assert data._head_rows("blocks.1.attn.hook_q", 3, 2).shape == run.prompt_activation("blocks.1.attn.hook_q",
+                                                                                         3)[:, 2].shape
+    # and what h5py is asked for is that head's slice, not every head
+    import h5py
+
+    asked = []
+    real_get = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: asked.append(key) or real_get(self, key))
+    data._head_rows("blocks.1.attn.hook_q", 4, 3)
+    assert len(asked) == 1 and isinstance(asked[0], tuple) and asked[0][1] == 3
