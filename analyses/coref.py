@@ -20,6 +20,8 @@ import pandas as pd
 
 from models import InputError
 
+from .run_checks import require_layer_hooks
+
 REQUIRED = ("pronoun_span", "candidate_spans", "answer")
 MIN_PROMPTS_FOR_CLAIMS = 20  # below this a bootstrap interval is too coarse to say a head beats a baseline
 
@@ -30,6 +32,7 @@ def candidate_attention(run, prompts: list[int] | None = None, query: str = "pro
     candidate), gold [prompts], and the prompt indices used (those with complete labels
     whose spans map to tokens)."""
     n_layers = run.config["n_layers"]
+    require_layer_hooks(run, "attn.hook_pattern", "the coreference study's attention scores")
     prompts = list(range(run.n_prompts)) if prompts is None else prompts
     attn, gold, used = [], [], []
     for i in prompts:
@@ -108,7 +111,8 @@ def heatmap_html(grid: np.ndarray, x: list[str], y: list[str], title: str, path:
 
     fig = go.Figure(go.Heatmap(z=grid, x=x, y=y, colorscale="RdBu", zmid=zmid, colorbar={"title": colorbar}))
     fig.update_layout(title=title, yaxis={"autorange": "reversed"})
-    fig.write_html(path, include_plotlyjs="cdn")
+    # "directory": plotly.min.js is written once beside the figures, so the report opens offline
+    fig.write_html(path, include_plotlyjs="directory")
 
 
 def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5,

@@ -3,7 +3,7 @@
 `load_prompts(source)` accepts
 
 * a **bundled set name** (`bundled_sets()` lists them): ``seed``, ``winobias``, ``winobias-dev``,
-  ``winobias-test``;
+  ``winobias-test``, ``winogender``, ``ud-ewt-dev``, ``ud-ewt-test``, ``toy-coref-test``;
 * a **.txt file**: one prompt per line, UTF-8 (a leading byte-order mark is ignored);
 * a **.jsonl file**: one JSON object per line with a non-empty string field ``"text"``; every other
   field is kept, unchanged, as the prompt's labels;
@@ -45,6 +45,15 @@ above:
 * ``pair_id`` (``"winobias-type1-dev-1"``) shared by line N of the pro and the anti file, ``variant``
   (= ``stereotype``), and ``minimal_pair``: True when the two lines differ only in the bracketed
   pronouns (22 of the 1,584 pairs differ elsewhere too, e.g. a typo fixed in one of them).
+
+WinoGender (Rudinger et al. 2018; MIT; ``prompt_sets/winogender/``, copied unchanged): the 720 sentences of
+``all_sentences.tsv``, whose ids (``technician.customer.1.male.txt``) name the occupation, the other
+participant (or ``someone``), the template's answer and the pronoun's gender. The matching row of
+``templates.tsv`` gives the spans: its ``$OCCUPATION``/``$PARTICIPANT`` slots are the two candidates (with the
+determiner before them), its pronoun slot the pronoun; ``answer`` 0/1 there means occupation/participant,
+re-indexed here to the order of appearance like every other set. Extra labels: ``gender`` (``"male"``,
+``"female"``, ``"neutral"``), ``occupation``, ``participant``, ``refers_to`` (``"occupation"`` or
+``"participant"``), ``pair_id`` shared by the three gender variants of one sentence, ``variant`` (= gender).
 
 The other candidate is the one occupation mention outside the antecedent that comes before the pronoun,
 extended over a determiner (``the``/``a``/``an``) just before it. Two raw lines bracket the bare
@@ -110,6 +119,7 @@ _BUNDLED: dict[str, str] = {
     "winobias-test": "WinoBias test split, 1,584 sentences (type 1/2 x pro/anti-stereotyped)",
     "ud-ewt-dev": "UD English-EWT dev, 2,001 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
     "ud-ewt-test": "UD English-EWT test, 2,077 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
+    "winogender": "WinoGender (Rudinger et al. 2018), 720 sentences: 120 templates x 2 participants x 3 pronoun genders",
     "toy-coref-test": "the toy coreference task's held-out split (3,332 prompts, generated; for toy-coref)",
 }
 
@@ -332,6 +342,8 @@ def _load_bundled(name: str) -> list[Prompt]:
         return [Prompt(r["text"], {k: v for k, v in r.items() if k != "text"}) for r in prompt_records("test")]
     if name.startswith("ud-ewt-"):
         return _load_conllu(name.removeprefix("ud-ewt-"))
+    if name == "winogender":
+        return _load_winogender()
     return _load_winobias(name.removeprefix("winobias-"))
 
 
@@ -518,4 +530,82 @@ def _load_winobias(split: str) -> list[Prompt]:
                 minimal_pair=_pronoun_blind(line) == _pronoun_blind(twin),
             )
             prompts.append(Prompt(text, labels))
+    return prompts
+
+
+# WinoGender -----------------------------------------------------------------------------------------------
+
+_WINOGENDER_PRONOUNS = {  # template slot -> pronoun of each gender
+    "$NOM_PRONOUN": {"male": "he", "female": "she", "neutral": "they"},
+    "$POSS_PRONOUN": {"male": "his", "female": "her", "neutral": "their"},
+    "$ACC_PRONOUN": {"male": "him", "female": "her", "neutral": "them"},
+}
+
+
+def _read_tsv(name: str) -> list[list[str]]:
+    lines = _decode_lines(_data_dir().joinpath("winogender", name).read_bytes(), f"winogender/{name}")
+    return [line.split("\t") for line in lines[1:]]  # the first line is the header
+
+
+def _fill_winogender(template: str, occupation: str, participant: str, gender: str
+                     ) -> tuple[str, dict[str, list[int]], str]:
+    """The sentence a template makes, the [start, end) span of each slot's mention (the
+    determiner before a noun included; 'someone' replaces 'the $PARTICIPANT'), and the pronoun."""
+    out, spans, pronoun = "", {}, ""
+    pos = 0
+    for m in re.finditer(r"\$[A-Z_]+", template):
+        out += template[pos:m.start()]
+        slot = m.group()
+        if slot in _WINOGENDER_PRONOUNS:
+            word = _WINOGENDER_PRONOUNS[slot][gender]
+            pronoun = word.capitalize() if not out.strip() else word
+            spans["pronoun"] = [len(out), len(out) + len(word)]
+            out += pronoun
+        else:
+            word = occupation if slot == "$OCCUPATION" else participant
+            det = next((d for d in ("the ", "The ", "a ", "A ", "an ", "An ") if out.endswith(" " + d) or out == d), "")
+            if word == "someone" and det:  # "told the $PARTICIPANT" -> "told someone"
+                out, word = out[:-len(det)], "Someone" if det[0].isupper() else word
+                det = ""
+            start = len(out) - len(det)
+            out += word
+            spans[slot] = [start, len(out)]
+        pos = m.end()
+    return out + template[pos:], spans, pronoun
+
+
+def _load_winogender() -> list[Prompt]:
+    templates = {(occ, part, answer): sentence for occ, part, answer, sentence in _read_tsv("templates.tsv")}
+    prompts = []
+    for line_no, (sentid, text) in enumerate(_read_tsv("all_sentences.tsv"), start=2):
+        where = f"winogender/all_sentences.tsv: line {line_no}"
+        occupation, participant, answer, gender, _ = sentid.split(".")
+        partners = [k for k in templates if k[0] == occupation and k[2] == answer]
+        key = (occupation, participant, answer) if participant != "someone" else partners[0] if partners else None
+        if key not in templates:
+            raise PromptSetError(f"{where}: no template for {sentid!r} in winogender/templates.tsv")
+        filled, spans, pronoun = _fill_winogender(templates[key], occupation, participant, gender)
+        # The sentences fix verb agreement for "they" ("they were"), after the pronoun, so the
+        # template's spans hold where the two texts agree: up to the end of the last mention.
+        end = max(span[1] for span in spans.values())
+        if filled[:end] != text[:end]:
+            raise PromptSetError(f"{where}: template gives {filled!r}, the sentence is {text!r}")
+        mentions = sorted([(spans["$OCCUPATION"], "occupation"), (spans["$PARTICIPANT"], "participant")])
+        refers_to = "occupation" if answer == "0" else "participant"
+        gold = [kind for _, kind in mentions].index(refers_to)
+        prompts.append(Prompt(text, {
+            "pronoun": pronoun,
+            "pronoun_span": spans["pronoun"],
+            "antecedent": text[slice(*mentions[gold][0])],
+            "antecedent_span": mentions[gold][0],
+            "candidates": [text[slice(*span)] for span, _ in mentions],
+            "candidate_spans": [span for span, _ in mentions],
+            "answer": gold,
+            "gender": gender,
+            "occupation": occupation,
+            "participant": participant,
+            "refers_to": refers_to,
+            "pair_id": f"winogender-{occupation}-{participant}-{answer}",
+            "variant": gender,
+        }))
     return prompts

@@ -101,3 +101,27 @@ def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     r = run_cli("demo", "--model", str(tmp_path))
     assert r.returncode == 2 and "not supported" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mismatched_run_and_model_are_refused(tmp_path):
+    """Interventions on a run need the model it was recorded with: a model with other weights
+    is refused by digest, and a run without a digest (another tool's) by its architecture."""
+    import probe
+    from analyses.coref_interventions import check_model_matches
+
+    toy = models.load("toy-coref")
+    run = probe.record(toy, probe.load_prompts("toy-coref-test")[:4], tmp_path / "run",
+                       names=["blocks.*.attn.hook_pattern"], progress=False)
+    check_model_matches(toy, run)  # the same model passes
+    retrained = models.load("toy-coref")
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)  # same architecture, other weights
+    with pytest.raises(models.InputError, match="recorded with 'toy-coref'.*different weights"):
+        check_model_matches(retrained, run)
+    manifest = json.loads((run.path / "run.json").read_text())
+    del manifest["model"]["weights_sha256"]
+    (run.path / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(models.InputError, match="another architecture than 'toy-induction'"):
+        check_model_matches(models.load("toy-induction"), probe.open(run.path))
+    r = run_cli("ablate", "--run", str(run.path), "--model", "toy-induction")
+    assert r.returncode == 2 and "another architecture" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -41,6 +41,30 @@ def test_baselines_and_table(seed_run):
     assert not table.beats_positional.any()  # two prompts are too few for any claim
 
 
+def test_positional_baselines_on_hand_made_prompts(minilm, tmp_path):
+    """Prompts where the nearest and the first mention disagree, with the answers known by
+    construction: nearest is right on 1 of 4, first on 2 of 4."""
+    import json
+
+    def prompt(text, cands, pronoun, answer):
+        spans = [[text.index(c), text.index(c) + len(c)] for c in cands]
+        start = text.index(pronoun, spans[0][1])
+        return {"text": text, "candidates": cands, "candidate_spans": spans, "answer": answer,
+                "pronoun": pronoun, "pronoun_span": [start, start + len(pronoun)]}
+
+    rows = [prompt("The cat chased the dog because it was hungry.", ["cat", "dog"], "it", 0),  # first, not nearest
+            prompt("The cat chased the dog because it was bored.", ["cat", "dog"], "it", 0),  # first, not nearest
+            prompt("The cat chased the dog because it was slow.", ["cat", "dog"], "it", 1),  # nearest, not first
+            prompt("The cat saw that it was near the dog.", ["cat", "dog"], "it", 1)]  # neither (only cat precedes)
+    path = tmp_path / "hand.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = probe.record(minilm, path, tmp_path / "run", names=["blocks.*.attn.hook_pattern"], progress=False)
+    _, gold, used = candidate_attention(run, prompts=None)
+    assert used == [0, 1, 2, 3] and gold.tolist() == [0, 0, 1, 1]
+    base = positional_baselines(run, used, gold)
+    assert base == {"nearest mention": 0.25, "first mention": 0.5, "chance": 0.5}
+
+
 def test_bootstrap_interval_covers_the_mean():
     correct = (np.random.default_rng(0).random((400, 3)) < [0.2, 0.5, 0.9]).astype(float)
     lo, hi = bootstrap_ci(correct)
@@ -55,9 +79,18 @@ def test_coref_cli_writes_report(seed_run, tmp_path):
     report = seed_run.path / "analyses" / "coref" / "report.md"
     assert "too few to claim" in report.read_text()
     assert (report.parent / "heads.html").exists() and (report.parent / "coref_heads.csv").exists()
+    # the figures open offline: plotly.js lies beside them, not on a CDN
+    assert (report.parent / "plotly.min.js").exists() and "cdn.plot.ly" not in (report.parent / "heads.html").read_text()
     # a run without gold labels gets a clear error
     plain = probe.record(probe.load("minilm"), ["just a sentence here"], tmp_path / "plain",
                          names=["blocks.0.attn.hook_pattern"], progress=False)
+    r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(plain.path)], capture_output=True,
+                       text=True, timeout=300)
+    # it lacks patterns of layers 1-5: the error names them and how to record them
+    assert r.returncode == 2 and "lacks blocks.1.attn.hook_pattern" in r.stderr, r.stderr
+    assert "--names 'blocks.*.attn.hook_pattern'" in r.stderr and "Traceback" not in r.stderr
+    plain = probe.record(probe.load("minilm"), ["just a sentence here"], tmp_path / "plain2",
+                         names=["blocks.*.attn.hook_pattern"], progress=False)
     r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(plain.path)], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "labels the study needs" in r.stderr

@@ -10,7 +10,6 @@ import torch
 import models
 import probe
 from analyses.head_metrics import head_metrics, pattern_metrics
-from analyses.results import save_result
 from models.tasks import induction
 
 
@@ -28,12 +27,37 @@ def test_metric_definitions_on_hand_made_patterns():
     ind[4, 2] = ind[5, 3] = 1  # an induction head
     m = {k: v[0] / v[1] for k, v in pattern_metrics(np.stack([prev, first, uniform, ind]), tokens).items()}
     inv = 1 / np.arange(1, n + 1)  # uniform attention weights 1/(q+1)
-    assert np.allclose(m["prev_token"], [1, 1 / 5, inv[1:].mean(), 0])
+    # the detector scores count every query (TransformerLens's head detector): 6 here
+    assert np.allclose(m["prev_token"], [5 / 6, 1 / 6, inv[1:].sum() / 6, 0])
     assert np.allclose(m["first_token"], [2 / 6, 1, inv.mean(), 1 / 6])
     assert np.allclose(m["entropy"], [0, 0, np.log(np.arange(1, n + 1)).mean(), 0])
-    assert np.allclose(m["induction"], [0, 0, (1 / 5 + 1 / 6) / 2, 1])
-    assert np.allclose(m["duplicate_token"], [0, 0, (1 / 5 + 1 / 6) / 2, 0])
+    assert np.allclose(m["induction"], [0, 0, (1 / 5 + 1 / 6) / 6, 2 / 6])
+    assert np.allclose(m["duplicate_token"], [0, 0, (1 / 5 + 1 / 6) / 6, 0])
     assert np.allclose(m["self"], [1 / 6, 1 / 6, inv.mean(), 4 / 6])
+
+
+def tl_detector_scores(pattern: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """TransformerLens's own head detector (mul) on a [head, q, k] pattern: the reference."""
+    from transformer_lens import head_detector as hd
+
+    t = torch.as_tensor(tokens)[None]
+    detectors = {"prev_token": hd.get_previous_token_head_detection_pattern(t),
+                 "duplicate_token": hd.get_duplicate_token_head_detection_pattern(t),
+                 "induction": hd.get_induction_head_detection_pattern(t)}
+    return {name: np.array([hd.compute_head_attention_similarity_score(
+        torch.as_tensor(p, dtype=torch.float32), detection_pattern=det, exclude_bos=False, exclude_current_token=False,
+        error_measure="mul") for p in pattern]) for name, det in detectors.items()}
+
+
+def test_detector_scores_equal_transformer_lens():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 6, 12)  # small vocabulary: many duplicates and induction targets
+    logits = rng.normal(size=(5, 12, 12)) * 2
+    logits[:, np.triu_indices(12, 1)[0], np.triu_indices(12, 1)[1]] = -np.inf
+    pattern = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    ours = {k: v[0] / v[1] for k, v in pattern_metrics(pattern, tokens).items()}
+    for name, ref in tl_detector_scores(pattern, tokens).items():
+        assert np.allclose(ours[name], ref, atol=1e-6), name
 
 
 @pytest.fixture(scope="module")
@@ -58,5 +82,26 @@ def test_planted_heads_are_found(induction_run):
     # the best head outside the planted layer scores far lower
     assert top_prev["prev_token"] > 2 * table[table.layer == 1].prev_token.max()
     assert top_ind["induction"] > 2 * table[table.layer == 0].induction.max()
-    out = save_result(induction_run.path, "head_metrics", table)
-    assert out.read_text().startswith("layer,head,entropy")
+    # over a run: the mean over prompts of TransformerLens's detector score of each prompt
+    ref = np.mean([[tl_detector_scores(induction_run.pattern(i, layer), np.asarray(induction_run.tokens(i)))["induction"]
+                    for layer in range(2)] for i in range(induction_run.n_prompts)], axis=0)
+    assert np.allclose(table.induction.to_numpy().reshape(2, 4), ref, atol=1e-6)
+
+
+def test_induction_on_random_repeats_finds_the_planted_heads(induction_run):
+    """``probe heads`` adds the detector's induction score on fresh repeated random tokens
+    when it can load the run's model; on toy-induction it ranks the planted heads first."""
+    import pandas as pd
+
+    from analyses.head_metrics import random_repeat_tokens
+    from probe.cli import main
+
+    model = models.load("toy-induction")
+    ids = random_repeat_tokens(model, 4, 10)
+    assert ids[:, 0].eq(model.cfg.bos_token_id).all() and torch.equal(ids[:, 1:11], ids[:, 11:21])
+    assert main(["heads", str(induction_run.path)]) == 0
+    table = pd.read_csv(induction_run.path / "analyses" / "head_metrics.csv")
+    top3 = {(int(r.layer), int(r["head"])) for _, r in table.nlargest(3, "induction_random").iterrows()}
+    assert top3 == {(1, 0), (1, 2), (1, 3)}
+    others = table[(table.layer == 0) | (table["head"] == 1)].induction_random.max()
+    assert table.induction_random.nlargest(3).min() > 2 * others

@@ -22,7 +22,8 @@ from probe.prompts import (
     prompt_set_fingerprint,
 )
 
-BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test", "toy-coref-test")
+BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test", "toy-coref-test",
+           "winogender")
 
 
 def write(tmp_path, name: str, content: str | bytes):
@@ -225,6 +226,8 @@ def test_bundled_sets_listed_with_descriptions():
     data = resources.files("probe").joinpath("prompt_sets")
     for name in ("LICENSE", "ATTRIBUTION.md", "male_occupations.txt", "female_occupations.txt"):
         assert data.joinpath("winobias", name).is_file()
+    for name in ("LICENSE", "ATTRIBUTION.md", "templates.tsv", "all_sentences.tsv"):
+        assert data.joinpath("winogender", name).is_file()
 
 
 def assert_spans(prompt: Prompt) -> None:
@@ -390,3 +393,31 @@ def test_ud_ewt_sentences_with_word_spans_and_upos():
     assert first.labels["upos"] == ["ADP", "DET", "PROPN", "VERB", "DET", "NOUN", "PUNCT"]
     data = resources.files("probe").joinpath("prompt_sets", "ud_ewt")
     assert data.joinpath("LICENSE.txt").is_file() and data.joinpath("ATTRIBUTION.md").is_file()
+
+
+def test_winogender_sentences_spans_and_gold_antecedents():
+    """Every sentence of WinoGender's all_sentences.tsv, in order, with the gold antecedent the
+    sentence id names (answer 0 = the occupation, 1 = the other participant) and spans that
+    cut out the mentions and the pronoun."""
+    prompts = load_prompts("winogender")
+    rows = [line.split("\t") for line in resources.files("probe").joinpath(
+        "prompt_sets/winogender/all_sentences.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert [p.text for p in prompts] == [text for _, text in rows]
+    pronouns = {"male": {"he", "his", "him"}, "female": {"she", "her"}, "neutral": {"they", "their", "them"}}
+    for p, (sentid, _) in zip(prompts, rows):
+        occupation, participant, answer, gender, _ = sentid.split(".")
+        L = p.labels
+        assert p.text[slice(*L["pronoun_span"])] == L["pronoun"] and L["pronoun"].lower() in pronouns[gender]
+        assert [p.text[slice(*s)] for s in L["candidate_spans"]] == L["candidates"]
+        assert L["candidate_spans"][0][1] <= L["candidate_spans"][1][0] <= L["pronoun_span"][0]  # order of appearance
+        gold_word = occupation if answer == "0" else participant
+        assert L["antecedent"].lower().split()[-1] == gold_word
+        assert L["candidates"][L["answer"]] == L["antecedent"]
+        other = participant if answer == "0" else occupation
+        assert L["candidates"][1 - L["answer"]].lower().split()[-1] == other
+    assert Counter(p.labels["pair_id"] for p in prompts).most_common()[-1][1] == 3  # male / female / neutral
+    # Hand-checked: the pronoun refers to the participant, who comes first here.
+    p = next(p for p in prompts if p.text == "The patient was referred to the specialist because he had a rare skin "
+             "condition.")
+    assert p.labels["candidates"] == ["The patient", "the specialist"] and p.labels["answer"] == 0
+    assert p.labels["refers_to"] == "participant"
