@@ -78,6 +78,11 @@ def test_real_valued_label_gets_a_ridge_probe(numeric_run, capsys):
     half = result(run, "probes_half_words")
     assert np.allclose(half.test_r2, table.test_r2, atol=1e-3)
     assert np.allclose(half.test_mse, table.test_mse / 4, rtol=1e-2)
+    # Streamed from disk through the sufficient statistics: the same table.
+    assert probes(run, "--label", "n_words", "--stream") == 0
+    streamed = result(run, "probes_n_words")
+    assert np.array_equal(streamed["lambda"], table["lambda"])
+    assert np.allclose(streamed.test_r2, table.test_r2, atol=1e-4)
 
 
 def test_target_choice_and_refusals(numeric_run, capsys):

@@ -51,6 +51,12 @@ def test_matches_sklearn_ridge():
         sk = Ridge(alpha=table["lambda"][layer] * n_train).fit(Xs[layer, train], y[train])
         assert abs(table.test_r2[layer] - r2_score(y[test], sk.predict(Xs[layer, test]))) < 0.01
         assert np.isclose(table.test_mse[layer], np.mean((y[test] - sk.predict(Xs[layer, test])) ** 2), rtol=1e-3)
+    # Raw (uncentred) features too: the intercept is fitted, not penalised, whatever the offsets.
+    raw = feats[1, train].astype(np.float64) * 3 + 10
+    W_raw, b_raw = fit_ridge(torch.from_numpy(raw[None]).float(), torch.from_numpy(y[train]), [0.5])
+    sk = Ridge(alpha=0.5 * n_train).fit(raw, y[train])
+    assert np.allclose(W_raw[0, 0, :, 0].numpy(), sk.coef_, rtol=1e-3, atol=1e-4)
+    assert abs(b_raw[0, 0, 0].item() - sk.intercept_) < 1e-2
     # The baseline is the train mean's test R^2, computed by hand here.
     baseline = 1 - ((y[test] - y[train].mean()) ** 2).sum() / ((y[test] - y[test].mean()) ** 2).sum()
     assert np.isclose(table.mean_baseline_r2[0], baseline) and baseline <= 0.0
