@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dash
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures
 from .data import CACHE_BYTES, READ_ERRORS, Registry, RunData, error_message
@@ -130,9 +130,13 @@ def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
         return state.with_(search=str(value or "")[:120])
     if trigger in ("layer", "head") and value is not None:
         return state.with_(**{trigger: int(value)})
-    if trigger == "grid":
+    if trigger in ("grid", "result-head"):  # [layer, head] heatmaps: x is the head, y the layer
         picked = figures.head_of_click(value)
         return state.with_(layer=picked[0], head=picked[1]) if picked else state
+    if trigger in ("resid-norm", "result-layer", "result-probe"):  # [layer, position] maps; probe curves by layer
+        point = _point(value)
+        axis = "x" if trigger == "result-probe" else "y"
+        return state.with_(layer=int(round(float(point[axis])))) if point and point.get(axis) is not None else state
     if trigger == "scatter":
         point = _point(value)
         cd = point.get("customdata") if point else None
@@ -261,7 +265,8 @@ def layout(registry: Registry) -> html.Div:
 # ----------------------------------------------------------------------- app
 STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "queries", "scatter-x", "scatter-y",
                 "window", "prompt-search"]
-CLICKS = ["grid", "scatter", "layer-view", "head-lines"]
+CLICKS = ["grid", "scatter", "layer-view", "head-lines", "resid-norm"]
+RESULT_GRAPHS = {"type": "result", "kind": ALL, "name": ALL}  # the results panel's graphs (views.view_results)
 VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-summed", "style"),
                          ("head-lines", "figure")],
                 "layer": [("layer-view", "figure"), ("resid-norm", "figure")],
@@ -303,18 +308,23 @@ def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> d
     @app.callback(
         [Output("state", "data"), Output("url", "search")] + [Output(c, "value") for c in STATE_INPUTS],
         [Input("url", "search")] + [Input(c, "value") for c in STATE_INPUTS]
-        + [Input(c, "clickData") for c in CLICKS] + [Input("prev", "n_clicks"), Input("next", "n_clicks")],
+        + [Input(c, "clickData") for c in CLICKS] + [Input("prev", "n_clicks"), Input("next", "n_clicks"),
+                                                     Input(RESULT_GRAPHS, "clickData")],
         State("state", "data"),
     )
     def sync_state(search, *values):
-        *values, stored = values
-        trigger = ctx.triggered_id
-        events = dict(zip(STATE_INPUTS + CLICKS, values))
-        state = next_state(search, stored, trigger, events.get(trigger), registry)
+        *values, _results, stored = values
+        trigger, value = ctx.triggered_id, None
+        if isinstance(trigger, dict):  # a results-panel graph: which kind says what a click selects
+            trigger, value = f"result-{trigger.get('kind')}", ctx.triggered[0]["value"] if ctx.triggered else None
+        else:
+            value = dict(zip(STATE_INPUTS + CLICKS, values)).get(trigger)
+        state = next_state(search, stored, trigger, value, registry)
         out = state_outputs(state)
-        # write back only what changed: each control set costs the browser a re-render
+        # write back only what changed: each control set costs the browser a re-render, and an
+        # unchanged state must not redraw the results panel (its new graphs would fire this again)
         controls = [no_update if new == old else new for new, old in zip(out[1:], values[:len(STATE_INPUTS)])]
-        return [out[0], no_update if out[0] == search else out[0], *controls]
+        return [no_update if out[0] == stored else out[0], no_update if out[0] == search else out[0], *controls]
 
     @app.callback(Output("generation", "data"), Input("refresh", "n_clicks"), State("state", "data"),
                   State("generation", "data"), prevent_initial_call=True)

@@ -347,7 +347,9 @@ def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tu
     z = grid.to_numpy()
     L, H = z.shape
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-    fig = go.Figure(go.Heatmap(z=_round(z), colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
+    # x and y are the table's head and layer numbers, so a click reports them (app.apply_event)
+    fig = go.Figure(go.Heatmap(z=_round(z), x=grid.columns.to_list(), y=grid.index.to_list(),
+                               colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
                                zmid=0 if diverging else None, zmin=-bound if diverging else None,
                                zmax=bound if diverging else None,
                                hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>",

@@ -96,26 +96,30 @@ def _problems(data: RunData) -> list[html.Div]:
 def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
     parts: list[Any] = _problems(data)
 
-    def graph(fig):
-        return dcc.Graph(figure=fig, config=GRAPH_CONFIG)
+    def graph(fig, kind: str, name: str):
+        # a pattern-matching id: app.sync_state hears clicks on however many of these there are
+        return dcc.Graph(figure=fig, config=GRAPH_CONFIG, id={"type": "result", "kind": kind, "name": name})
 
     probes = data.tables_of(PROBES)
-    parts += [graph(figures.probe_curves(t.table, t.name, s.layer)) for t in probes] or [_missing(PROBES, "probe results")]
+    parts += [graph(figures.probe_curves(t.table, t.name, s.layer), "probe", t.name) for t in probes] \
+        or [_missing(PROBES, "probe results")]
     sel = (s.layer, s.head)
     ablations = data.tables_of(ABLATION)
     parts += [graph(figures.layer_head_heatmap(t.table, "effect", f"{t.name}: effect of ablating each head "
-                                               "(ablated - clean)", sel)) for t in ablations] \
+                                               "(ablated - clean)", sel), "head", t.name) for t in ablations] \
         or [_missing(ABLATION, "ablation sweep")]
     heads = data.tables_of(PATCH_HEADS)
-    parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, normalised", sel))
-              for t in heads] or [_missing(PATCH_HEADS, "head patching")]
+    parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, normalised", sel),
+                    "head", t.name) for t in heads] or [_missing(PATCH_HEADS, "head patching")]
     resid = data.tables_of(PATCH_RESID)
     parts += [graph(figures.layer_position_heatmap(t.table, "normalized", f"{t.name}: residual patching "
-                                                   "[layer, position], normalised")) for t in resid] \
+                                                   "[layer, position], normalised"), "layer", t.name)
+              for t in resid] \
         or [_missing(PATCH_RESID, "residual patching")]
     coref = data.tables_of(COREF)
     parts += [graph(figures.layer_head_heatmap(t.table, "accuracy", f"{t.name}: antecedent accuracy per head", sel,
-                                               diverging=False)) for t in coref] or [_missing(COREF, "coreference study")]
+                                               diverging=False), "head", t.name) for t in coref] \
+        or [_missing(COREF, "coreference study")]
     return {"results": parts}
 
 

@@ -114,3 +114,51 @@ def test_prompt_search_text_lives_in_the_url(coref_run):
     opts, _ = page.post("prompt.options", {"state.data": state, "generation.data": 0}, "state.data")
     texts = Run(coref_run).prompts
     assert [o["value"] for o in opts["prompt"]["options"]] == [i for i, t in enumerate(texts) if "sick" in t]
+
+
+def test_clicks_on_the_results_panels_heatmaps_select_heads_and_layers(coref_run):
+    import json
+
+    import pandas as pd
+
+    page = Page(create_app([coref_run]))
+    stored = page.load("?view=results&layer=0&head=0")
+    graphs = [g for g in page.view(stored)["panel-results"]["children"] if g.get("props", {}).get("id")]
+    ids = {(g["props"]["id"]["kind"], g["props"]["id"]["name"]) for g in graphs}
+    assert {("head", "ablation_coref"), ("head", "patch_heads"), ("head", "coref_heads"), ("layer", "patch_resid"),
+            ("probe", "probes_answer")} <= ids
+    abl = pd.read_csv(coref_run / "analyses" / "ablation_coref.csv")
+    target = abl.loc[abl.effect.idxmax()]  # the head whose ablation hurts most: click its cell
+    fig = next(g["props"]["figure"] for g in graphs if g["props"]["id"]["name"] == "ablation_coref")
+    heads, layers = fig["data"][0]["x"], fig["data"][0]["y"]
+    assert int(target["head"]) in heads and int(target["layer"]) in layers  # the axes carry the real numbers
+
+    def click(kind: str, name: str, point: dict) -> tuple[int, int]:
+        gid = {"type": "result", "kind": kind, "name": name}
+        key = json.dumps(gid, sort_keys=True, separators=(",", ":")) + ".clickData"
+        dep = page.dep("state.data")
+        body_inputs = []
+        for i in dep["inputs"]:
+            if isinstance(i["id"], str) and i["id"].startswith("{"):
+                body_inputs.append([{"id": gid, "property": "clickData", "value": {"points": [point]}}])
+            else:
+                body_inputs.append({"id": i["id"], "property": i["property"], "value": None})
+        outputs = [{"id": p.rsplit(".", 1)[0], "property": p.rsplit(".", 1)[1]}
+                   for p in dep["output"].strip(".").split("...")]
+        state = [{"id": "state", "property": "data", "value": stored}]
+        r = page.client.post("/_dash-update-component", json={
+            "output": dep["output"], "outputs": outputs, "inputs": body_inputs, "state": state,
+            "changedPropIds": [key]})
+        assert r.status_code == 200, r.data[:500]
+        s = from_query(r.get_json()["response"]["state"]["data"])
+        return s.layer, s.head
+
+    point = {"x": int(target["head"]), "y": int(target["layer"]), "z": float(target["effect"])}
+    assert click("head", "ablation_coref", point) == (int(target["layer"]), int(target["head"]))
+    assert click("head", "coref_heads", {"x": 2, "y": 1}) == (1, 2)
+    assert click("layer", "patch_resid", {"x": 5, "y": 1}) == (1, 0)  # [layer, position]: the layer
+    assert click("probe", "probes_answer", {"x": 1, "y": 0.8}) == (1, 0)
+    # the residual-norm map of the layer view selects a layer too
+    resp, _ = page.post("state.data", {"resid-norm.clickData": {"points": [{"x": 3, "y": 1}]}, "state.data": stored},
+                        "resid-norm.clickData")
+    assert from_query(resp["state"]["data"]).layer == 1
