@@ -254,7 +254,7 @@ def layout(registry: Registry) -> html.Div:
                 html.Div(id="panel-qk", style=panel["qk"], children=[html.Div(id="qk-msg"), graph("qk")]),
                 html.Div(id="panel-compare", style=panel["compare"], children=[
                     html.Div(["compare with prompt ", _dropdown("compare", [], None, "60%",
-                                                                placeholder="(the next prompt)", clearable=False)],
+                                                                placeholder="(its twin, else the next prompt)", clearable=False)],
                              style={"display": "flex", "alignItems": "center", "gap": "6px"}),
                     html.Div(id="compare-msg"), graph("compare-graph")]),
             ], style={"flex": "1 1 auto", "minWidth": "0"}),

@@ -326,6 +326,22 @@ class RunData:
     def labels(self, prompt: int) -> dict[str, Any]:
         return self.run.labels(self.check_prompt(prompt))
 
+    def twin(self, prompt: int) -> int | None:
+        """Another published prompt with the same ``pair_id`` label (the tired/wide twin),
+        or None when the prompt has no pair_id or no published twin."""
+        self.check_prompt(prompt)
+        pairs = self._cache.get("pairs", self._pairs)
+        pid = self.labels(prompt).get("pair_id")
+        return next((p for p in pairs.get(str(pid), []) if p != prompt), None) if pid is not None else None
+
+    def _pairs(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i in range(self.n_prompts):
+            pid = self.labels(i).get("pair_id")
+            if pid is not None:
+                out.setdefault(str(pid), []).append(i)
+        return out
+
     def has_hook(self, name: str) -> bool:
         return name in self.run.manifest["hooks"]
 

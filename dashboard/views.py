@@ -137,8 +137,14 @@ def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
                                           "(all of them for a small run); the selected prompt's points are larger")}
 
 
+def default_compare(data: RunData, prompt: int) -> int:
+    """The prompt a comparison defaults to: the prompt's twin (same pair_id), else the next."""
+    twin = data.twin(prompt)
+    return twin if twin is not None else (prompt + 1 if prompt + 1 < data.n_prompts else 0)
+
+
 def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:
-    other = s.compare if s.compare is not None else (s.prompt + 1 if s.prompt + 1 < data.n_prompts else 0)
+    other = s.compare if s.compare is not None else default_compare(data, s.prompt)
     pa, pb = data.pattern(s.prompt, s.layer, s.head), data.pattern(other, s.layer, s.head)
     ta, tb = data.str_tokens(s.prompt), data.str_tokens(other)
     wa, wb = figures.crop_window(len(ta), start=s.window), figures.crop_window(len(tb), start=s.window)

@@ -517,3 +517,68 @@ def test_qk_sample_is_cached_apart_from_the_selected_prompt_and_reads_one_head(c
     data._head_rows("blocks.1.attn.hook_q", 4, 3)
     rows = [key for key in asked if isinstance(key, tuple)]  # (the other read is the prompt's offsets)
     assert len(rows) == 1 and rows[0][1] == 3
+
+
+# ----------------------------------------------------------------------- compare
+def test_compare_defaults_to_the_prompts_twin(registry, coref_run, plain_run):
+    run = Run(coref_run)
+    pair = [run.labels(i)["pair_id"] for i in range(run.n_prompts)]
+    prompt = 0
+    twin = next(i for i in range(run.n_prompts) if i != prompt and pair[i] == pair[prompt])
+    assert twin != prompt + 1  # in this run the twin is not the next prompt
+    out, msg = render_view(registry, ViewState(view="compare", prompt=prompt, layer=1, head=0))
+    assert msg is None
+    cmp = figure_dict(out["compare-graph"])
+    assert np.allclose(cmp["data"][2]["z"], run.pattern(twin, 1, 0) - run.pattern(prompt, 1, 0), atol=1e-3)
+    assert f"prompt {twin} (B)" in cmp["layout"]["title"]["text"]
+    assert run.prompts[twin] in str(out["compare-msg"])
+    # the seed pair: tired and wide are each other's twins
+    seed = Run(plain_run)
+    variants = [seed.labels(i)["variant"] for i in range(seed.n_prompts)]
+    tired, wide = variants.index("tired"), variants.index("wide")
+    assert registry.get("1").twin(wide) == tired and registry.get("1").twin(tired) == wide
+    # a prompt whose twin was not recorded compares with the next prompt
+    lonely = Registry([record_plain_run_subset(coref_run, plain_run)]).get("0")
+    assert lonely.twin(0) is None
+    out, _ = render_view(Registry([lonely.path]), ViewState(view="compare", prompt=0))
+    assert "prompt 1 (B)" in figure_dict(out["compare-graph"])["layout"]["title"]["text"]
+
+
+def record_plain_run_subset(coref_run, plain_run):
+    """A run of two prompts of different pairs (the coref run's first two)."""
+    import models
+    import probe
+
+    out = plain_run.parent / "no-twins"
+    if not out.exists():
+        first = Run(coref_run).prompts[:2]
+        prompts = [p for p in probe.load_prompts("toy-coref-test") if p.text in first][:2]
+        assert len({p.labels["pair_id"] for p in prompts}) == 2
+        probe.record(models.load("toy-coref"), prompts, out, names=["blocks.*.attn.hook_pattern"], progress=False)
+    return out
+
+
+def test_grid_coloured_by_the_antecedent_metric(registry, coref_run):
+    run = Run(coref_run)
+    L, H = run.config["n_layers"], run.config["n_heads"]
+    # ground truth from the patterns: the pronoun's attention to the gold candidate minus
+    # to the other one, averaged over the pronoun's tokens and the prompts
+    scores = []
+    for i in range(run.n_prompts):
+        labels = run.labels(i)
+        pron = run.tokens_in(i, *labels["pronoun_span"])
+        cands = [run.tokens_in(i, *span) for span in labels["candidate_spans"]]
+        gold, other = cands[labels["answer"]], cands[1 - labels["answer"]]
+        per = np.zeros((L, H))
+        for layer in range(L):
+            for head in range(H):
+                p = run.pattern(i, layer, head)
+                per[layer, head] = np.mean([p[q, gold].sum() - p[q, other].sum() for q in pron])
+        scores.append(per)
+    expected = np.mean(scores, 0)
+    assert np.ptp(expected) > 0.01  # heads differ: a constant grid would prove nothing
+    fig = figure_dict(grid_figure(registry, ViewState(metric="antecedent", layer=1, head=2)))
+    z = np.array(fig["data"][0]["z"], dtype=float)
+    assert np.allclose(z, expected, atol=1e-3)
+    assert "antecedent per head" in fig["layout"]["title"]["text"]
+    assert fig["layout"]["shapes"][0]["x0"] == 1.5 and fig["layout"]["shapes"][0]["y0"] == 0.5
