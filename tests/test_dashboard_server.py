@@ -59,6 +59,13 @@ class Page:
         resp, _ = self.post("state.data", {"url.search": search}, "url.search")
         return resp["state"]["data"]
 
+    def drawn(self, store: str, state: str):
+        """What the callback that writes ``store`` leaves there after drawing ``state``."""
+        output = {"grid-drawn": "grid.figure", "tokens-drawn": "queries.options",
+                  "prompts-drawn": "prompt.options"}[store]
+        resp, _ = self.post(output, {"state.data": state, "generation.data": 0}, "state.data")
+        return resp[store]["data"]
+
     def view(self, state: str) -> dict:
         return self.post("view-msg.children", {"state.data": state, "generation.data": 0}, "state.data")[0]
 
@@ -162,3 +169,38 @@ def test_clicks_on_the_results_panels_heatmaps_select_heads_and_layers(coref_run
     resp, _ = page.post("state.data", {"resid-norm.clickData": {"points": [{"x": 3, "y": 1}]}, "state.data": stored},
                         "resid-norm.clickData")
     assert from_query(resp["state"]["data"]).layer == 1
+
+
+def test_what_a_head_or_prompt_switch_sends_does_not_grow_with_the_run(tmp_path):
+    """Bytes of every callback response a switch causes (Dash serialises figures with
+    plotly's JSON encoder), on runs of 12 and 48 prompts."""
+    sizes, n_options = {}, {}
+    for n in (12, 48):
+        page = Page(create_app([record_coref_run(tmp_path / f"run{n}", n=n, analyses=False)]))
+        stored = page.load("?prompt=3&layer=1&head=0")
+        for what, control, value in (("head", "head.value", 2), ("prompt", "prompt.value", 5)):
+            resp, sent = page.post("state.data", {control: value, "state.data": stored}, control)
+            state = resp["state"]["data"]
+            sizes[n, what, "state"] = sent
+            for output in ("view-msg.children", "grid.figure", "queries.options", "prompt.options"):
+                values = {"state.data": state, "generation.data": 0}
+                # what the browser holds from drawing the previous state (the callbacks' own stores)
+                for store in ("grid-drawn", "tokens-drawn", "prompts-drawn"):
+                    values[f"{store}.data"] = page.drawn(store, stored)
+                out, sizes[n, what, output] = page.post(output, values, "state.data")
+                if output == "prompt.options" and out:
+                    n_options[n, what] = len(out["prompt"]["options"])
+    for what in ("head", "prompt"):
+        total = {n: sum(v for (m, w, _), v in sizes.items() if (m, w) == (n, what)) for n in (12, 48)}
+        assert total[48] < 300_000, sizes
+        # everything but the prompt list is the same size on both runs
+        rest = {n: total[n] - sizes[n, what, "prompt.options"] for n in (12, 48)}
+        assert rest[48] <= 1.02 * rest[12], sizes
+    # a head switch does not resend the prompt list; a prompt switch sends at most 50 of them
+    assert sizes[12, "head", "prompt.options"] == sizes[48, "head", "prompt.options"]
+    assert (12, "head") not in n_options and (48, "head") not in n_options
+    assert n_options[12, "prompt"] == 12 and n_options[48, "prompt"] == 48
+    page = Page(create_app([record_coref_run(tmp_path / "run60", n=60, analyses=False)]))
+    opts, _ = page.post("prompt.options", {"state.data": page.load("?prompt=59"), "generation.data": 0},
+                        "state.data")
+    assert len(opts["prompt"]["options"]) == 51  # 50 matches and the current prompt
