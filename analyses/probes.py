@@ -103,10 +103,16 @@ def fit_logistic_streamed(batches: Batches, L: int, n: int, d: int, n_classes: i
         cov += torch.einsum("lnd,lne->lde", Xc, Xc) / n
     evals, U = torch.linalg.eigh(cov)  # [L, d], [L, d, d]
     evals = evals.clamp(min=0)
-    rotated = [(torch.einsum("lnd,lde->lne", Xc, U), yc) for Xc, yc in batches()] if in_memory else None
+    def rotate(Xc: torch.Tensor, yc: torch.Tensor, keep: bool):
+        Q = torch.einsum("lnd,lde->lne", Xc, U)  # [L, r, d]
+        # kept in memory: also Q^T laid out contiguously, which makes the gradient's product ~1.7x faster
+        QT = Q.transpose(1, 2).contiguous() if keep else Q.transpose(1, 2)
+        return Q, QT, torch.nn.functional.one_hot(yc, C).to(Q.dtype)
+
+    rotated = [rotate(Xc, yc, True) for Xc, yc in batches()] if in_memory else None
 
     def rotated_batches():
-        return rotated if rotated is not None else ((torch.einsum("lnd,lde->lne", Xc, U), yc) for Xc, yc in batches())
+        return rotated if rotated is not None else (rotate(Xc, yc, False) for Xc, yc in batches())
 
     W_out = torch.zeros(L, len(lambdas), d, C)
     b_out = torch.zeros(L, len(lambdas), C)
@@ -115,19 +121,21 @@ def fit_logistic_streamed(batches: Batches, L: int, n: int, d: int, n_classes: i
         lam = float(lambdas[k])
         scale = (evals + 8 * lam).rsqrt()  # [L, d]
 
-        def objective(x: torch.Tensor, lam: float = lam, scale: torch.Tensor = scale):
-            V, b = x[:, :d * C].view(L, d, C), x[:, d * C:]
-            G = scale[:, :, None] * V
+        def objective(x: torch.Tensor, rows: torch.Tensor, lam: float = lam, scale: torch.Tensor = scale):
+            # only the layers still being optimised (rows), each with its own two products per chunk
+            sc = scale[rows]  # [k, d]
+            V, b = x[:, :d * C].view(-1, d, C), x[:, d * C:]
+            G = sc[:, :, None] * V
             loss = lam * G.pow(2).sum((1, 2))
             gG, gb = 2 * lam * G, torch.zeros_like(b)
-            for Q, yc in rotated_batches():
-                logp = torch.log_softmax(torch.einsum("lnd,ldc->lnc", Q, G) + b[:, None], -1)  # [L, r, C]
-                idx = yc[None, :, None].expand(L, -1, 1)
-                loss = loss - logp.gather(-1, idx).sum((1, 2)) / n
-                resid = logp.exp().scatter_add_(-1, idx, -torch.ones_like(idx, dtype=logp.dtype))  # p - onehot
-                gG = gG + torch.einsum("lnd,lnc->ldc", Q, resid) / n
-                gb = gb + resid.sum(1) / n
-            return loss, torch.cat(((scale[:, :, None] * gG).flatten(1), gb), 1)
+            for Q, QT, onehot in rotated_batches():
+                for j, layer in enumerate(rows.tolist()):
+                    logp = torch.log_softmax(torch.addmm(b[j], Q[layer], G[j]), -1)  # [r, C]
+                    loss[j] -= (logp * onehot).sum() / n
+                    resid = logp.exp_().sub_(onehot)  # p - onehot
+                    gG[j] += QT[layer] @ resid / n
+                    gb[j] += resid.sum(0) / n
+            return loss, torch.cat(((sc[:, :, None] * gG).flatten(1), gb), 1)
 
         x0 = torch.cat(((G / scale[:, :, None]).flatten(1), b), 1)
         x, _ = batched_lbfgs(objective, x0, max_iter=max_iter, gtol=gtol)
