@@ -46,13 +46,24 @@ from .probes import LinearProbe, split_units
 
 
 def check_model_matches(model: HookedTransformer, run) -> None:
-    """Interventions need the very model the run was recorded with."""
+    """Interventions need the very model the run was recorded with: the weights digest in
+    the manifest decides; a run without one (written by another tool) is at least checked
+    for the same architecture."""
     from probe.recorder import weights_digest
 
     recorded = run.manifest.get("model", {})
-    if recorded.get("weights_sha256") and recorded["weights_sha256"] != weights_digest(model):
-        raise InputError(f"{run.path} was recorded with {recorded.get('name')!r} but the model given is "
-                         f"{model.cfg.model_name!r} (different weights); give the model the run was recorded with")
+    fix = "give the model the run was recorded with (--model NAME_OR_DIR)"
+    if recorded.get("weights_sha256"):
+        if recorded["weights_sha256"] != weights_digest(model):
+            raise InputError(f"{run.path} was recorded with {recorded.get('name')!r} but the model given is "
+                             f"{model.cfg.model_name!r} (different weights); {fix}")
+        return
+    fields = ("n_layers", "n_heads", "d_model", "d_vocab", "causal")
+    differ = [f"{f} {run.config.get(f)} vs {getattr(model.cfg, f)}" for f in fields
+              if f in run.config and run.config[f] != getattr(model.cfg, f)]
+    if differ:
+        raise InputError(f"{run.path} was recorded with another architecture than {model.cfg.model_name!r} "
+                         f"({'; '.join(differ)}); {fix}")
 
 
 @dataclass
@@ -176,19 +187,27 @@ def accuracy_metric(setup: AblationSetup):
             f"antecedent probe accuracy (layer {setup.probe.layer})")
 
 
+def setup_metric(setup: AblationSetup, metric: str = "accuracy", heads: list[tuple[int, int]] | None = None):
+    """The per-example metric on the held-out prompts and what it is, by name: ``accuracy``
+    or ``antecedent-score`` (of ``heads``)."""
+    d = setup.data
+    if metric == "antecedent-score":
+        if not heads:
+            raise InputError("the antecedent-score metric needs the heads whose attention it measures")
+        return antecedent_score(heads, d.query, d.candidates, d.gold), "antecedent score of " + ", ".join(
+            f"L{la}H{h}" for la, h in heads)
+    if metric != "accuracy":
+        raise InputError(f"unknown metric {metric!r} on a run with gold antecedents; use accuracy or antecedent-score")
+    return accuracy_metric(setup)
+
+
 def sweep(model: HookedTransformer, setup: AblationSetup, metric: str = "accuracy",
           heads: list[tuple[int, int]] | None = None, method: str = "mean") -> pd.DataFrame:
     """Per-head ablation sweep on the held-out prompts: ``accuracy`` (the model's answer or
     the antecedent probe) or ``antecedent-score`` (attention from the pronoun to the gold
     minus the other candidate, averaged over ``heads``)."""
+    fn, what = setup_metric(setup, metric, heads)
     d = setup.data
-    if metric == "antecedent-score":
-        if not heads:
-            raise InputError("the antecedent-score metric needs the heads whose attention it measures")
-        fn, what = antecedent_score(heads, d.query, d.candidates, d.gold), "antecedent score of " + ", ".join(
-            f"L{la}H{h}" for la, h in heads)
-    else:
-        fn, what = accuracy_metric(setup)
     return head_ablation_sweep(model, d.tokens, fn, method, setup.reference, attention_mask=d.mask,
                                reference_mask=setup.reference_mask).assign(metric=what)
 
