@@ -49,7 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = models.load(args.model)
     run = record(model, prompts, args.output, names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"],
                  batch_size=32, overwrite=True)
-    metrics = head_metrics(run)
+    metrics = head_metrics(run, model=model)
     save_result(run.path, "head_metrics", metrics)
     print("\nhead metrics (saved to analyses/head_metrics.csv): strongest previous-token heads:",
           ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.prev_token:.2f}"
@@ -135,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
+    import models
     from analyses.head_metrics import METRICS, head_metrics
     from analyses.results import save_result
     from probe.reader import open_run
@@ -143,10 +144,20 @@ def cmd_heads(args: argparse.Namespace) -> int:
     if not run.complete:
         print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
               file=sys.stderr)
-    table = head_metrics(run)
+    model = None
+    if not args.no_model:  # for induction_random, the detector's score on repeated random tokens
+        try:
+            model = models.load(args.model or run.model_name)
+        except (models.ModelNotFound, OSError) as e:
+            if args.model:
+                raise
+            print(f"note: cannot load the run's model {run.model_name!r} ({e}); induction_random left out "
+                  "(give --model)", file=sys.stderr)
+    table = head_metrics(run, model=model)
     out = save_result(args.run, "head_metrics", table)
     print(f"head metrics over {run.n_prompts} prompts -> {out}")
-    for metric in [*METRICS, *(["antecedent"] if "antecedent" in table.columns else [])]:
+    extra = [m for m in ("induction_random", "antecedent") if m in table.columns]
+    for metric in [*METRICS, *extra]:
         top = table.sort_values(metric, ascending=metric == "entropy").head(args.top)
         heads = ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r[metric]:.3f}" for _, r in top.iterrows())
         print(f"  {metric:<16} {'lowest' if metric == 'entropy' else 'highest'}: {heads}")
