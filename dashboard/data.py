@@ -418,16 +418,9 @@ class RunData:
                 "tokens": toks, "prompt": np.asarray(prompt_of)}
 
     def _head_rows(self, name: str, prompt: int, head: int) -> np.ndarray:
-        """[tokens, d_head] of one head of a per-token [n, head, d_head] hook. The reader's
-        public calls return every head; its shard index lets h5py read one head's slice
-        (a hyperslab), so that is used when present, the public call otherwise."""
-        run = self.run
-        try:
-            shard, a, b = run._span(prompt)
-            dataset = run._file(shard)["act"][name]
-        except AttributeError:  # a reader without these internals
-            return run.prompt_activation(name, prompt)[:, head]
-        return dataset[a:b, head]
+        """[tokens, d_head] of one head of a per-token [n, head, d_head] hook; the reader
+        reads only that head's hyperslab, not every head's vectors."""
+        return self.run.prompt_activation(name, prompt, head)
 
     def _check_head(self, layer: int, head: int) -> None:
         if not 0 <= layer < self.n_layers:

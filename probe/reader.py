@@ -143,34 +143,61 @@ class Run:
         return np.concatenate([[0], np.cumsum([len(self.tokens(i)) for i in range(self.n_prompts)])]) \
             if self.n_prompts else np.zeros(1, np.int64)
 
-    def prompt_activation(self, name: str, prompt: int) -> np.ndarray:
-        """One prompt's activation: [n, ...] per-token, or [head, n, n] for attention."""
+    def prompt_activation(self, name: str, prompt: int, index: int | tuple[int, ...] | None = None) -> np.ndarray:
+        """One prompt's activation: [n, ...] per-token, or [head, n, n] for attention.
+
+        ``index`` selects along the trailing axes, one integer per axis from the first after
+        the token axis: ``index=h`` on a [n, head, d_head] hook gives [n, d_head], equal to
+        ``prompt_activation(name, prompt)[:, h]``. On attention hooks the axes are [head,
+        query, key]: ``index=h`` gives the head's [query, key], ``index=(h, q)`` one query's
+        row. Only that hyperslab is read from the shard, not the whole prompt (what a view
+        of one head needs). Negative integers count from the end."""
         self._check(name)
         shard, local = self._locate(prompt)
         f = self._file(shard)
+        a, b = (int(x) for x in f["offsets"][local:local + 2])
+        n = b - a
         if is_attention(name):
-            a, b = f["attn_offsets"][local:local + 2]
-            off = f["offsets"]
-            n = int(off[local + 1] - off[local])
-            return f["attn"][name][int(a):int(b)].reshape(-1, n, n)
-        a, b = f["offsets"][local:local + 2]
-        return f["act"][name][int(a):int(b)]
+            return self._attention_slice(f, name, local, n, index)
+        pick = self._trailing(name, index, tuple(self.manifest["hooks"][name]["shape"]))
+        return f["act"][name][(slice(a, b), *pick)]
+
+    def _attention_slice(self, f, name: str, local: int, n: int, index: int | tuple[int, ...] | None) -> np.ndarray:
+        """The prompt's [head, n, n] attention block, or the part ``index`` picks. The block
+        is stored row-major on a flat axis, so any leading selection is one contiguous range."""
+        n_heads = self.manifest["hooks"][name]["shape"][0]
+        pick = self._trailing(name, index, (n_heads, n, n))
+        strides = (n * n, n, 1)  # values per head, per query row, per key
+        start = int(f["attn_offsets"][local]) + sum(i * st for i, st in zip(pick, strides))
+        shape = (n_heads, n, n)[len(pick):]
+        return f["attn"][name][start:start + int(np.prod(shape))].reshape(shape)
+
+    def _trailing(self, name: str, index: int | tuple[int, ...] | None, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """``index`` as non-negative integers checked against the trailing axes' ``sizes``
+        (h5py refuses negative indices, and its message would not name the axis)."""
+        if index is None:
+            return ()
+        picks = (index,) if isinstance(index, int | np.integer) else tuple(index)
+        if len(picks) > len(sizes):
+            raise IndexError(f"{name} has {len(sizes)} axes after the token axis; index {index!r} gives {len(picks)}")
+        out = []
+        for axis, (i, size) in enumerate(zip(picks, sizes)):
+            if isinstance(i, bool) or not isinstance(i, int | np.integer):
+                raise TypeError(f"index takes integers, one per trailing axis; got {i!r} for axis {axis}")
+            if not -size <= i < size:
+                raise IndexError(f"index {int(i)} on axis {axis} is out of range: {name} has {size} there "
+                                 f"(trailing shape {list(sizes)})")
+            out.append(int(i) % size)
+        return tuple(out)
 
     def pattern(self, prompt: int, layer: int, head: int | None = None) -> np.ndarray:
         """Attention pattern [query, key] of one head (or [head, query, key]); reads only
         that head's values."""
         name = f"blocks.{layer}.attn.hook_pattern"
         self._check(name)
-        if head is None:
-            return self.prompt_activation(name, prompt)
-        shard, local = self._locate(prompt)
-        f = self._file(shard)
-        off = f["offsets"]
-        n = int(off[local + 1] - off[local])
-        start = int(f["attn_offsets"][local]) + head * n * n
-        if not 0 <= head < self.config["n_heads"]:
+        if head is not None and not 0 <= head < self.config["n_heads"]:
             raise IndexError(f"head {head} out of range: the model has {self.config['n_heads']} heads")
-        return f["attn"][name][start:start + n * n].reshape(n, n)
+        return self.prompt_activation(name, prompt, head)
 
     def activations(self, name: str, prompts: list[int] | None = None) -> np.ndarray:
         """The flat [tokens, ...] matrix of a per-token hook over the given prompts (all

@@ -153,3 +153,61 @@ def test_metadata_is_self_describing(gpt2, tmp_path):
     from probe.recorder import weights_digest
 
     assert weights_digest(other) != m["model"]["weights_sha256"] == weights_digest(gpt2)
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_prompt_activation_index_reads_one_slice(gpt2, tmp_path, compression, monkeypatch):
+    """``index`` picks along the trailing axes: the same values as slicing the full read,
+    for prompts in every shard, on contiguous and chunked (compressed) shards alike, and
+    h5py is asked for that slice only."""
+    prompts = word_prompts(9, seed=3)
+    run = probe.record(gpt2, prompts, tmp_path / "run", batch_size=2, shard_mb=0.01, compression=compression,
+                       progress=False)
+    shards = run.manifest["shards"]
+    assert len(shards) >= 3
+    H = gpt2.cfg.n_heads
+    picks = {"blocks.1.attn.hook_q": [0, H - 1, -1, (2, 5)], "blocks.0.hook_resid_post": [(7,), -3],
+             "blocks.1.attn.hook_pattern": [1, -1, (2, 0), (3, -1), (0, 1, 0)],
+             "blocks.0.attn.hook_attn_scores": [2, (1, 2)]}  # scores hold -inf above the diagonal
+    checked = 0
+    for prompt in sorted({s["first_prompt"] for s in shards} | {s["first_prompt"] + s["n_prompts"] - 1
+                                                                for s in shards}):
+        for name, indices in picks.items():
+            full = run.prompt_activation(name, prompt)
+            for index in indices:
+                key = (slice(None), *np.atleast_1d(index)) if not name.endswith(("pattern", "scores")) else \
+                    tuple(np.atleast_1d(index))
+                got = run.prompt_activation(name, prompt, index)
+                assert got.shape == full[key].shape and np.array_equal(got, full[key]), (prompt, name, index)
+                checked += 1
+    assert checked >= 3 * 2 * 11
+    assert np.array_equal(run.prompt_activation("blocks.1.attn.hook_q", 4, None),
+                          run.prompt_activation("blocks.1.attn.hook_q", 4))
+    # what h5py is asked for: the prompt's rows of one head, not all of them
+    asked = []
+    real_get = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: asked.append((self.name, key)) or
+                        real_get(self, key))
+    run.prompt_activation("blocks.1.attn.hook_q", 5, 3)
+    (rows, head) = next(key for name, key in asked if name.endswith("hook_q"))
+    n = len(run.tokens(5))
+    assert rows.stop - rows.start == n and head == 3
+    asked.clear()
+    run.prompt_activation("blocks.1.attn.hook_pattern", 5, 2)
+    (flat,) = [key for name, key in asked if name.endswith("hook_pattern")]
+    assert flat.stop - flat.start == n * n  # one head's block of the prompt's H * n * n values
+
+
+def test_prompt_activation_index_refusals(gpt2, tmp_path):
+    run = probe.record(gpt2, word_prompts(2), tmp_path / "run", progress=False)
+    H = gpt2.cfg.n_heads
+    with pytest.raises(IndexError, match=f"index {H} on axis 0 is out of range"):
+        run.prompt_activation("blocks.0.attn.hook_q", 0, H)
+    with pytest.raises(IndexError, match="out of range"):
+        run.prompt_activation("blocks.0.attn.hook_pattern", 0, (0, len(run.tokens(0))))
+    with pytest.raises(IndexError, match="has 2 axes after the token axis"):
+        run.prompt_activation("blocks.0.attn.hook_q", 0, (0, 0, 0))
+    with pytest.raises(TypeError, match="integers"):
+        run.prompt_activation("blocks.0.attn.hook_q", 0, (slice(0, 2),))
+    with pytest.raises(IndexError, match="head 9 out of range"):
+        run.pattern(0, 0, 9)
