@@ -2,9 +2,10 @@
 
 ``run = probe.open(path)`` reads only the manifest and the prompt list. Activations are
 read on demand, slice by slice, from the shards: ``run["blocks.3.hook_resid_post"][a:b]``,
-``run.pattern(prompt, layer, head)``, ``run.activations(name, prompts)``,
-``run.cache(prompt)``. A run still being recorded can be read: the reader sees the shards
-published when it opened (or last called `refresh`).
+``run.pattern(prompt, layer, head)``, ``run.prompt_activation(name, prompt, index=head)``
+(one head's slice of one prompt), ``run.activations(name, prompts)``, ``run.cache(prompt)``.
+A run still being recorded can be read: the reader sees the shards published when it opened
+(or last called `refresh`).
 """
 
 from __future__ import annotations
