@@ -68,7 +68,7 @@ def table_kind(columns: list[str], stem: str) -> str | None:
         return PATCH_RESID
     if {"layer", "head", "normalized"} <= cols:
         return PATCH_HEADS
-    if {"layer", "test_acc"} <= cols:
+    if {"layer", "test_acc"} <= cols or {"layer", "test_r2"} <= cols:  # logistic (accuracy) or ridge (R^2)
         return PROBES
     if {"layer", "head", "accuracy", "ci_low", "ci_high"} <= cols:
         return COREF

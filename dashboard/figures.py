@@ -321,23 +321,57 @@ def metrics_scatter(columns: dict[str, pd.Series], x: str, y: str, selected: tup
              yaxis=dict(title={"text": y}), height=450))
 
 
+ACCURACY_CURVES = (("test_acc", "solid"), ("dev_acc", "dot"), ("train_acc", "dot"), ("control_test_acc", "dash"),
+                   ("selectivity", "solid"), ("majority_baseline", "dashdot"))
+R2_CURVES = (("test_r2", "solid"), ("dev_r2", "dot"), ("train_r2", "dot"), ("control_test_r2", "dash"),
+             ("selectivity", "solid"), ("mean_baseline_r2", "dashdot"))
+R2_FLOOR = -1.0  # R^2 is unbounded below; a useless layer's -40 must not flatten the others
+
+
+def is_ridge_table(table: pd.DataFrame) -> bool:
+    """A ridge probe's table (R^2 of a real-valued target) rather than a logistic one's."""
+    return "test_r2" in table.columns and "test_acc" not in table.columns
+
+
 def probe_curves(table: pd.DataFrame, name: str, selected_layer: int | None = None) -> go.Figure:
-    """Accuracy per layer of a probe table: train/dev/test, majority baseline, and the
-    control task and selectivity when the table has them; the selected head's layer is
-    marked."""
-    fig = go.Figure()
+    """Score per layer of a probe table: train/dev/test, the baseline, and the control task
+    and selectivity when the table has them; the selected head's layer is marked. Logistic
+    tables are drawn as accuracy (majority baseline), ridge tables as R^2 (mean-predictor
+    baseline)."""
+    if is_ridge_table(table):
+        return _layer_curves(table, R2_CURVES, f"{name}: ridge probe R^2 per layer", "R^2", selected_layer,
+                             floor=R2_FLOOR)
+    return _layer_curves(table, ACCURACY_CURVES, f"{name}: probe accuracy per layer", "accuracy", selected_layer)
+
+
+def _layer_curves(table: pd.DataFrame, curves: tuple[tuple[str, str], ...], title: str, y_title: str,
+                  selected_layer: int | None, floor: float = -np.inf) -> go.Figure:
+    """One line per column of ``curves`` the table has, over its layers (x = layer, so a
+    click selects that layer). The y axis ends at 1.02 and starts at the lowest value or 0,
+    but no lower than ``floor``; points below it are named in a note."""
     layers = table["layer"].to_numpy()
-    for col, dash in (("test_acc", "solid"), ("dev_acc", "dot"), ("train_acc", "dot"),
-                      ("control_test_acc", "dash"), ("selectivity", "solid"), ("majority_baseline", "dashdot")):
-        if col in table.columns:
-            fig.add_trace(go.Scatter(x=layers, y=_round(table[col]), mode="lines+markers", name=col,
-                                     line=dict(dash=dash)))
-    fig.update_layout(title=f"{name}: probe accuracy per layer", xaxis=dict(title="layer", dtick=1),
-                      yaxis=dict(title="accuracy", range=[min(0, float(table.get("selectivity", pd.Series([0])).min())),
-                                                          1.02]), height=360, **LAYOUT)
+    present = [(col, dash) for col, dash in curves if col in table.columns]
+    traces = [dict(type="scatter", x=layers, y=_round(pd.to_numeric(table[col], errors="coerce")),
+                   mode="lines+markers", name=col, line=dict(dash=dash),
+                   hovertemplate=f"layer %{{x}}: {col} %{{y:.3f}}<extra>click to select the layer</extra>")
+              for col, dash in present]
+    values = np.concatenate([pd.to_numeric(table[col], errors="coerce").to_numpy(float) for col, _ in present]) \
+        if present else np.zeros(0)
+    finite = values[np.isfinite(values)]
+    low = min(0.0, float(finite.min())) if len(finite) else 0.0
+    layout = dict(title={"text": title}, xaxis=dict(title={"text": "layer"}, dtick=1),
+                  yaxis=dict(title={"text": y_title}, range=[max(low, floor) - 0.02, 1.02]), height=360)
+    notes = []
+    if low < floor:
+        notes.append(dict(text=f"values below {floor:g} are off the axis (lowest {low:.2f})", showarrow=False, x=0,
+                          y=0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
+                          font=dict(size=11, color="#666")))
     if selected_layer is not None:
-        fig.add_vline(x=selected_layer, line=dict(color=SELECTED, dash="dot"), annotation_text="selected layer")
-    return fig
+        layout["shapes"] = [dict(type="line", x0=selected_layer, x1=selected_layer, y0=0, y1=1, xref="x",
+                                 yref="paper", line=dict(color=SELECTED, dash="dot"))]
+        notes.append(dict(text="selected layer", showarrow=False, x=selected_layer, y=1, xref="x", yref="paper",
+                          xanchor="left", yanchor="top"))
+    return figure(traces, {**layout, "annotations": notes})
 
 
 def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tuple[int, int] | None = None,

@@ -283,6 +283,76 @@ def test_analysis_results_are_found_by_columns_and_absent_ones_say_how(registry,
     assert "hook_resid_post" in layer["layout"]["annotations"][0]["text"]
 
 
+@pytest.fixture(scope="module")
+def numeric_run(tmp_path_factory):
+    """toy-coref on 40 prompts of 14, 15 and 17 words from a JSONL file whose prompts carry
+    their length in characters (a real-valued label), with ridge probes saved: the CLI's
+    (no control task) and one with the control task, through the analysis API."""
+    import models
+    import probe
+    from analyses.probe_features import prompt_features
+    from analyses.results import save_result
+    from analyses.ridge_probes import layer_ridge_probes
+    from probe.cli import main
+
+    prompts = probe.load_prompts("toy-coref-test")[::83][:40]
+    path = tmp_path_factory.mktemp("ridge") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": p.text, "n_chars": len(p.text), "noun": p.labels["candidates"][0]})
+                            + "\n" for p in prompts))
+    run = probe.record(models.load("toy-coref"), path, path.parent / "run", names=["blocks.*.hook_resid_post"],
+                       progress=False)
+    assert main(["probes", str(run.path), "--label", "n_chars"]) == 0
+    layers = range(run.config["n_layers"])
+    with_control = layer_ridge_probes(prompt_features(run, layers), np.array([len(t) for t in run.prompts]),
+                                      np.arange(run.n_prompts), types=[run.labels(i)["noun"]
+                                                                       for i in range(run.n_prompts)])
+    save_result(run.path, "probes_n_chars_control", with_control)
+    return run.path
+
+
+def test_ridge_probe_tables_are_drawn_as_r2_per_layer(numeric_run):
+    kinds = {t.name: t.kind for t in discover_tables(numeric_run)}
+    assert kinds == {"probes_n_chars": "probes", "probes_n_chars_control": "probes"}
+    out, msg = render_view(Registry([numeric_run]), ViewState(view="results", layer=1))
+    assert msg is None
+    graphs = {g.id["name"]: g for g in out["results"] if hasattr(g, "figure")}
+    for name in ("probes_n_chars", "probes_n_chars_control"):
+        table = pd.read_csv(numeric_run / "analyses" / f"{name}.csv")
+        fig = figure_dict(graphs[name].figure)
+        traces = {t["name"]: t for t in fig["data"]}
+        assert "test_acc" not in traces
+        assert list(traces["test_r2"]["x"]) == list(table.layer)
+        assert np.allclose(traces["test_r2"]["y"], table.test_r2, atol=1e-4)
+        assert np.allclose(traces["dev_r2"]["y"], table.dev_r2, atol=1e-4)
+        # the mean predictor's R^2 is the reference line: one value at every layer
+        assert np.allclose(traces["mean_baseline_r2"]["y"], table.mean_baseline_r2.iloc[0], atol=1e-4)
+        assert fig["layout"]["yaxis"]["title"]["text"] == "R^2" and "R^2" in fig["layout"]["title"]["text"]
+        assert "accuracy" not in json.dumps(fig["layout"])
+        assert [sh["x0"] for sh in fig["layout"]["shapes"]] == [1]  # the selected layer is marked
+        # a click on a layer's point selects that layer, as on the accuracy curves
+        assert graphs[name].id["kind"] == "probe"
+        last = int(traces["test_r2"]["x"][-1])
+        click = {"points": [{"x": last, "y": float(traces["test_r2"]["y"][-1]), "curveNumber": 0}]}
+        assert apply_event(ViewState(view="results", layer=0), "result-probe", click).layer == last
+    control = pd.read_csv(numeric_run / "analyses" / "probes_n_chars_control.csv")
+    assert control.control_test_r2.notna().all()  # the control task ran (40 prompts, several nouns)
+    traces = {t["name"]: t for t in figure_dict(graphs["probes_n_chars_control"].figure)["data"]}
+    assert np.allclose(traces["control_test_r2"]["y"], control.control_test_r2, atol=1e-4)
+    assert np.allclose(traces["selectivity"]["y"], control.selectivity, atol=1e-4)
+    assert "control_test_r2" not in {t["name"] for t in figure_dict(graphs["probes_n_chars"].figure)["data"]}
+
+
+def test_r2_axis_keeps_useful_layers_readable():
+    """R^2 is unbounded below: a layer at -40 is left off the axis, with a note, rather
+    than flattening the others against 1."""
+    table = pd.DataFrame({"layer": [0, 1, 2], "test_r2": [-40.0, 0.3, 0.9], "mean_baseline_r2": -0.01})
+    fig = figure_dict(figures.probe_curves(table, "t"))
+    assert fig["layout"]["yaxis"]["range"][0] == pytest.approx(-1.02)
+    assert "off the axis (lowest -40.00)" in fig["layout"]["annotations"][0]["text"]
+    mild = figure_dict(figures.probe_curves(table.assign(test_r2=[-0.2, 0.3, 0.9]), "t"))
+    assert mild["layout"]["yaxis"]["range"][0] == pytest.approx(-0.22) and not mild["layout"].get("annotations")
+
+
 def test_metrics_scatter_layer_view_compare_and_qk(registry, coref_run):
     run = Run(coref_run)
     cols = registry.get("0").head_columns()
