@@ -56,12 +56,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     for _, r in metrics.sort_values("prev_token", ascending=False).head(3).iterrows()))
     report = write_report(run, model=model)
     print("\n" + report.read_text())
+    from probe.cli_probes import control_types, split_units_of
+
     labels = np.array([str(run.labels(i).get("gender")) for i in range(run.n_prompts)])
     keep = np.flatnonzero(labels != "None")
-    table = layer_probes(prompt_features(run, range(run.config["n_layers"]))[:, keep], labels[keep], keep)
+    # control task: a random label per pronoun word; a probe that only memorises the pronoun
+    # scores as well on it, so selectivity says what the representation adds
+    table = layer_probes(prompt_features(run, range(run.config["n_layers"]))[:, keep], labels[keep],
+                         split_units_of(run, keep), types=control_types(run, keep, "pronoun", run.manifest.get("label_fields", [])))
     save_result(run.path, "probes_gender", table)
-    print("linear probe, pronoun gender from mean-pooled resid_post (test accuracy per layer): "
-          + ", ".join(f"L{int(r.layer)} {r.test_acc:.2f}" for _, r in table.iterrows())
+    print("linear probe, pronoun gender from mean-pooled resid_post (test accuracy / selectivity over a control "
+          "task keyed by the pronoun): " + ", ".join(f"L{int(r.layer)} {r.test_acc:.2f}/{r.selectivity:.2f}"
+                                                     for _, r in table.iterrows())
           + f" (majority {table.majority_baseline.iloc[0]:.2f})")
     from analyses.probes import word_features
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported inside the commands, so `probe --help` stays fast
+    import numpy as np
 
 
 def cmd_probes(args: argparse.Namespace) -> int:
@@ -55,8 +59,13 @@ def cmd_probes(args: argparse.Namespace) -> int:
         keep = np.flatnonzero([v is not None for v in values])  # prompts without the field are left out, not a class
         real = prompt_targets([values[i] for i in keep], args.target, args.label)
         feats = prompt_features(run, layers, args.hook, args.pool, prompts=keep, out=out)
-        labels, prompt_of = np.array([str(values[i]) for i in keep]), keep
+        # twin prompts (same pair_id: WinoBias pro/anti, WinoGender's genders) differ in a word or
+        # two, so they are one split unit: a probe must not be tested on the twin of a train prompt
+        labels, prompt_of = np.array([str(values[i]) for i in keep]), split_units_of(run, keep)
         name, what = f"probes_{args.label}", f"{args.label!r} from {args.pool}-pooled {args.hook}"
+        if args.control:
+            types = control_types(run, keep, args.control, fields)
+            what += f", control task: a random label per {args.control!r} value"
     if stream:
         print(f"streaming {len(labels)} feature rows ({need / 2**30:.2f} GiB bound) from disk through the fit")
     if real is not None:
@@ -81,6 +90,32 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_units_of(run, prompts) -> np.ndarray:
+    """The split unit of each prompt: its pair_id where it has one, else the prompt itself."""
+    import numpy as np
+
+    units = []
+    for i in prompts:
+        pair = run.labels(int(i)).get("pair_id")
+        units.append(f"pair:{pair}" if pair is not None else f"prompt:{int(i)}")
+    return np.array(units)
+
+
+def control_types(run, prompts, field: str, fields: list[str]) -> list[str]:
+    """The word type of each prompt for a prompt-level label's control task (Hewitt & Liang:
+    every type gets one random label): the value of another label field, e.g. the pronoun for
+    a gender probe, so the control measures what a probe gets from memorising that field."""
+    from models import InputError
+
+    if field not in fields:
+        raise InputError(f"--control {field!r}: the run's prompts have no such field; they carry {fields}")
+    values = [run.labels(int(i)).get(field) for i in prompts]
+    missing = [int(i) for i, v in zip(prompts, values) if v is None]
+    if missing:
+        raise InputError(f"--control {field!r}: prompts {missing[:5]} lack that field; every probed prompt needs it")
+    return [str(v).lower() for v in values]
+
+
 def available_memory() -> int:
     """Bytes of memory available to new allocations (Linux), or a generous guess elsewhere."""
     try:
@@ -101,6 +136,10 @@ def add_subcommand(sub) -> None:
     pr.add_argument("--task", choices=["pos", "antecedent"],
                     help="pos: part of speech per word (runs of the ud-ewt sets); antecedent: which candidate "
                          "mention the pronoun refers to, from its representation (seed, winobias, toy-coref runs)")
+    pr.add_argument("--control", metavar="FIELD",
+                    help="for --label: run Hewitt & Liang's control task with this label field as the word type "
+                         "(one random label per value, e.g. --control pronoun for a gender probe) and report "
+                         "control accuracy and selectivity; pos and antecedent have their own control tasks")
     pr.add_argument("--target", choices=["auto", "class", "real"], default="auto",
                     help="for --label: class (logistic regression, accuracy) or real (ridge regression, R^2); "
                          "auto: real when every value is a number, except 0/1-style integer fields (class indices)")

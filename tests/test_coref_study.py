@@ -159,3 +159,27 @@ def test_head_metrics_include_the_antecedent_score(seed_run):
     p0, p1 = seed_run.pattern(0, 3), seed_run.pattern(1, 3)
     expected = ((p0[:, it, animal] - p0[:, it, street]) + (p1[:, it, street] - p1[:, it, animal])) / 2
     assert np.allclose(table[table.layer == 3].antecedent.to_numpy(), expected, atol=1e-6)
+
+
+def test_coref_cli_on_toy_coref(tmp_path):
+    """`probe coref` end to end on a toy-coref run, asked from the question position: the
+    report names layer-1 heads, probes the antecedent per layer, ablates and patches them with
+    the run's own model, and saves its tables next to the run."""
+    import pandas as pd
+
+    import models
+    from probe.cli import main
+
+    toy = models.load("toy-coref")
+    run = probe.record(toy, probe.load_prompts("toy-coref-test")[::10][:200], tmp_path / "toy",
+                       names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"], progress=False)
+    assert main(["coref", str(run.path), "--query", "question_span"]) == 0
+    report = (run.path / "analyses" / "coref" / "report.md").read_text()
+    for section in ("## Antecedent probes", "## Ablation", "## Patching"):
+        assert section in report
+    heads = pd.read_csv(run.path / "analyses" / "coref" / "coref_heads.csv")
+    named = heads[heads.beats_positional]
+    assert len(named) and (named.layer == 1).all()
+    probes_table = pd.read_csv(run.path / "analyses" / "probes_antecedent_question_span.csv")
+    assert probes_table.test_acc.iloc[-1] > 0.9
+    assert (run.path / "analyses" / "ablation_accuracy.csv").exists()

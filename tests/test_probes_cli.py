@@ -153,3 +153,28 @@ def test_span_covering_no_token_is_refused(tmp_path):
     FakeRun.prompt_records[0]["upos"] = ["X", "Y"]
     feats, labels, _, _ = word_features(FakeRun(), [0])
     assert list(labels) == ["X", "Y"] and feats.shape == (1, 2, 2)
+
+
+def test_prompt_label_control_task_and_twin_splits(minilm, tmp_path):
+    """WinoBias pronoun gender from mean-pooled resid_post. The gender is a function of the
+    pronoun word, so a control task keyed by the pronoun (Hewitt & Liang: one random label
+    per type) is learnable too and selectivity is small; keyed by the twin pair (pro/anti
+    twins share a pair_id and never straddle the split), the control labels of test prompts
+    are unseen and the control stays near chance."""
+    from probe.cli_probes import split_units_of
+
+    wb = probe.load_prompts("winobias-dev")
+    pairs = {p.labels["pair_id"] for p in wb[:150]}  # 150 type-1 pro sentences and their anti twins
+    run = probe.record(minilm, [p for p in wb if p.labels["pair_id"] in pairs], tmp_path / "wb", names=RESID,
+                       progress=False)
+    units = split_units_of(run, range(run.n_prompts))
+    assert run.n_prompts == 300 and units[0] == f"pair:{run.labels(0)['pair_id']}"
+    assert len(set(units)) == 150  # twins share a unit
+    assert probes(run, "--label", "gender", "--control", "pronoun") == 0
+    by_pronoun = result(run, "probes_gender")
+    assert by_pronoun.test_acc.max() > 0.9
+    assert by_pronoun.control_test_acc.max() > 0.85 and by_pronoun.selectivity.min() < 0.15
+    assert probes(run, "--label", "gender", "--control", "pair_id") == 0
+    by_pair = result(run, "probes_gender")
+    assert by_pair.control_test_acc.mean() < 0.7 and by_pair.selectivity.mean() > 0.25
+    assert probes(run, "--label", "gender", "--control", "no_such_field") == 2
