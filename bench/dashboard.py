@@ -98,6 +98,8 @@ def interaction(browser: Browser, values: dict, changed: str, change_value) -> t
     t = time.perf_counter()
     out = browser.call(browser.dep("state.data"), values, [changed])
     times["state"] = time.perf_counter() - t
+    if "state" not in out:  # the click left the state as it was (the same head again): nothing else fires
+        return {k: 1e3 * v for k, v in times.items()}, browser.bytes, values
     values["state.data"] = out["state"]["data"]
     for name, key in (("prompt options", "prompt.options"), ("tokens", "queries.options"), ("grid", "grid.figure"),
                       ("view", "panel-head.style")):
@@ -134,11 +136,13 @@ def browser_timings(app, run, repeats: int, rng: random.Random) -> dict[str, lis
     timed inside the page: from the click (the Next button; for a head, the clickData the
     grid's Plotly click hands Dash) until the head view's title names the new head or
     prompt, which Plotly draws with the new heatmap. Browser and server share the machine."""
+    import logging
     import threading
 
     from dash.testing.browser import Browser as DashBrowser
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per callback would bury the figures
     server = make_server("127.0.0.1", 0, app.server, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     L, H = run.config["n_layers"], run.config["n_heads"]
@@ -193,7 +197,7 @@ def main() -> None:
     state = {"url.search": f"?view={args.view}", "state.data": None, "generation.data": 0, "prompt-search.value": None}
     out = browser.call(browser.dep("state.data"), state, ["url.search"])  # page load
     state["state.data"] = out["state"]["data"]
-    state = interaction(browser, state, "prev.n_clicks", 1)[2]  # warm imports and the first figures
+    state = interaction(browser, state, "next.n_clicks", 1)[2]  # warm imports and the first figures
     results = {}
     load = OtherLoad()
     for kind in ("switch head (grid click)", "switch prompt (prompt dropdown)"):
