@@ -138,12 +138,10 @@ def ablate_on_run(args: argparse.Namespace) -> int:
     the model's own answer or the antecedent probe (``accuracy``), or by the study's heads'
     attention (``antecedent-score``). On a decoder run without them (or with --metric loss):
     next-token loss on the run's own prompts."""
-    from pathlib import Path
 
     import models
     from analyses.coref import candidate_attention, coref_heads
     from analyses.coref_interventions import ablation_setup, setup_metric, sweep
-    from analyses.results import save_result
     from models import InputError
     from probe.reader import open_run
 
@@ -172,25 +170,33 @@ def ablate_on_run(args: argparse.Namespace) -> int:
         return report_ablation(model, setup.data.tokens, fn, f"{what} on {len(setup.data.prompts)} held-out prompts",
                                args, setup.reference, setup.data.mask, setup.reference_mask)
     table = sweep(model, setup, metric, heads, args.method)
-    name = f"ablation_{metric.replace('-', '_')}"
-    out = save_result(run.path, name, table) if not args.output else Path(args.output)
-    if args.output:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
+    out = write_sweep(run, f"ablation_{metric.replace('-', '_')}", table, args.output)
     print_sweep(table, f"{args.method}-ablation sweep on {len(setup.data.prompts)} held-out prompts of {args.run}: "
                 f"{table.metric.iloc[0]}; clean {table.clean.iloc[0]:.3f}", args.top)
     print(f"wrote {out}")
     return 0
 
 
+def write_sweep(run, name: str, table, output: str | None):
+    """A sweep's table: next to the run (RUN/analyses/NAME.csv, where the dashboard finds it),
+    or to -o FILE."""
+    from pathlib import Path
+
+    from analyses.results import save_result
+
+    if not output:
+        return save_result(run.path, name, table)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    return Path(output)
+
+
 def ablate_run_loss(model, run, args: argparse.Namespace) -> int:
     """Next-token loss on all of a decoder run's prompts (its stored token ids, right-padded
     with a mask when lengths differ); the sweep is saved as RUN/analyses/ablation_loss.csv."""
-    from pathlib import Path
 
     from analyses.ablation import head_ablation_sweep, next_token_loss
     from analyses.coref_interventions import check_model_matches
-    from analyses.results import save_result
     from models import InputError
     from models.tokens import pad, pad_id
 
@@ -209,10 +215,7 @@ def ablate_run_loss(model, run, args: argparse.Namespace) -> int:
         return report_ablation(model, tok.ids, metric, what, args, tok.ids, mask, mask)
     table = head_ablation_sweep(model, tok.ids, metric, args.method, tok.ids, args.seed, attention_mask=mask,
                                 reference_mask=mask).assign(metric="next-token loss")
-    out = save_result(run.path, "ablation_loss", table) if not args.output else Path(args.output)
-    if args.output:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False)
+    out = write_sweep(run, "ablation_loss", table, args.output)
     print_sweep(table, f"{args.method}-ablation sweep of {model.cfg.model_name}: {what}; clean "
                 f"{table.clean.iloc[0]:.3f}", args.top)
     print(f"wrote {out}")
