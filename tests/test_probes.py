@@ -8,7 +8,15 @@ import pytest
 import torch
 
 import probe
-from analyses.probes import control_labels, fit_logistic, layer_probes, predict, prompt_features, split_prompts
+from analyses.probes import (
+    control_labels,
+    fit_logistic,
+    layer_probes,
+    predict,
+    prompt_features,
+    split_prompts,
+    split_units,
+)
 
 
 def test_matches_sklearn_logistic_regression():
@@ -64,6 +72,23 @@ def test_splits_are_by_prompt_and_baselines_are_right():
     # (selectivity ~0); the label-only layer cannot learn the control labels (high selectivity).
     assert abs(table.selectivity[1]) < 0.05
     assert table.selectivity[0] > table.selectivity[1] + 0.1
+
+
+def test_rows_of_a_prompt_never_straddle_the_split():
+    """Each prompt's tokens share a prompt-specific vector and one random label: memorisable
+    per prompt, not learnable across prompts. Split by token, the test tokens would come from
+    train prompts and score ~1; split by prompt, unseen prompts score near chance."""
+    rng = np.random.default_rng(1)
+    n_prompts, per, d = 80, 10, 64
+    prompt_of = np.repeat(np.arange(n_prompts), per)
+    split = split_units(prompt_of, seed=0)
+    assert all(len(set(split[prompt_of == p])) == 1 for p in range(n_prompts))
+    signature = rng.normal(size=(n_prompts, d)) * 3
+    feats = (signature[prompt_of] + rng.normal(size=(n_prompts * per, d)))[None].astype(np.float32)
+    labels = rng.choice(["a", "b"], n_prompts)[prompt_of]
+    table = layer_probes(feats, labels, prompt_of)
+    assert table.train_acc[0] > 0.9  # the train prompts are memorised
+    assert table.test_acc[0] < 0.75  # the test prompts are new: chance level (0.5) within noise
 
 
 @pytest.fixture(scope="module")
