@@ -18,6 +18,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
     from analyses.probes import layer_probes
     from analyses.results import save_result
     from analyses.ridge_probes import layer_ridge_probes, prompt_targets
+    from analyses.run_checks import require_layer_hooks
     from models import InputError
     from probe.reader import open_run
 
@@ -26,9 +27,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
     run = open_run(args.run)
     L = run.config["n_layers"]
     layers = range(L)
-    missing = [f"blocks.{layer}.{args.hook}" for layer in layers if f"blocks.{layer}.{args.hook}" not in run.hooks]
-    if missing:
-        raise InputError(f"{args.run} lacks {missing[:2]}...; record with --names 'blocks.*.{args.hook}'")
+    require_layer_hooks(run, args.hook, "probes")
     fields = run.manifest.get("label_fields", [])
     # Rows go to a scratch file and are streamed through the fit when asked, or when the
     # features would not comfortably fit in memory (a quarter of what is available).

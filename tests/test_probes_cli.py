@@ -178,3 +178,9 @@ def test_prompt_label_control_task_and_twin_splits(minilm, tmp_path):
     by_pair = result(run, "probes_gender")
     assert by_pair.control_test_acc.mean() < 0.7 and by_pair.selectivity.mean() > 0.25
     assert probes(run, "--label", "gender", "--control", "no_such_field") == 2
+
+
+def test_missing_hook_is_named_with_how_to_record_it(numeric_run, capsys):
+    assert probes(numeric_run, "--label", "n_words", "--hook", "hook_mlp_out") == 2
+    err = capsys.readouterr().err
+    assert "lacks blocks.0.hook_mlp_out" in err and "--names 'blocks.*.hook_mlp_out'" in err
