@@ -277,6 +277,10 @@ def patching_tests(model: HookedTransformer, run, pairs: list[tuple[int, int]], 
     if not torch.equal(clean.query, corrupt.query):
         raise InputError("the twins' pronouns sit at different token positions; patching needs them aligned")
     own = answers_in_output(model, run, [c for c, _ in pairs])
+    if not own and probe is None:
+        raise InputError(f"{model.cfg.model_name} does not answer these prompts itself (no question with one-token "
+                         "candidates), so an antecedent probe must measure the patches, and the run lacks the "
+                         "hook_resid_post it reads; record 'blocks.*.hook_resid_post'")
     margin = answer_metric(clean, "difference") if own else probe_margin(probe.probe, probe.hook, clean.query,
                                                                           clean.gold.numpy())
     heads = patch_heads(model, clean.tokens, corrupt.tokens, margin, direction)

@@ -1,7 +1,8 @@
 """Per-head attention statistics over a recorded run (`probe heads RUN`).
 
-Every metric is an average over the run's real query positions (padding is never stored),
-computed from the recorded `hook_pattern` of each layer and the run's token ids:
+Computed from the recorded `hook_pattern` of each layer and the run's token ids (padding is
+never stored). ``entropy``, ``first_token`` and ``self`` average over every real query
+position of the run; the detector scores (below) are per-prompt scores averaged over prompts:
 
 - ``entropy``: -sum_k p log p of the query's attention distribution (nats).
 - ``prev_token``: attention to the previous position, p[q, q-1].
@@ -69,8 +70,10 @@ def pattern_metrics(pattern: np.ndarray, tokens: np.ndarray) -> dict[str, tuple[
 def random_repeat_tokens(model, n: int = 16, half: int = 20, seed: int = 0):
     """[n, specials + 2 * half] token ids: ``half`` random non-special tokens repeated once,
     framed by the special tokens the model's tokenizer puts around a text ([CLS] ... [SEP],
-    <bos> ...)."""
+    <bos> ...). ``half`` shrinks to fit a short context."""
     import torch
+
+    from models import InputError
 
     framed = model.tokenize("a").ids[0].tolist()
     inner = model.tokenize("a", prepend_bos=False).ids[0].tolist() if model.cfg.default_prepend_bos else None
@@ -78,6 +81,9 @@ def random_repeat_tokens(model, n: int = 16, half: int = 20, seed: int = 0):
     word = [i for i in framed if i not in specials] if inner is None else inner
     start = framed.index(word[0]) if word else len(framed)
     prefix, suffix = framed[:start], framed[start + len(word):]
+    half = min(half, (model.cfg.n_ctx - len(prefix) - len(suffix)) // 2)
+    if half < 2:
+        raise InputError(f"{model.cfg.model_name} takes {model.cfg.n_ctx} tokens: too few for repeated random tokens")
     vocab = getattr(model.tokenizer, "get_vocab", dict)()
     bracketed = {i for t, i in vocab.items() if t.startswith("[") and t.endswith("]")}  # BERT's [unused..]
     allowed = torch.tensor(sorted(set(range(model.cfg.d_vocab)) - specials - bracketed - set(prefix + suffix)))
@@ -94,11 +100,12 @@ def random_repeat_scores(model, n: int = 16, half: int = 20, seed: int = 0) -> n
     import torch
 
     ids = random_repeat_tokens(model, n, half, seed)
+    device = next(model.parameters()).device
     with torch.no_grad():
-        _, cache = model.run_with_cache(ids, names_filter="blocks.*.attn.hook_pattern")
+        _, cache = model.run_with_cache(ids.to(device), names_filter="blocks.*.attn.hook_pattern")
     scores = np.zeros((model.cfg.n_layers, model.cfg.n_heads))
     for layer in range(model.cfg.n_layers):
-        patterns = cache["pattern", layer].numpy()  # [n, head, q, k]
+        patterns = cache["pattern", layer].float().cpu().numpy()  # [n, head, q, k]
         for row, pattern in zip(ids.numpy(), patterns):
             scores[layer] += pattern_metrics(pattern, row)["induction"][0] / n
     return scores

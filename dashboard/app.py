@@ -291,7 +291,7 @@ def next_state(search: str | None, stored: str | None, trigger: str | None, valu
     else:
         try:
             state = apply_event(from_query(stored), trigger, value)
-        except (TypeError, ValueError):  # a value no control of this page sends: ignore it
+        except (TypeError, ValueError, OverflowError):  # a value no control of this page sends: ignore it
             state = from_query(stored)
     return clamp(state, registry)
 

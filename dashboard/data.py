@@ -125,7 +125,10 @@ def discover_tables(run_path: Path, problems: list[str] | None = None) -> list[A
         for col in INDEX_COLUMNS:  # 1.0 from a float CSV is layer 1
             if col in table.columns:
                 table[col] = pd.to_numeric(table[col]).astype(int)
-        found.append(AnalysisTable(path.stem, kind, table))
+        # names key the views' graph ids: a second table of the same stem (analyses/x.csv and
+        # analyses/coref/x.csv) is named by its path so the ids stay unique
+        name = path.stem if path.stem not in {t.name for t in found} else str(path.relative_to(root).with_suffix(""))
+        found.append(AnalysisTable(name, kind, table))
     return found
 
 

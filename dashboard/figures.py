@@ -240,7 +240,7 @@ def head_of_click(click: dict | None) -> tuple[int, int] | None:
     try:
         point = click["points"][0]
         return int(np.floor(float(point["y"]) + 0.5)), int(np.floor(float(point["x"]) + 0.5))
-    except (TypeError, KeyError, IndexError, ValueError):
+    except (TypeError, KeyError, IndexError, ValueError, OverflowError):  # OverflowError: a crafted Infinity
         return None
 
 

@@ -93,6 +93,16 @@ def _problems(data: RunData) -> list[html.Div]:
     return [html.Div(why, className="missing", style={"color": "#a00"}) for why in data.table_problems()]
 
 
+def _direction(table) -> str:
+    """How to read a patching table's normalised value: the two directions read differently."""
+    directions = set(table["direction"]) if "direction" in table.columns else {"denoise"}
+    if directions == {"noise"}:
+        return "noising, normalised (1 = no damage, 0 = as corrupted)"
+    if directions == {"denoise"}:
+        return "denoising, normalised (1 = fully restored, 0 = as corrupted)"
+    return "normalised"
+
+
 def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
     parts: list[Any] = _problems(data)
 
@@ -109,11 +119,12 @@ def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
                                                "(ablated - clean)", sel), "head", t.name) for t in ablations] \
         or [_missing(ABLATION, "ablation sweep")]
     heads = data.tables_of(PATCH_HEADS)
-    parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, normalised", sel),
-                    "head", t.name) for t in heads] or [_missing(PATCH_HEADS, "head patching")]
+    parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, {_direction(t.table)}",
+                                               sel), "head", t.name) for t in heads] \
+        or [_missing(PATCH_HEADS, "head patching")]
     resid = data.tables_of(PATCH_RESID)
     parts += [graph(figures.layer_position_heatmap(t.table, "normalized", f"{t.name}: residual patching "
-                                                   "[layer, position], normalised"), "layer", t.name)
+                                                   f"[layer, position], {_direction(t.table)}"), "layer", t.name)
               for t in resid] \
         or [_missing(PATCH_RESID, "residual patching")]
     coref = data.tables_of(COREF)

@@ -140,8 +140,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_heads(args: argparse.Namespace) -> int:
+def model_for_induction(run, name: str | None):
+    """The run's own model for ``induction_random``, or None (with a note) when it cannot be
+    loaded or cannot take repeated random tokens: the cache alone answers every other metric.
+    A model named with --model must be the run's (an InputError otherwise)."""
     import models
+    from analyses.coref_interventions import check_model_matches
+    from analyses.head_metrics import random_repeat_tokens
+
+    try:
+        model = models.load(name or run.model_name)
+        if name:
+            check_model_matches(model, run)
+        random_repeat_tokens(model, 1)
+        return model
+    except (models.ModelNotFound, models.UnsupportedArchitecture, models.CheckpointMismatch, OSError,
+            models.InputError) as e:
+        if name:  # asked for explicitly: a mistake to report
+            raise
+        print(f"note: induction_random left out: the run's model {run.model_name!r} cannot provide it ({e})",
+              file=sys.stderr)
+        return None
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
     from analyses.head_metrics import METRICS, head_metrics
     from analyses.results import save_result
     from probe.reader import open_run
@@ -152,13 +174,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
               file=sys.stderr)
     model = None
     if not args.no_model:  # for induction_random, the detector's score on repeated random tokens
-        try:
-            model = models.load(args.model or run.model_name)
-        except (models.ModelNotFound, OSError) as e:
-            if args.model:
-                raise
-            print(f"note: cannot load the run's model {run.model_name!r} ({e}); induction_random left out "
-                  "(give --model)", file=sys.stderr)
+        model = model_for_induction(run, args.model)
     table = head_metrics(run, model=model)
     out = save_result(args.run, "head_metrics", table)
     print(f"head metrics over {run.n_prompts} prompts -> {out}")

@@ -138,7 +138,6 @@ def ablate_on_run(args: argparse.Namespace) -> int:
     the model's own answer or the antecedent probe (``accuracy``), or by the study's heads'
     attention (``antecedent-score``). On a decoder run without them (or with --metric loss):
     next-token loss on the run's own prompts."""
-
     import models
     from analyses.coref import candidate_attention, coref_heads
     from analyses.coref_interventions import ablation_setup, setup_metric, sweep
@@ -150,7 +149,12 @@ def ablate_on_run(args: argparse.Namespace) -> int:
     if args.metric == "logit-diff":
         raise InputError("--metric logit-diff takes --prompts JSONL with answer and wrong fields; on a run use "
                          "accuracy (the model's own answer, runs with gold antecedents) or loss")
-    if args.metric == "loss" or not has_coref_labels(run, args.query):
+    labelled = has_coref_labels(run, args.query)
+    if args.metric in ("accuracy", "antecedent-score") and not labelled:
+        raise InputError(f"--metric {args.metric} measures the antecedent, and the prompts of {args.run} have no gold "
+                         f"antecedents ({args.query!r}, candidate_spans, answer); record seed, winobias, winogender or "
+                         "toy-coref-test, or use --metric loss on a decoder run")
+    if args.metric == "loss" or not labelled:
         return ablate_run_loss(model, run, args)
     if args.method == "resample":
         raise InputError("resample ablation needs prompts of one length; on a run use --method mean or zero")

@@ -70,7 +70,10 @@ def patch_on_run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.run} lacks {hook}, which the antecedent probe reads; record 'blocks.*.hook_resid_post'")
     probe = fit_antecedent_probe(run, used, layer, args.query) if hook in run.hooks else None
     heads, resid = patching_tests(model, run, pairs, probe, args.query, args.direction)
-    out = [save_result(run.path, "patch_heads_antecedent", heads), save_result(run.path, "patch_resid_antecedent", resid)]
+    # noising reads the other way (1 = no damage), so it never overwrites the denoising tables
+    suffix = "" if args.direction == "denoise" else "_noise"
+    out = [save_result(run.path, f"patch_heads_antecedent{suffix}", heads),
+           save_result(run.path, f"patch_resid_antecedent{suffix}", resid)]
     print(f"{args.direction} patches of {int(heads.n_pairs.iloc[0])} twin pair(s) of {args.run}, "
           f"metric: {heads.metric.iloc[0]} (clean {heads.clean.iloc[0]:.2f}, corrupt {heads.corrupt.iloc[0]:.2f})")
     print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in

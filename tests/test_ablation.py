@@ -278,6 +278,8 @@ def test_ablate_run_without_gold_antecedents_sweeps_loss(tmp_path, minilm):
     effect = table.set_index(["layer", "head"]).effect
     assert set(effect.sort_values(ascending=False).index[:2]) == {(0, 0), (0, 2)}
     assert min(effect[(1, 0)], effect[(1, 2)], effect[(1, 3)]) > abs(effect[(1, 1)]) + 0.08
+    r = run_cli("ablate", "--run", str(run.path), "--metric", "accuracy")  # no antecedents to be accurate about
+    assert r.returncode == 2 and "no gold antecedents" in r.stderr and "Traceback" not in r.stderr
     enc = probe.record(minilm, ["A cat sat.", "A dog ran."], tmp_path / "enc", names=["blocks.0.attn.hook_pattern"],
                        progress=False)
     r = run_cli("ablate", "--run", str(enc.path))

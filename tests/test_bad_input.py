@@ -125,3 +125,20 @@ def test_mismatched_run_and_model_are_refused(tmp_path):
         check_model_matches(models.load("toy-induction"), probe.open(run.path))
     r = run_cli("ablate", "--run", str(run.path), "--model", "toy-induction")
     assert r.returncode == 2 and "another architecture" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_patching_a_run_that_has_nothing_to_measure_with(tmp_path):
+    """A decoder run whose prompts ask no question (so the model's answer cannot measure a
+    patch) and that lacks resid_post (so no antecedent probe can): a clear refusal."""
+    import probe
+
+    rows = []
+    for p in probe.load_prompts("toy-coref-test")[:40]:
+        labels = {k: v for k, v in p.labels.items() if k != "question_span"}
+        rows.append(json.dumps({"text": p.text, **labels}))
+    (tmp_path / "p.jsonl").write_text("\n".join(rows) + "\n")
+    run = probe.record(models.load("toy-coref"), tmp_path / "p.jsonl", tmp_path / "run",
+                       names=["blocks.*.attn.hook_pattern"], progress=False)
+    r = run_cli("patch", "--run", str(run.path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "record 'blocks.*.hook_resid_post'" in r.stderr

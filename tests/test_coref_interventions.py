@@ -202,7 +202,7 @@ def test_patch_run_noising_on_toy_coref(toy_run):
                         "question_span", "--direction", "noise"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "noise patches of" in r.stdout
-    resid = pd.read_csv(toy_run.path / "analyses" / "patch_resid_antecedent.csv")
+    resid = pd.read_csv(toy_run.path / "analyses" / "patch_resid_antecedent_noise.csv")  # beside the denoising one
     assert set(resid.direction) == {"noise"} and resid.clean.iloc[0] > 0 > resid.corrupt.iloc[0]
     width = resid.position.max() + 1
     _, _, used = candidate_attention(toy_run, query="question_span")

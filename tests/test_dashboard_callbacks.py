@@ -189,6 +189,9 @@ def test_url_state_round_trips(registry):
     # values no control sends (a hand-made request) leave the state as it was
     assert next_state(None, stored, "prompt", "abc", registry) == s
     assert next_state(None, stored, "grid", {"points": [{"x": -3, "y": -1}]}, registry).head == 0
+    # JSON's Infinity (Flask parses it) in a crafted click or control value changes nothing
+    assert next_state(None, stored, "grid", {"points": [{"x": float("inf"), "y": float("inf")}]}, registry) == s
+    assert next_state(None, stored, "prompt", float("inf"), registry) == s
 
 
 # ----------------------------------------------------------------------- refusals and errors

@@ -105,3 +105,20 @@ def test_induction_on_random_repeats_finds_the_planted_heads(induction_run):
     assert top3 == {(1, 0), (1, 2), (1, 3)}
     others = table[(table.layer == 0) | (table["head"] == 1)].induction_random.max()
     assert table.induction_random.nlargest(3).min() > 2 * others
+
+
+def test_heads_cli_on_a_short_context_model_and_a_wrong_model(tmp_path, capsys):
+    """toy-coref takes 32 tokens: the repeated random tokens shrink to fit, so `probe heads`
+    still adds induction_random; a --model that is not the run's is refused."""
+    import pandas as pd
+
+    from probe.cli import main
+
+    toy = models.load("toy-coref")
+    run = probe.record(toy, probe.load_prompts("toy-coref-test")[:6], tmp_path / "toy",
+                       names=["blocks.*.attn.hook_pattern"], progress=False)
+    assert main(["heads", str(run.path)]) == 0
+    table = pd.read_csv(run.path / "analyses" / "head_metrics.csv")
+    assert len(table) == 8 and table.induction_random.notna().all()
+    assert main(["heads", str(run.path), "--model", "toy-induction"]) == 2
+    assert "recorded with 'toy-coref'" in capsys.readouterr().err
