@@ -209,3 +209,33 @@ def prompt_targets(values: Sequence, target: str, field: str) -> np.ndarray | No
         raise InputError(f"--target real needs numbers, but {field!r} has the value {bad!r}; "
                          "probe it as classes (--target class) or give the prompts numeric values")
     return np.asarray([float(v) for v in values])
+
+
+class RidgeProbe:
+    """One ridge probe with scikit-learn's estimator contract (``fit``, ``predict``, ``score``
+    as R^2; fitted state in trailing-underscore attributes), the real-valued companion of
+    ``analyses.probes.LinearProbe``: a probe as a measuring device, e.g. inside a hook.
+    ``lam`` is the strength of ``mean squared error + lam ||w||^2`` (``Ridge(alpha=lam * n)``)."""
+
+    def __init__(self, lam: float = 1e-3, standardize: bool = True):
+        self.lam, self.standardize = lam, standardize
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeProbe:
+        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        y = _targets(y, X.shape[0])
+        self.mean_ = X.mean(0) if self.standardize else torch.zeros(X.shape[1])
+        self.scale_ = X.std(0).clamp(min=1e-6) if self.standardize else torch.ones(X.shape[1])
+        W, b = fit_ridge(((X - self.mean_) / self.scale_)[None], torch.as_tensor(y), [self.lam])
+        self.coef_, self.intercept_ = W[0, 0, :, 0], b[0, 0, 0]  # [d], scalar
+        return self
+
+    def predict(self, X: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Predictions [n] (torch in, torch out: usable inside a forward hook)."""
+        X = torch.as_tensor(X, dtype=torch.float32)
+        return ((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+
+    def score(self, X: torch.Tensor | np.ndarray, y: np.ndarray) -> float:
+        """R^2 of the predictions, as ``sklearn.metrics.r2_score``."""
+        y = np.asarray(y, dtype=np.float64)
+        residual = ((y - self.predict(X).double().numpy()) ** 2).sum()
+        return float(1 - residual / ((y - y.mean()) ** 2).sum())

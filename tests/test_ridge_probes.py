@@ -130,3 +130,24 @@ def test_real_valued_rule():
     assert prompt_targets([1.5, 2.5], "class", "x") is None
     with pytest.raises(InputError, match="'size' has the value 'big'"):
         prompt_targets([1, "big"], "real", "size")
+
+
+def test_ridge_probe_estimator_matches_sklearn():
+    """RidgeProbe (fit / predict / score) against scikit-learn's Ridge on the probe's own
+    standardisation, with alpha = lam * n, and score against r2_score."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    from analyses.ridge_probes import RidgeProbe
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 12)) * rng.uniform(0.5, 4, 12) + rng.normal(size=12)
+    y = X @ rng.normal(size=12) + 5 + rng.normal(size=300)
+    probe_ = RidgeProbe(lam=0.05).fit(X[:200], y[:200])
+    Xs = (X - probe_.mean_.numpy()) / probe_.scale_.numpy()
+    ref = Ridge(alpha=0.05 * 200).fit(Xs[:200], y[:200])
+    assert np.allclose(probe_.coef_.numpy(), ref.coef_, atol=1e-4)
+    assert np.allclose(probe_.predict(X[200:]).numpy(), ref.predict(Xs[200:]), atol=1e-3)
+    assert abs(probe_.score(X[200:], y[200:]) - r2_score(y[200:], ref.predict(Xs[200:]))) < 1e-5
+    with pytest.raises(InputError, match="constant target"):
+        RidgeProbe().fit(X, np.full(300, 2.0))
