@@ -18,6 +18,8 @@ import numpy as np
 
 from models import InputError
 
+from .run_checks import require_layer_hooks
+
 
 class FeatureRows:
     """Feature rows on disk: a raw float32 file laid out [rows, layers, d], so a chunk of
@@ -87,10 +89,7 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
     (``aligned_tokens``), never silently dropped. With ``out`` the rows go to disk and ``out``
     is returned in place of the array."""
     layers = list(layers)
-    for layer in layers:
-        name = f"blocks.{layer}.{hook}"
-        if name not in run.hooks:
-            raise InputError(f"{run.path} lacks {name}; record it with --names 'blocks.*.{hook}'")
+    require_layer_hooks(run, hook, "span features", layers)
     feats: list[list[np.ndarray]] = [[] for _ in layers]
     labels, prompt_of, types = [], [], []
     truncated = set(run.manifest.get("truncated_prompts", []))

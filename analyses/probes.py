@@ -166,6 +166,15 @@ def standardizer(features: np.ndarray | FeatureRows, rows: np.ndarray, chunk_row
     return torch.tensor(mu, dtype=torch.float32)[:, None], torch.tensor(sd, dtype=torch.float32)[:, None]
 
 
+def standardized_chunks(features: np.ndarray | FeatureRows, rows: np.ndarray, mu: torch.Tensor, sd: torch.Tensor,
+                        chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(row indices, standardised X [L, r, d]) of the selected rows [n] (a mask), chunk by chunk."""
+    for start, block in chunks(features, chunk_rows):
+        idx = np.flatnonzero(rows[start:start + block.shape[1]])
+        if len(idx):
+            yield start + idx, (torch.from_numpy(np.ascontiguousarray(block[:, idx])) - mu) / sd
+
+
 def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_of: np.ndarray,
                  types: Sequence | None = None, lambdas: Sequence[float] = DEFAULT_LAMBDAS, seed: int = 0,
                  standardize: bool = True, chunk_rows: int | None = None) -> pd.DataFrame:
@@ -190,11 +199,7 @@ def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_
         mu, sd = torch.zeros(L, 1, d), torch.ones(L, 1, d)
 
     def blocks(rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(row indices, standardised X [L, r, d]) of the selected rows, chunk by chunk."""
-        for start, block in chunks(features, chunk_rows):
-            idx = np.flatnonzero(rows[start:start + block.shape[1]])
-            if len(idx):
-                yield start + idx, (torch.from_numpy(np.ascontiguousarray(block[:, idx])) - mu) / sd
+        return standardized_chunks(features, rows, mu, sd, chunk_rows)
 
     train = split == 0
     in_memory = isinstance(features, np.ndarray) and chunk_rows is None

@@ -37,7 +37,7 @@ import torch
 from models import InputError
 
 from .probe_features import FeatureRows
-from .probes import DEFAULT_LAMBDAS, chunks, control_labels, split_units, standardizer
+from .probes import DEFAULT_LAMBDAS, control_labels, split_units, standardized_chunks, standardizer
 
 # The logistic grid extended upwards: with standardised features the eigenvalues of S average
 # 1, so strengths up to 100 reach "nearly the mean predictor", which noisy layers need. Extra
@@ -125,11 +125,7 @@ def layer_ridge_probes(features: np.ndarray | FeatureRows, targets: np.ndarray, 
                                                                                  torch.ones(L, 1, d))
 
     def blocks(rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(row indices, standardised X [L, r, d]) of the selected rows, chunk by chunk."""
-        for start, block in chunks(features, chunk_rows):
-            idx = np.flatnonzero(rows[start:start + block.shape[1]])
-            if len(idx):
-                yield start + idx, (torch.from_numpy(np.ascontiguousarray(block[:, idx])) - mu) / sd
+        return standardized_chunks(features, rows, mu, sd, chunk_rows)
 
     W, b = fit_ridge_streamed(lambda: ((X, Y[idx]) for idx, X in blocks(split == 0)), lambdas)
     sse = _split_errors(blocks(np.ones(n, bool)), Y, split, W, b)  # [3, L, K, T]

@@ -25,10 +25,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if not args.output:
         raise InputError("give -o FILE.csv for the sweep's table (or --ablate-heads/--ablate-mlp to ablate a set)")
     table = head_ablation_sweep(model, tokens, metric, method=args.method, reference=reference, seed=args.seed)
-    from pathlib import Path
-
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.output, index=False)
+    write_csv(table, args.output)
     print_sweep(table, f"{args.method}-ablation sweep of {args.model}: {what}; clean {table.clean.iloc[0]:.3f}",
                 args.top)
     print(f"wrote {args.output}")
@@ -104,8 +101,6 @@ def parse_heads(specs: list[str] | None) -> list[tuple[int, int]]:
 def report_ablation(model, tokens, metric, what: str, args: argparse.Namespace, reference, attention_mask=None,
                     reference_mask=None) -> int:
     """--ablate-heads/--ablate-mlp: the metric clean and with all of them ablated together."""
-    from pathlib import Path
-
     from analyses.ablation import ablate_together
 
     table = ablate_together(model, tokens, metric, parse_heads(args.ablate_heads), args.ablate_mlp or [],
@@ -115,9 +110,7 @@ def report_ablation(model, tokens, metric, what: str, args: argparse.Namespace, 
     print(f"{args.method}-ablating {' and '.join(parts)} of {model.cfg.model_name} together: {what}")
     print(f"  clean   {r.clean:.4f}\n  ablated {r.ablated:.4f}  (effect {r.effect:+.4f})")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.output, index=False)
-        print(f"wrote {args.output}")
+        print(f"wrote {write_csv(table, args.output)}")
     return 0
 
 
@@ -184,15 +177,19 @@ def ablate_on_run(args: argparse.Namespace) -> int:
 def write_sweep(run, name: str, table, output: str | None):
     """A sweep's table: next to the run (RUN/analyses/NAME.csv, where the dashboard finds it),
     or to -o FILE."""
-    from pathlib import Path
-
     from analyses.results import save_result
 
-    if not output:
-        return save_result(run.path, name, table)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output, index=False)
-    return Path(output)
+    return save_result(run.path, name, table) if not output else write_csv(table, output)
+
+
+def write_csv(table, output: str):
+    """A table to the -o FILE the user named (its folder made)."""
+    from pathlib import Path
+
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return out
 
 
 def ablate_run_loss(model, run, args: argparse.Namespace) -> int:

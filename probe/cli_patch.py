@@ -40,10 +40,15 @@ def cmd_patch(args: argparse.Namespace) -> int:
     print("resid_pre  " + " ".join(f"{t[:6]:>6}" for t in tokens))
     for layer, row in grid.iterrows():
         print(f"layer {layer:<4} " + " ".join(f"{v:6.2f}" for v in row))
-    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
-                                heads.sort_values("normalized", ascending=False).head(args.top).iterrows()))
+    print_top_heads(heads, args.top)
     print(f"wrote {out / 'patch_resid.csv'} and {out / 'patch_heads.csv'}")
     return 0
+
+
+def print_top_heads(heads, top: int) -> None:
+    """The heads whose patch moves the normalised metric most toward clean."""
+    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
+                                heads.sort_values("normalized", ascending=False).head(top).iterrows()))
 
 
 def patch_on_run(args: argparse.Namespace) -> int:
@@ -76,8 +81,7 @@ def patch_on_run(args: argparse.Namespace) -> int:
            save_result(run.path, f"patch_resid_antecedent{suffix}", resid)]
     print(f"{args.direction} patches of {int(heads.n_pairs.iloc[0])} twin pair(s) of {args.run}, "
           f"metric: {heads.metric.iloc[0]} (clean {heads.clean.iloc[0]:.2f}, corrupt {heads.corrupt.iloc[0]:.2f})")
-    print("heads: " + ", ".join(f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in
-                                heads.sort_values("normalized", ascending=False).head(args.top).iterrows()))
+    print_top_heads(heads, args.top)
     print(f"wrote {out[0]} and {out[1]}")
     return 0
 
