@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import HookedTransformer, InputError
+from models import HookedTransformer
+from probe.errors import InputError
 
 Method = Literal["zero", "mean", "resample"]
 Metric = Callable[..., torch.Tensor]  # (out [b,p,v|m], tokens [b,p], cache {hook: [b,...]}) -> [b]

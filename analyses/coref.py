@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models import InputError
+from probe.errors import InputError
 
 from .run_checks import require_layer_hooks
 

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import HookedTransformer, InputError
+from models import HookedTransformer
 from models.tokens import pad, pad_id
+from probe.errors import InputError
 
 from .ablation import (
     ablate_heads_hooks,

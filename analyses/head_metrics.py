@@ -73,7 +73,7 @@ def random_repeat_tokens(model, n: int = 16, half: int = 20, seed: int = 0):
     <bos> ...). ``half`` shrinks to fit a short context."""
     import torch
 
-    from models import InputError
+    from probe.errors import InputError
 
     framed = model.tokenize("a").ids[0].tolist()
     inner = model.tokenize("a", prepend_bos=False).ids[0].tolist() if model.cfg.default_prepend_bos else None
@@ -146,7 +146,7 @@ def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFr
 def antecedent_scores(run, prompts: list[int] | None = None) -> np.ndarray | None:
     """[layer, head] mean (gold - other) attention mass from the pronoun, or None when the
     run's prompts carry no coreference labels."""
-    from models import InputError
+    from probe.errors import InputError
 
     from .coref import candidate_attention
 

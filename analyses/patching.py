@@ -27,7 +27,8 @@ from typing import Literal
 import pandas as pd
 import torch
 
-from models import HookedTransformer, InputError
+from models import HookedTransformer
+from probe.errors import InputError
 
 from .ablation import Metric, evaluate
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import InputError
+from probe.errors import InputError
 
 from .run_checks import require_layer_hooks
 

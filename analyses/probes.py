@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import InputError
+from probe.errors import InputError
 
 from .lbfgs import batched_lbfgs
 from .probe_features import (  # noqa: F401 - re-exported: the probe's data lives there

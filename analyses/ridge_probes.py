@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import InputError
+from probe.errors import InputError
 
 from .probe_features import FeatureRows
 from .probes import DEFAULT_LAMBDAS, control_labels, split_units, standardized_chunks, standardizer

@@ -3,7 +3,7 @@ error that says which hook and how to record it, not a KeyError deep in a loop."
 
 from __future__ import annotations
 
-from models import InputError
+from probe.errors import InputError
 
 
 def require_layer_hooks(run, hook: str, purpose: str, layers: range | list[int] | None = None) -> None:

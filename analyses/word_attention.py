@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models import HookedTransformer, InputError
+from models import HookedTransformer
+from probe.errors import InputError
 
 
 @dataclass(frozen=True)

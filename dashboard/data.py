@@ -21,20 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probe.errors import StoreError
+from probe.errors import RunUnavailable, StoreError, UnknownRun
 
 # What a failed read can raise: the store's own errors, h5py's OSError on a damaged file,
 # KeyError for a hook the run lacks, IndexError for a prompt/head out of range, and
 # ValueError from a truncated JSON or CSV file.
 READ_ERRORS = (StoreError, OSError, KeyError, IndexError, ValueError)
-
-
-class UnknownRun(StoreError):
-    """The browser asked for a run id this server was not given."""
-
-
-class RunUnavailable(StoreError):
-    """A run this server was given cannot be read (missing, corrupt, newer schema)."""
 
 
 def error_message(e: BaseException) -> str:

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from probe.errors import MissingHook
+
 # Short names, as TransformerLens's `utils.get_act_name` spells them.
 _SHORT = {
     "embed": "hook_embed",
@@ -44,7 +46,7 @@ def act_name(name: str, layer: int | None = None) -> str:
     full = _SHORT[name]
     if "{l}" in full:
         if layer is None:
-            raise KeyError(f"{name!r} is a per-layer activation; give a layer, e.g. ({name!r}, 0)")
+            raise MissingHook(f"{name!r} is a per-layer activation; give a layer, e.g. ({name!r}, 0)")
         return full.format(l=layer)
     return full
 
@@ -65,7 +67,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         try:
             return self.store[name]
         except KeyError:
-            raise KeyError(
+            raise MissingHook(
                 f"{name!r} is not in this cache; it holds {len(self.store)} names, e.g. "
                 f"{list(self.store)[:6]}. Pass names_filter to run_with_cache to record it."
             ) from None

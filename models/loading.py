@@ -21,15 +21,13 @@ from typing import Any
 
 import torch
 
+from probe.errors import CheckpointMismatch, ModelNotFound, UnsupportedArchitecture
+
 from .config import TransformerConfig
-from .families import CheckpointMismatch, UnsupportedArchitecture, convert_state_dict, family_for
+from .families import convert_state_dict, family_for
 from .hooked_transformer import HookedTransformer
 
 PROBE_CONFIG = "probe_config.json"
-
-
-class ModelNotFound(ValueError):
-    pass
 
 
 def zoo() -> dict[str, Path]:

@@ -8,11 +8,9 @@ from typing import Any, Literal
 
 import torch
 
+from probe.errors import InputError
+
 from .config import TransformerConfig
-
-
-class InputError(ValueError):
-    """A user mistake in what was passed to the model (the CLI prints it without a traceback)."""
 
 
 @dataclass

@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from probe.errors import is_user_error, one_line
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -305,18 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # user mistakes become one clear line; real bugs keep their traceback
         if is_user_error(e):
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"probe {args.command}: error: {msg}", file=sys.stderr)
+            print(f"probe {args.command}: error: {one_line(e)}", file=sys.stderr)
             return 2
         raise
-
-
-def is_user_error(e: BaseException) -> bool:
-    from models import CheckpointMismatch, InputError, ModelNotFound, UnsupportedArchitecture
-    from probe.prompts import PromptSetError
-
-    return isinstance(e, (InputError, ModelNotFound, UnsupportedArchitecture, CheckpointMismatch, KeyError,
-                          FileNotFoundError, PermissionError, StoreError, PromptSetError))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from probe.errors import MissingHook
+
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]  # noqa: UP007 (forward ref)
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]  # noqa: UP007 (runtime alias on 3.10)
 
@@ -112,7 +114,7 @@ class HookedModule(nn.Module):
         try:
             return self.hook_dict[name]
         except KeyError:
-            raise KeyError(unknown_hook_message(name, self.hook_dict)) from None
+            raise MissingHook(unknown_hook_message(name, self.hook_dict)) from None
 
     def reset_hooks(self) -> None:
         for hp in self.hook_dict.values():
@@ -141,7 +143,7 @@ class HookedModule(nn.Module):
         match = name_matcher(name)
         points = [hp for n, hp in self.hook_dict.items() if match(n)]
         if not points:
-            raise KeyError(unknown_hook_message(str(name), self.hook_dict))
+            raise MissingHook(unknown_hook_message(str(name), self.hook_dict))
         return points
 
 

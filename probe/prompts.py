@@ -75,6 +75,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from probe.errors import PromptSetError
+
 __all__ = [
     "Prompt",
     "PromptSetError",
@@ -94,10 +96,6 @@ class Prompt:
 
 PromptSource = str | os.PathLike | Sequence[str | Prompt]
 """What `load_prompts` accepts: a bundled set name, a .txt/.jsonl path, or prompts in memory."""
-
-
-class PromptSetError(ValueError):
-    """A prompt set that cannot be loaded; the message says where, what, and how to fix it."""
 
 
 class PromptSetWarning(UserWarning):

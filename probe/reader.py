@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .store import PROMPTS, SCHEMA_VERSION, StoreError, is_attention, iter_jsonl, read_manifest
+from .errors import InputError, MissingHook, StoreError
+from .store import PROMPTS, SCHEMA_VERSION, is_attention, iter_jsonl, read_manifest
 
 
 class Run:
@@ -116,7 +117,7 @@ class Run:
 
     def _check(self, name: str) -> None:
         if name not in self.manifest["hooks"]:
-            raise KeyError(f"{name!r} was not recorded in this run; recorded hooks: {self.hooks[:8]}... "
+            raise MissingHook(f"{name!r} was not recorded in this run; recorded hooks: {self.hooks[:8]}... "
                            f"({len(self.hooks)} in all). Record it with `probe record --names {name}`")
 
     # ------------------------------------------------------------------ access
@@ -205,7 +206,7 @@ class Run:
         published prompts by default), in prompt order: what a probe trains on."""
         self._check(name)
         if is_attention(name):
-            raise KeyError(f"{name} is per prompt [head, n, n]; use prompt_activation or pattern")
+            raise InputError(f"{name} is per prompt [head, n, n]; use prompt_activation or pattern")
         if prompts is None:
             return np.concatenate([self._file(s)["act"][name][:] for s in range(len(self.manifest["shards"]))]) \
                 if self.manifest["shards"] else np.zeros((0, *self.manifest["hooks"][name]["shape"]))

@@ -195,7 +195,7 @@ def char_spans(model: HookedTransformer, text: str, n_tokens: int) -> np.ndarray
 
 def tokenize_all(model: HookedTransformer, prompts: list, truncate: bool) -> tuple[list[list[int]], list[int]]:
     """Token ids of every prompt, checked up front so a bad prompt fails before any work."""
-    from models import InputError
+    from .errors import InputError
 
     rows, truncated = [], []
     for i, p in enumerate(prompts):

@@ -18,6 +18,8 @@ from types import ModuleType
 
 import torch
 
+from probe.errors import CheckpointMismatch, UnsupportedArchitecture
+
 from ..config import TransformerConfig
 
 Transform = Callable[[torch.Tensor, TransformerConfig], torch.Tensor]
@@ -33,14 +35,6 @@ class WeightRule:
 
 def transpose(w: torch.Tensor, cfg: TransformerConfig) -> torch.Tensor:
     return w.T.contiguous()
-
-
-class UnsupportedArchitecture(ValueError):
-    pass
-
-
-class CheckpointMismatch(ValueError):
-    pass
 
 
 def family_for(model_type: str) -> ModuleType:
