@@ -33,7 +33,9 @@ import pandas as pd
 import torch
 
 from models import HookedTransformer
+from models.loss import next_token_nll
 from probe.errors import InputError
+from probe.head_labels import head_label, heads_text
 
 Method = Literal["zero", "mean", "resample"]
 Metric = Callable[..., torch.Tensor]  # (out [b,p,v|m], tokens [b,p], cache {hook: [b,...]}) -> [b]
@@ -45,8 +47,7 @@ def next_token_loss(positions: slice | None = None, attention_mask: torch.Tensor
     With ``attention_mask`` [b, p] (right-padded prompts) only real next tokens count."""
 
     def metric(logits: torch.Tensor, tokens: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        logp = logits[:, :-1].float().log_softmax(-1)
-        nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+        nll = next_token_nll(logits, tokens)
         real = torch.ones_like(nll) if attention_mask is None else attention_mask[:, 1:].to(nll.dtype)
         if positions is not None:
             nll, real = nll[:, positions], real[:, positions]
@@ -177,7 +178,7 @@ def check_heads(model: HookedTransformer, heads: list[tuple[int, int]]) -> None:
     cfg = model.cfg
     for layer, head in heads:
         if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-            raise InputError(f"head L{layer}H{head} is not in {cfg.model_name} ({cfg.n_layers} layers x "
+            raise InputError(f"head {head_label(layer, head)} is not in {cfg.model_name} ({cfg.n_layers} layers x "
                              f"{cfg.n_heads} heads: L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1})")
 
 
@@ -285,7 +286,7 @@ def ablate_together(model: HookedTransformer, tokens: torch.Tensor, metric: Metr
         hooks += ablate_mlp_hooks(model, list(mlp_layers), method, reference, seed, reference_mask)
     clean = evaluate(model, tokens, metric, attention_mask=attention_mask)[0].mean().item()
     ablated = evaluate(model, tokens, metric, hooks, attention_mask)[0].mean().item()
-    return pd.DataFrame([{"method": method, "heads": " ".join(f"L{la}H{h}" for la, h in heads),
+    return pd.DataFrame([{"method": method, "heads": heads_text(heads, " "),
                           "mlp": " ".join(str(layer) for layer in mlp_layers), "clean": clean, "ablated": ablated,
                           "effect": ablated - clean}])
 

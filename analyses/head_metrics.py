@@ -158,3 +158,27 @@ def antecedent_scores(run, prompts: list[int] | None = None) -> np.ndarray | Non
     gold_mass = np.where(g == 0, attn[..., 0], attn[..., 1])
     other_mass = np.where(g == 0, attn[..., 1], attn[..., 0])
     return (gold_mass - other_mass).mean(0)
+
+
+def induction_model(run, name: str | None = None):
+    """(model, None): the run's own model (or ``name``, which must be the run's) for
+    ``induction_random``; (None, reason) when the run's model cannot be loaded or cannot take
+    repeated random tokens: the cache alone answers every other metric. A model the user
+    named that cannot serve is a mistake, and its error propagates."""
+    from probe.errors import InputError
+
+    from .coref_interventions import check_model_matches
+    from .run_inputs import LOAD_ERRORS, load_run_model
+
+    try:
+        model, why = load_run_model(run, name)
+        if model is None:
+            return None, why
+        if name:
+            check_model_matches(model, run)
+        random_repeat_tokens(model, 1)
+        return model, None
+    except (*LOAD_ERRORS, InputError) as e:
+        if name:
+            raise
+        return None, e

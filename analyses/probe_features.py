@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from probe.errors import InputError
+from probe.prompts import twin_key
 
 from .run_checks import require_layer_hooks
 
@@ -175,7 +176,21 @@ def split_groups(run, prompts: Sequence[int]) -> np.ndarray:
     """The split unit of each prompt: its ``pair_id`` when it has one, so the variants of one
     sentence (WinoBias pro/anti, the tired/wide twins) never sit on both sides of a split
     (a probe would recognise the sentence and look better than it is), else the prompt."""
-    return np.asarray([str(run.labels(int(i)).get("pair_id", f"prompt-{int(i)}")) for i in prompts])
+    return np.asarray([twin_key(run.labels(int(i)), int(i)) for i in prompts])
+
+
+def control_types(run, prompts: Sequence[int], field: str) -> list[str]:
+    """The word type of each prompt for a prompt-level label's control task (Hewitt & Liang:
+    every type gets one random label): the value of another label field, e.g. the pronoun for
+    a gender probe, so the control measures what a probe gets from memorising that field."""
+    fields = run.manifest.get("label_fields", [])
+    if field not in fields:
+        raise InputError(f"--control {field!r}: the run's prompts have no such field; they carry {fields}")
+    values = [run.labels(int(i)).get(field) for i in prompts]
+    missing = [int(i) for i, v in zip(prompts, values) if v is None]
+    if missing:
+        raise InputError(f"--control {field!r}: prompts {missing[:5]} lack that field; every probed prompt needs it")
+    return [str(v).lower() for v in values]
 
 
 def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", pool: str = "mean",

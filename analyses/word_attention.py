@@ -16,6 +16,7 @@ import torch
 
 from models import HookedTransformer
 from probe.errors import InputError
+from probe.head_labels import head_label
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class HeadScore:
 
     @property
     def label(self) -> str:
-        return f"L{self.layer}H{self.head}"
+        return head_label(self.layer, self.head)
 
 
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")  # "didn't" is one word; punctuation stands alone

@@ -301,6 +301,7 @@ def child_profile(spec: dict) -> dict:
     import probe
     import probe.recorder as rec
     import probe.store as store
+    from probe.hooks import is_attention_hook
 
     m = models.load(spec["model"])
     prompts = load_texts(spec)
@@ -391,7 +392,7 @@ def child_profile(spec: dict) -> dict:
             t = time.perf_counter()
             for name in hooks:
                 x = cache[name]
-                if store.is_attention(name):
+                if is_attention_hook(name):
                     flat = torch.cat([x[i, :, :n, :n].reshape(-1) for i, n in enumerate(lengths)])
                 else:
                     flat = x[mask]

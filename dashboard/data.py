@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probe.errors import RunUnavailable, StoreError, UnknownRun
+from analyses.results import ABLATION, COREF, HEAD_METRICS, PATCH_HEADS, Result, ResultKind, load_results, result_files
+from probe.errors import RunUnavailable, StoreError, UnknownRun, one_line
 
 # What a failed read can raise: the store's own errors, h5py's OSError on a damaged file,
 # KeyError for a hook the run lacks, IndexError for a prompt/head out of range, and
@@ -30,101 +31,14 @@ READ_ERRORS = (StoreError, OSError, KeyError, IndexError, ValueError)
 
 
 def error_message(e: BaseException) -> str:
-    """One line for the UI (KeyError's str() adds quotes)."""
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return str(msg) or type(e).__name__
+    """One line for the UI (the project's `one_line`: KeyError's str() would add quotes)."""
+    return one_line(e)
 
 
 # ----------------------------------------------------------------------- analysis tables
-# Tables are recognised by their columns, not their file names (analyses/results.py saves
-# them as RUN/analyses/NAME.csv; with --run, probe ablate and probe patch do too).
-HEAD_METRICS, ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF = (
-    "head_metrics", "ablation", "patch_resid", "patch_heads", "probes", "coref")
-
-HOW_TO = {
-    HEAD_METRICS: "probe heads RUN",
-    ABLATION: "probe coref RUN (ablates the study's heads), or probe ablate --run RUN --metric accuracy",
-    PATCH_RESID: "probe patch --run RUN (twin prompts of the run), or probe patch --pairs FILE -o RUN/analyses",
-    PATCH_HEADS: "probe patch --run RUN (twin prompts of the run), or probe patch --pairs FILE -o RUN/analyses",
-    PROBES: "probe probes RUN --label FIELD (or --task pos on a ud-ewt run, --task antecedent on a coreference run)",
-    COREF: "probe coref RUN",
-}
-
-
-def table_kind(columns: list[str], stem: str) -> str | None:
-    """Which kind of analysis result a CSV holds, judged by its columns."""
-    cols = set(columns)
-    if {"layer", "head", "effect"} <= cols:
-        return ABLATION
-    if {"layer", "position", "normalized"} <= cols:
-        return PATCH_RESID
-    if {"layer", "head", "normalized"} <= cols:
-        return PATCH_HEADS
-    if {"layer", "test_acc"} <= cols or {"layer", "test_r2"} <= cols:  # logistic (accuracy) or ridge (R^2)
-        return PROBES
-    if {"layer", "head", "accuracy", "ci_low", "ci_high"} <= cols:
-        return COREF
-    if {"layer", "head"} <= cols and stem == "head_metrics":
-        return HEAD_METRICS
-    if {"layer", "head"} <= cols and any(c not in ("layer", "head") for c in cols):
-        return HEAD_METRICS  # any other per-head table: its numeric columns become metrics
-    return None
-
-
-@dataclass
-class AnalysisTable:
-    name: str  # file stem, e.g. "head_metrics", "probes_gender", "coref_heads"
-    kind: str
-    table: pd.DataFrame
-
-
-INDEX_COLUMNS = ("layer", "head", "position")  # what views turn into grid coordinates
-
-
-def index_problem(table: pd.DataFrame) -> str | None:
-    """Why a table's layer/head/position columns cannot index a grid (not whole numbers,
-    e.g. "L0" from a foreign tool), or None when they can."""
-    for col in INDEX_COLUMNS:
-        if col not in table.columns:
-            continue
-        values = pd.to_numeric(table[col], errors="coerce")
-        if values.isna().any() or not (values == values.round()).all():
-            bad = table[col][values.isna() | (values != values.round())].iloc[0]
-            return f"its {col!r} column holds {str(bad)[:20]!r}, not a whole number"
-    return None
-
-
-def discover_tables(run_path: Path, problems: list[str] | None = None) -> list[AnalysisTable]:
-    """Every recognisable CSV under RUN/analyses (one level of subfolders, for coref/).
-    A table of a known kind whose layer/head/position columns are not whole numbers is
-    left out, and why is appended to ``problems`` (the views show it)."""
-    root = run_path / "analyses"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]):
-        try:
-            table = pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.ParserError):
-            continue  # a half-written or foreign CSV is not an analysis result
-        kind = table_kind(list(table.columns), path.stem)
-        if kind is None:
-            continue
-        if why := index_problem(table):
-            if problems is not None:
-                problems.append(f"{path.relative_to(run_path)} is not shown: {why}")
-            continue
-        for col in INDEX_COLUMNS:  # 1.0 from a float CSV is layer 1
-            if col in table.columns:
-                table[col] = pd.to_numeric(table[col]).astype(int)
-        # names key the views' graph ids: a second table of the same stem (analyses/x.csv and
-        # analyses/coref/x.csv) is named by its path so the ids stay unique
-        name = path.stem if path.stem not in {t.name for t in found} else str(path.relative_to(root).with_suffix(""))
-        found.append(AnalysisTable(name, kind, table))
-    return found
-
-
-def head_columns(tables: list[AnalysisTable]) -> dict[str, pd.Series]:
+# What a saved table is (its kind) is analyses.results' to say (from the sidecar an analysis
+# writes beside its CSV, or for a foreign CSV from its columns), never guessed here.
+def head_columns(tables: list[Result]) -> dict[str, pd.Series]:
     """Every per-head number the analyses saved, as {metric name: Series indexed by
     (layer, head)}: head metrics by their column names, ablation effects and head
     patching by their file stems, coreference accuracy as "coref_accuracy"."""
@@ -133,15 +47,15 @@ def head_columns(tables: list[AnalysisTable]) -> dict[str, pd.Series]:
         df = t.table.set_index(["layer", "head"]) if {"layer", "head"} <= set(t.table.columns) else None
         if df is None:
             continue
-        if t.kind == HEAD_METRICS:
+        if t.kind == HEAD_METRICS.name:
             for c in df.columns:
                 if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
                     out[c if t.name == "head_metrics" else f"{t.name}.{c}"] = df[c].astype(float)
-        elif t.kind == ABLATION:
+        elif t.kind == ABLATION.name:
             out[t.name] = _numbers(df["effect"])
-        elif t.kind == PATCH_HEADS:
+        elif t.kind == PATCH_HEADS.name:
             out[t.name] = _numbers(df["normalized"])
-        elif t.kind == COREF:
+        elif t.kind == COREF.name:
             out["coref_accuracy"] = _numbers(df["accuracy"])
     return out
 
@@ -259,8 +173,7 @@ class RunData:
         with self._lock:
             if self._run is not None:
                 try:
-                    self._run.refresh()
-                    self._run.__dict__.pop("prompt_records", None)
+                    self._run.refresh()  # drops the run's own caches (the prompt list among them)
                 except READ_ERRORS as e:
                     self._run.close()
                     self._run, self._error = None, error_message(e)
@@ -330,12 +243,9 @@ class RunData:
         return next((p for p in pairs.get(str(pid), []) if p != prompt), None) if pid is not None else None
 
     def _pairs(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i in range(self.n_prompts):
-            pid = self.labels(i).get("pair_id")
-            if pid is not None:
-                out.setdefault(str(pid), []).append(i)
-        return out
+        from probe.prompts import twin_groups
+
+        return twin_groups((i, self.labels(i)) for i in range(self.n_prompts))
 
     def has_hook(self, name: str) -> bool:
         return name in self.run.manifest["hooks"]
@@ -425,21 +335,13 @@ class RunData:
 
     # -------------------------------------------------------------- analysis results
     def _analyses(self) -> tuple:
-        """(tables, per-head columns, per-head values by (layer, head)), re-read when a CSV
-        under RUN/analyses appears or changes."""
-        root = self.path / "analyses"
-        files = sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]) if root.is_dir() else []
-        sig = []
-        for f in files:
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            sig.append((str(f), st.st_mtime_ns, st.st_size))
+        """(results, per-head columns, per-head values by (layer, head), problems), re-read
+        when a table or sidecar under RUN/analyses appears or changes."""
+        sig = self._results_signature()
         cached = self._tables
         if cached is None or cached[0] != sig:
             problems: list[str] = []
-            tables = discover_tables(self.path, problems)
+            tables = load_results(self.path, problems)
             cols = head_columns(tables)
             by_head = {name: {(int(k[0]), int(k[1])): float(v) for k, v in series.items()} for name, series in
                        cols.items()}
@@ -447,15 +349,27 @@ class RunData:
             self._tables = cached
         return cached[1:]
 
+    def _results_signature(self) -> list[tuple[str, int, int]]:
+        """(path, mtime, size) of every result file: a sidecar written just after its table
+        changes it too, so a table first seen without its sidecar is re-read with it."""
+        sig = []
+        for f in result_files(self.path):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            sig.append((str(f), st.st_mtime_ns, st.st_size))
+        return sig
+
     def table_problems(self) -> list[str]:
         """Analysis CSVs left out because they cannot be shown, with why."""
         return self._analyses()[3]
 
-    def tables(self) -> list[AnalysisTable]:
+    def tables(self) -> list[Result]:
         return self._analyses()[0]
 
-    def tables_of(self, kind: str) -> list[AnalysisTable]:
-        return [t for t in self.tables() if t.kind == kind]
+    def tables_of(self, kind: ResultKind) -> list[Result]:
+        return [t for t in self.tables() if t.kind == kind.name]
 
     def head_columns(self) -> dict[str, pd.Series]:
         """Every per-head number of the analyses: {name: Series over (layer, head)}."""

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from probe.head_labels import head_label
+
 MAX_TOKENS = 128  # longest window a token-level view draws; longer prompts are cropped
 THUMB = 16  # side of a grid thumbnail (longer patterns are pooled down to it)
 TOP_K = 5  # keys per query the line view draws
@@ -306,7 +308,7 @@ def metrics_scatter(columns: dict[str, pd.Series], x: str, y: str, selected: tup
         columns[x].rename(x).to_frame().dropna()
     layers = df.index.get_level_values(0).to_numpy()
     heads = df.index.get_level_values(1).to_numpy()
-    names = [f"L{layer}H{head}" for layer, head in zip(layers, heads)]
+    names = [head_label(layer, head) for layer, head in zip(layers, heads)]
     is_sel = [(int(layer), int(head)) == selected for layer, head in zip(layers, heads)]
     return figure(
         [dict(type="scatter", x=_round(df[x]), y=_round(df[y]), mode="markers+text",
@@ -439,7 +441,7 @@ def qk_pca(q: np.ndarray, k: np.ndarray, tokens: list[str], prompt_of: np.ndarra
                                                   color=None if tok is not None else "lightgrey", opacity=0.7),
                 hovertext=[f"{kind} {t!r} (prompt {p})" for t, p in zip(np.asarray(tokens)[mask], prompt_of[mask])],
                 hovertemplate="%{hovertext}<extra></extra>"))
-    fig.update_layout(title=f"L{layer}H{head}: PCA of query and key vectors over {n} tokens "
+    fig.update_layout(title=f"{head_label(layer, head)}: PCA of query and key vectors over {n} tokens "
                       f"(PC1 {var[0]:.0%}, PC2 {var[1] if len(var) > 1 else 0:.0%} of variance)",
                       xaxis_title="PC1", yaxis_title="PC2", height=520, **LAYOUT)
     return fig

@@ -10,20 +10,11 @@ from typing import Any
 import numpy as np
 from dash import dcc, html, no_update
 
+from analyses.results import ABLATION, COREF, HEAD_METRICS, PATCH_HEADS, PATCH_RESID, PROBES, ResultKind
+from probe.head_labels import head_label
+
 from . import figures
-from .data import (
-    ABLATION,
-    COREF,
-    HEAD_METRICS,
-    HOW_TO,
-    PATCH_HEADS,
-    PATCH_RESID,
-    PROBES,
-    READ_ERRORS,
-    Registry,
-    RunData,
-    error_message,
-)
+from .data import READ_ERRORS, Registry, RunData, error_message
 from .state import THUMBNAILS, ViewState
 
 HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
@@ -41,8 +32,9 @@ def default_y(cols: list[str], x: str) -> str:
 
 
 # ----------------------------------------------------------------------- view bodies
-def _missing(kind: str, what: str) -> html.Div:
-    return html.Div([f"No {what} saved for this run yet. Compute it with ", html.Code(HOW_TO[kind]), "."],
+def _missing(kind: ResultKind) -> html.Div:
+    """What a run lacks and the command that computes it, both from the registry of kinds."""
+    return html.Div([f"No {kind.description} saved for this run yet. Compute it with ", html.Code(kind.produce), "."],
                     className="missing")
 
 
@@ -50,16 +42,16 @@ def head_card(data: RunData, layer: int, head: int) -> html.Div:
     """The selected head's numbers from every per-head analysis table."""
     values = data.head_values(layer, head)
     if not data.head_columns():
-        return _missing(HEAD_METRICS, "head metrics")
+        return _missing(HEAD_METRICS)
     rows = [html.Tr([html.Td(name), html.Td(f"{v:.3f}")]) for name, v in values.items() if np.isfinite(v)]
-    return html.Div([html.B(f"L{layer}H{head}"), html.Table(rows, className="card")])
+    return html.Div([html.B(head_label(layer, head)), html.Table(rows, className="card")])
 
 
 def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
     pattern = data.pattern(s.prompt, s.layer, s.head)
     tokens = data.str_tokens(s.prompt)
     window = figures.crop_window(len(tokens), focus=list(s.queries), start=s.window)
-    title = f"L{s.layer}H{s.head} on prompt {s.prompt}"
+    title = f"{head_label(s.layer, s.head)} on prompt {s.prompt}"
     out = {"head-heatmap": figures.head_heatmap(pattern, tokens, title, window, list(s.queries)),
            "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
            "head-card": head_card(data, s.layer, s.head)}
@@ -81,11 +73,11 @@ def view_layer(data: RunData, s: ViewState) -> dict[str, Any]:
 def view_metrics(data: RunData, s: ViewState) -> dict[str, Any]:
     cols = data.head_columns()
     if not cols:
-        return {"scatter": figures.message_figure(f"no per-head results yet: run `{HOW_TO[HEAD_METRICS]}`"),
-                "metrics-msg": html.Div([*_problems(data), _missing(HEAD_METRICS, "head metrics")])}
+        return {"scatter": figures.message_figure(f"no per-head results yet: run `{HEAD_METRICS.produce}`"),
+                "metrics-msg": html.Div([*_problems(data), _missing(HEAD_METRICS)])}
     x = s.x if s.x in cols else default_x(list(cols))
     y = s.y if s.y in cols else default_y(list(cols), x)
-    notes = _problems(data) + ([] if data.tables_of(ABLATION) else [_missing(ABLATION, "ablation sweep")])
+    notes = _problems(data) + ([] if data.tables_of(ABLATION) else [_missing(ABLATION)])
     return {"scatter": figures.metrics_scatter(cols, x, y, (s.layer, s.head)), "metrics-msg": html.Div(notes)}
 
 
@@ -112,25 +104,25 @@ def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
 
     probes = data.tables_of(PROBES)
     parts += [graph(figures.probe_curves(t.table, t.name, s.layer), "probe", t.name) for t in probes] \
-        or [_missing(PROBES, "probe results")]
+        or [_missing(PROBES)]
     sel = (s.layer, s.head)
     ablations = data.tables_of(ABLATION)
     parts += [graph(figures.layer_head_heatmap(t.table, "effect", f"{t.name}: effect of ablating each head "
                                                "(ablated - clean)", sel), "head", t.name) for t in ablations] \
-        or [_missing(ABLATION, "ablation sweep")]
+        or [_missing(ABLATION)]
     heads = data.tables_of(PATCH_HEADS)
     parts += [graph(figures.layer_head_heatmap(t.table, "normalized", f"{t.name}: head patching, {_direction(t.table)}",
                                                sel), "head", t.name) for t in heads] \
-        or [_missing(PATCH_HEADS, "head patching")]
+        or [_missing(PATCH_HEADS)]
     resid = data.tables_of(PATCH_RESID)
     parts += [graph(figures.layer_position_heatmap(t.table, "normalized", f"{t.name}: residual patching "
                                                    f"[layer, position], {_direction(t.table)}"), "layer", t.name)
               for t in resid] \
-        or [_missing(PATCH_RESID, "residual patching")]
+        or [_missing(PATCH_RESID)]
     coref = data.tables_of(COREF)
     parts += [graph(figures.layer_head_heatmap(t.table, "accuracy", f"{t.name}: antecedent accuracy per head", sel,
                                                diverging=False), "head", t.name) for t in coref] \
-        or [_missing(COREF, "coreference study")]
+        or [_missing(COREF)]
     return {"results": parts}
 
 
@@ -160,7 +152,7 @@ def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:
     ta, tb = data.str_tokens(s.prompt), data.str_tokens(other)
     wa, wb = figures.crop_window(len(ta), start=s.window), figures.crop_window(len(tb), start=s.window)
     fig = figures.compare_heads(pa[wa[0]:wa[1], wa[0]:wa[1]], pb[wb[0]:wb[1], wb[0]:wb[1]], ta[wa[0]:wa[1]],
-                                tb[wb[0]:wb[1]], f"L{s.layer}H{s.head}: prompt {s.prompt} (A) and prompt {other} (B)")
+                                tb[wb[0]:wb[1]], f"{head_label(s.layer, s.head)}: prompt {s.prompt} (A) and prompt {other} (B)")
     texts = data.prompts()
     return {"compare-graph": fig, "compare-msg": html.Div([html.Div(f"A: {texts[s.prompt]}"),
                                                           html.Div(f"B: {texts[other]}")])}

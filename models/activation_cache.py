@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from probe.errors import MissingHook
+from probe.hooks import is_attention_hook
 
 # Short names, as TransformerLens's `utils.get_act_name` spells them.
 _SHORT = {
@@ -87,6 +88,6 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         if self.attention_mask is None:
             return x
         keep = self.attention_mask[index].bool()
-        if name.endswith(("hook_attn_scores", "hook_pattern")):
+        if is_attention_hook(name):
             return x[:, keep][:, :, keep]  # [h, q, k]
         return x[keep]

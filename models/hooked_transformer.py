@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from probe.hooks import HookedModule, HookFn, HookPoint, NamesFilter, name_matcher
+from probe.errors import InputError
+from probe.hooks import HookedModule, HookFn, HookPoint, NamesFilter, default_hook_names, name_matcher
 
 from .activation_cache import ActivationCache
 from .components import (
@@ -28,7 +28,8 @@ from .components import (
     make_norm,
 )
 from .config import TransformerConfig
-from .tokens import InputError, Tokens, encode, str_tokens
+from .loss import lm_loss
+from .tokens import Tokens, encode, str_tokens
 
 ModelInput = str | list[str] | torch.Tensor
 
@@ -94,6 +95,15 @@ class HookedTransformer(HookedModule):
             ids = list(input)
         return str_tokens(self.tokenizer, ids)
 
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that must be exactly one token (as TransformerLens's
+        `to_single_token`): an answer whose logit a metric reads."""
+        ids = self.tokenize(string, prepend_bos=False).ids[0].tolist()
+        if len(ids) != 1:
+            raise InputError(f"the answer {string!r} is {len(ids)} tokens ({self.to_str_tokens(ids)}); the logit "
+                             "difference needs one-token answers (with GPT-2-style tokenizers, mind the leading space)")
+        return ids[0]
+
     def _prepare(self, input: ModelInput, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(input, (str, list)):
             tok = self.tokenize(input)
@@ -131,65 +141,120 @@ class HookedTransformer(HookedModule):
         With ``start_at_layer`` (as in TransformerLens), ``input`` is the residual stream
         [b, p, m] entering that block (e.g. a cached ``resid_pre``), and the embedding and
         earlier blocks are skipped; give the same ``attention_mask`` as the original run."""
-        cfg = self.cfg
-        if start_at_layer is not None:
-            if not (isinstance(input, torch.Tensor) and input.is_floating_point() and input.dim() == 3):
-                raise InputError("with start_at_layer, the input is the residual stream [batch, pos, d_model]")
-            if kv_cache is not None or return_type in ("loss", "both"):
-                raise InputError("start_at_layer works without a KV cache and without a loss (no token ids)")
-            mask = attention_mask.to(input.device) if attention_mask is not None else None
-            tokens = None
-            b, p = input.shape[:2]
-            device = input.device
-        else:
-            tokens, mask = self._prepare(input, attention_mask)
-            b, p = tokens.shape
-            device = tokens.device
-        past_len = kv_cache.past_len if kv_cache is not None else 0
-        if past_len + p > cfg.n_ctx and cfg.positional in ("learned", "sinusoidal"):
-            raise InputError(f"input is {past_len + p} tokens long but {cfg.model_name} takes at most {cfg.n_ctx}")
-
-        key_valid = None
-        if kv_cache is not None:
-            new_valid = mask.bool() if mask is not None else torch.ones(b, p, dtype=torch.bool, device=device)
-            key_valid = new_valid if kv_cache.key_valid is None else torch.cat((kv_cache.key_valid, new_valid), 1)
-            kv_cache.key_valid = key_valid
-        elif mask is not None:
-            key_valid = mask.bool()
+        tokens, resid, mask = self._inputs(input, attention_mask, return_type, kv_cache, start_at_layer)
+        src = tokens if tokens is not None else resid  # ids [b, p] or residual [b, p, m]
+        key_valid, past_len = self._key_valid(src, mask, kv_cache)  # [b, past + p] | None
         if position_ids is None:
-            if key_valid is not None:
-                # Count only real tokens, so left padding does not shift positions.
-                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
-            else:
-                position_ids = torch.arange(past_len, past_len + p, device=device).expand(b, p)
-        attn_mask = AttentionMask.build(key_valid, p, past_len, cfg.causal)
+            position_ids = self._positions(src, key_valid, past_len)  # [b, p]
+        attn_mask = AttentionMask.build(key_valid, src.shape[1], past_len, self.cfg.causal)
 
-        if start_at_layer is None:
-            x = self.hook_embed(self.embed(tokens))
-            if cfg.positional in ("learned", "sinusoidal"):
-                x = x + self.hook_pos_embed(self.pos_embed(position_ids))
-            if cfg.n_token_types:
-                if token_type_ids is None:
-                    token_type_ids = torch.zeros_like(tokens)
-                x = x + self.hook_token_type_embed(self.token_type_embed(token_type_ids))
-            if cfg.embed_norm:
-                x = self.ln_embed(x)
-        else:
-            x = input
-        rotary = self.rotary.cos_sin(position_ids, x.dtype) if self.rotary is not None else None
-
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            x = block(x, attn_mask, rotary, kv_cache)
+        x = resid if tokens is None else self._embed(tokens, position_ids, token_type_ids)  # [b, p, m]
+        x = self._blocks(x, attn_mask, position_ids, kv_cache, start_at_layer, stop_at_layer)
         if stop_at_layer is not None:
             return None
+        return self._unembed(x, tokens, key_valid, return_type)
+
+    def _inputs(
+        self,
+        input: ModelInput,
+        attention_mask: torch.Tensor | None,
+        return_type: str | None,
+        kv_cache: KVCache | None,
+        start_at_layer: int | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(tokens [b, p], None, mask [b, p] | None), or with ``start_at_layer``
+        (None, residual stream [b, p, m], mask [b, p] | None)."""
+        if start_at_layer is None:
+            tokens, mask = self._prepare(input, attention_mask)
+            return tokens, None, mask
+        if not (isinstance(input, torch.Tensor) and input.is_floating_point() and input.dim() == 3):
+            raise InputError("with start_at_layer, the input is the residual stream [batch, pos, d_model]")
+        # No token ids: nothing to embed, to predict, or to append to a cache's positions.
+        if kv_cache is not None or return_type in ("loss", "both"):
+            raise InputError("start_at_layer works without a KV cache and without a loss (no token ids)")
+        return None, input, (attention_mask.to(input.device) if attention_mask is not None else None)
+
+    def _key_valid(
+        self, x: torch.Tensor, mask: torch.Tensor | None, kv_cache: KVCache | None
+    ) -> tuple[torch.Tensor | None, int]:
+        """Which keys are real tokens, [b, past + p] bool (None: all of them, no cache), and
+        the number of cached positions. Checks the context length, then records the new
+        positions' validity in ``kv_cache``. ``x``: token ids [b, p] or residual [b, p, m]."""
+        cfg = self.cfg
+        b, p = x.shape[:2]
+        past_len = kv_cache.past_len if kv_cache is not None else 0
+        # Only absolute position tables have a hard end; rotary models run past n_ctx.
+        if past_len + p > cfg.n_ctx and cfg.positional in ("learned", "sinusoidal"):
+            raise InputError(f"input is {past_len + p} tokens long but {cfg.model_name} takes at most {cfg.n_ctx}")
+        if kv_cache is None:
+            return (mask.bool() if mask is not None else None), past_len
+        # With a cache, keep validity for every position so far: later steps mask old padding too.
+        new_valid = mask.bool() if mask is not None else torch.ones(b, p, dtype=torch.bool, device=x.device)
+        key_valid = new_valid if kv_cache.key_valid is None else torch.cat((kv_cache.key_valid, new_valid), 1)
+        kv_cache.key_valid = key_valid
+        return key_valid, past_len
+
+    def _positions(self, x: torch.Tensor, key_valid: torch.Tensor | None, past_len: int) -> torch.Tensor:
+        """Default position ids [b, p] of the new positions (after ``past_len`` cached ones)."""
+        b, p = x.shape[:2]
+        if key_valid is not None:
+            # Count only real tokens, so left padding does not shift positions.
+            return (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+        return torch.arange(past_len, past_len + p, device=x.device).expand(b, p)
+
+    def _embed(
+        self, tokens: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Token ids [b, p] -> residual stream [b, p, m]: token, positional and token-type
+        embeddings (each through its hook), then the embedding norm where the family has one."""
+        cfg = self.cfg
+        x = self.hook_embed(self.embed(tokens))
+        if cfg.positional in ("learned", "sinusoidal"):  # rotary positions act inside attention instead
+            x = x + self.hook_pos_embed(self.pos_embed(position_ids))
+        if cfg.n_token_types:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(tokens)
+            x = x + self.hook_token_type_embed(self.token_type_embed(token_type_ids))
+        if cfg.embed_norm:
+            x = self.ln_embed(x)
+        return x
+
+    def _blocks(
+        self,
+        x: torch.Tensor,
+        attn_mask: AttentionMask,
+        position_ids: torch.Tensor,
+        kv_cache: KVCache | None,
+        start_at_layer: int | None,
+        stop_at_layer: int | None,
+    ) -> torch.Tensor:
+        """Residual [b, p, m] through blocks ``start_at_layer:stop_at_layer``; the rotary
+        tables (shared by every layer) are computed once for these positions."""
+        rotary = self.rotary.cos_sin(position_ids, x.dtype) if self.rotary is not None else None
+        for block in self.blocks[start_at_layer:stop_at_layer]:
+            x = block(x, attn_mask, rotary, kv_cache)
+        return x
+
+    def _unembed(
+        self,
+        x: torch.Tensor,
+        tokens: torch.Tensor | None,
+        key_valid: torch.Tensor | None,
+        return_type: str | None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Final norm, then hidden [b, p, m], logits [b, p, vocab], loss [] or (logits, loss)."""
+        cfg = self.cfg
         if cfg.final_norm:
             x = self.ln_final(x)
         if return_type == "hidden" or not cfg.has_unembed:
+            # Without an LM head the answer is the hidden states; a loss is refused only
+            # here, after the blocks ran (and their hooks fired), as it always was.
             if return_type in ("loss", "both"):
                 raise InputError(f"{cfg.model_name} has no LM head, so it has no next-token loss")
             return x
         logits = self.unembed(x)
         if return_type in ("loss", "both"):
+            assert tokens is not None  # _inputs refuses a loss without token ids
             loss = lm_loss(logits, tokens, key_valid)
             return loss if return_type == "loss" else (logits, loss)
         return logits
@@ -211,7 +276,7 @@ class HookedTransformer(HookedModule):
         match = name_matcher(names_filter)
         names = [n for n in self.hook_dict if match(n)]
         if names_filter is None:
-            names = [n for n in names if not n.endswith("hook_result")]
+            names = default_hook_names(names)
         store: dict[str, torch.Tensor] = {}
 
         def save(x: torch.Tensor, hook) -> None:
@@ -242,12 +307,3 @@ class HookedTransformer(HookedModule):
                         top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, seed=seed,
                         use_kv_cache=use_kv_cache, return_type=return_type, attention_mask=attention_mask)
 
-
-def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose target is a real token."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
-    if key_valid is None:
-        return nll.mean()
-    valid = (key_valid[:, -tokens.shape[1]:][:, 1:] & key_valid[:, -tokens.shape[1]:][:, :-1]).float()
-    return (nll * valid).sum() / valid.sum().clamp(min=1)

@@ -53,6 +53,15 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def check_output(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to write a checkpoint into a non-empty directory unless told to replace it."""
+    from probe.errors import StoreError
+
+    path = Path(out_dir)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise StoreError(f"{path} already exists and is not empty; pass --overwrite to replace its checkpoint")
+
+
 def train(task: str, out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0,
           batch_size: int | None = None, lr: float | None = None, command: str | None = None,
           on_step: Callable[[int, float], None] | None = None, log_every: int = 25) -> Path:

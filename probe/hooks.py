@@ -1,7 +1,8 @@
 """Hook points: named identity modules that let callers read or replace an activation.
 
-This module is a leaf: it imports only torch, so `models` can depend on it without
-pulling in the rest of `probe` (see DESIGN.md, "Layout").
+This module is a leaf: it imports only torch and `probe.errors`, so `models` can depend on it
+without pulling in the rest of `probe` (docs/design.md, "Layers"). It is also the one home of
+what a hook *name* says: `is_attention_hook` and `default_hook_names`.
 
 The hook contract is TransformerLens's: a hook is ``fn(activation, hook) -> tensor | None``
 where ``hook`` is the `HookPoint` (``hook.name`` is its full name). Returning a tensor
@@ -77,6 +78,23 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
+
+
+# Hooks whose activation is [batch, head, query_pos, key_pos] (per prompt, not per token).
+ATTENTION_HOOKS = ("hook_attn_scores", "hook_pattern")
+# Hooks left out unless asked for by name: hook_result is [batch, pos, head, d_model], n_heads
+# times the residual stream, and costs an extra einsum (TransformerLens also leaves it opt-in).
+OPT_IN_HOOKS = ("hook_result",)
+
+
+def is_attention_hook(name: str) -> bool:
+    """True for hooks holding attention scores or patterns ([batch, head, query, key])."""
+    return name.endswith(ATTENTION_HOOKS)
+
+
+def default_hook_names(names: Iterable[str]) -> list[str]:
+    """The hooks recorded or cached when the caller names none: all but the opt-in ones."""
+    return [n for n in names if not n.endswith(OPT_IN_HOOKS)]
 
 
 def name_matcher(names_filter: NamesFilter) -> Callable[[str], bool]:

@@ -69,7 +69,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -197,6 +197,30 @@ def _load_list(items: Sequence[str | Prompt]) -> list[Prompt]:
     return prompts
 
 
+# --- twins ----------------------------------------------------------------------------------------------
+# Prompts that share a ``pair_id`` are variants of one sentence (WinoBias pro/anti, WinoGender's
+# genders, the toy task's tired/wide twins). They are one unit wherever independence matters
+# (train/test splits, resampling) and the natural clean/corrupted pairs for patching.
+
+
+def twin_key(labels: Mapping[str, Any], index: int) -> str:
+    """The unit a prompt belongs to: ``pair:<pair_id>`` when it has one, else ``prompt:<index>``.
+    The prefixes keep a pair id from ever equalling a prompt's own key, and keep the order (and
+    so a seeded split) the same whether all, some or none of a run's prompts carry a pair id."""
+    pair = labels.get("pair_id")
+    return f"pair:{pair}" if pair is not None else f"prompt:{int(index)}"
+
+
+def twin_groups(labels: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, list[int]]:
+    """``pair_id`` -> the indices of the prompts carrying it, from (index, labels) pairs; prompts
+    without a pair id are left out."""
+    groups: dict[str, list[int]] = {}
+    for i, lab in labels:
+        if lab.get("pair_id") is not None:
+            groups.setdefault(str(lab["pair_id"]), []).append(int(i))
+    return groups
+
+
 # --- files ----------------------------------------------------------------------------------------------
 
 
@@ -285,9 +309,10 @@ def _reject_duplicate_keys(name: str, line_no: int) -> Callable[[list[tuple[str,
     return hook
 
 
-def _parse_jsonl(lines: list[str], name: str) -> list[Prompt]:
-    fmt = 'one JSON object per line, e.g. {"text": "The cat sat.", "label": 1}'
-    prompts, blank = [], []
+def _json_objects(lines: list[str], name: str, fmt: str) -> tuple[list[tuple[int, dict]], list[int]]:
+    """(line number, object) for every non-blank line, which must hold one JSON object with no
+    repeated key; and the blank line numbers."""
+    objects, blank = [], []
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             blank.append(line_no)
@@ -302,6 +327,15 @@ def _parse_jsonl(lines: list[str], name: str) -> list[Prompt]:
             raise PromptSetError(
                 f"{name}: line {line_no}: expected a JSON object, found {type(obj).__name__}; write {fmt}"
             )
+        objects.append((line_no, obj))
+    return objects, blank
+
+
+def _parse_jsonl(lines: list[str], name: str) -> list[Prompt]:
+    fmt = 'one JSON object per line, e.g. {"text": "The cat sat.", "label": 1}'
+    objects, blank = _json_objects(lines, name, fmt)
+    prompts = []
+    for line_no, obj in objects:
         if "text" not in obj:
             raise PromptSetError(f'{name}: line {line_no}: the object has no "text" field; write {fmt}')
         text = obj.pop("text")
@@ -319,6 +353,29 @@ def _parse_jsonl(lines: list[str], name: str) -> list[Prompt]:
         raise _empty_file(name, blank, fmt)
     _warn_blank(blank, name)
     return prompts
+
+
+def read_jsonl_records(path: str | os.PathLike, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """The objects of a user's JSONL file (one per line, blank lines skipped) that must each
+    carry ``fields`` as strings, e.g. patching pairs {clean, corrupt, answer, wrong}. Read and
+    checked as prompt files are: UTF-8, one object per line, no repeated keys."""
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        raise PromptSetError(f"{path}: no such file; give a JSONL file with the fields {', '.join(fields)}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PromptSetError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+    fmt = "one JSON object per line with the fields " + ", ".join(fields)
+    objects, blank = _json_objects(_decode_lines(data, str(path)), str(path), fmt)
+    for line_no, obj in objects:
+        wrong = [k for k in fields if not isinstance(obj.get(k), str)]
+        if wrong:
+            raise PromptSetError(f"{path}: line {line_no}: needs the string fields {', '.join(fields)} "
+                                 f"({', '.join(wrong)} missing or not a string)")
+    if not objects:
+        raise _empty_file(str(path), blank, fmt)
+    return [obj for _, obj in objects]
 
 
 # --- bundled sets ---------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, MissingHook, StoreError
-from .store import PROMPTS, SCHEMA_VERSION, is_attention, iter_jsonl, read_manifest
+from .hooks import is_attention_hook
+from .store import PROMPTS, SCHEMA_VERSION, iter_jsonl, read_manifest
 
 
 class Run:
@@ -30,13 +31,29 @@ class Run:
 
     # ------------------------------------------------------------------ metadata
     def refresh(self) -> Run:
-        """Re-read the manifest to see shards published since the run was opened."""
+        """Re-read the manifest to see shards published since the run was opened, and drop
+        what was cached from the old one: the prompt list, and the open shards the new
+        manifest does not list as they were (all of them when the run was re-recorded)."""
+        old = getattr(self, "manifest", None)
         self.manifest = read_manifest(self.path)
         shards = self.manifest["shards"]
         self._first_prompt = [s["first_prompt"] for s in shards]
         self._first_token = list(np.cumsum([0] + [s["n_tokens"] for s in shards[:-1]])) if shards else []
-        self.__dict__.pop("_offsets", None)
+        self.__dict__.pop("prompt_records", None)  # the cached_property; re-read on next use
+        self._close_stale_shards(old)
         return self
+
+    def _close_stale_shards(self, old: dict[str, Any] | None) -> None:
+        """Close the open shards the new manifest no longer lists as they were. A published
+        shard never changes, so the others stay open: other threads (the dashboard's views)
+        may be reading through them. A run re-recorded in place (--overwrite, other settings
+        or another start time) makes every open shard stale."""
+        replaced = old is None or _run_identity(old) != _run_identity(self.manifest)
+        current = {s["file"]: s for s in self.manifest["shards"]}
+        before = {s["file"]: s for s in old["shards"]} if old else {}
+        for name in list(self._files):
+            if replaced or current.get(name) != before.get(name):
+                self._files.pop(name).close()
 
     @property
     def complete(self) -> bool:
@@ -159,7 +176,7 @@ class Run:
         f = self._file(shard)
         a, b = (int(x) for x in f["offsets"][local:local + 2])
         n = b - a
-        if is_attention(name):
+        if is_attention_hook(name):
             return self._attention_slice(f, name, local, n, index)
         pick = self._trailing(name, index, tuple(self.manifest["hooks"][name]["shape"]))
         return f["act"][name][(slice(a, b), *pick)]
@@ -205,7 +222,7 @@ class Run:
         """The flat [tokens, ...] matrix of a per-token hook over the given prompts (all
         published prompts by default), in prompt order: what a probe trains on."""
         self._check(name)
-        if is_attention(name):
+        if is_attention_hook(name):
             raise InputError(f"{name} is per prompt [head, n, n]; use prompt_activation or pattern")
         if prompts is None:
             return np.concatenate([self._file(s)["act"][name][:] for s in range(len(self.manifest["shards"]))]) \
@@ -214,7 +231,7 @@ class Run:
 
     def __getitem__(self, name: str) -> TokenView | PromptView:
         self._check(name)
-        return PromptView(self, name) if is_attention(name) else TokenView(self, name)
+        return PromptView(self, name) if is_attention_hook(name) else TokenView(self, name)
 
     def cache(self, prompt: int):
         """The prompt's activations as an `ActivationCache` shaped like
@@ -237,6 +254,11 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _run_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest says about the run itself, leaving out what recording it changes."""
+    return {k: v for k, v in manifest.items() if k not in ("shards", "complete", "finished")}
 
 
 class TokenView:

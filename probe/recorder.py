@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .hooks import name_matcher
-from .store import RunWriter, StoreError, is_attention
+from .hooks import default_hook_names, is_attention_hook, name_matcher
+from .store import RunWriter, StoreError
 
 if TYPE_CHECKING:
     from models import HookedTransformer
@@ -71,7 +71,7 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
 def select_hooks(model: HookedTransformer, names: Sequence[str] | None) -> list[str]:
     """Hook names to record: all but ``hook_result`` by default, else those matching the globs."""
     if not names:
-        return [n for n in model.hook_dict if not n.endswith("hook_result")]
+        return default_hook_names(model.hook_dict)
     chosen = []
     for pattern in names:
         hits = [n for n in model.hook_dict if name_matcher(pattern)(n)]
@@ -83,19 +83,23 @@ def select_hooks(model: HookedTransformer, names: Sequence[str] | None) -> list[
     return [n for n in model.hook_dict if n in chosen]  # model order
 
 
-def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, names: Sequence[str] | None = None,
+def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike, names: Sequence[str] | None = None,
            batch_size: int = 16, dtype: str = "float32", compression: str = "none", resume: bool = False,
            overwrite: bool = False, truncate: bool = False, shard_mb: float = 64.0,
-           progress: bool = True) -> Run:
+           progress: bool = True, model_dtype: str = "float32") -> Run:
     """Record activations of ``model`` on ``prompts`` into the run directory ``path``.
 
+    ``model``: a loaded model, or a name or checkpoint directory that `models.load` takes (in
+    ``model_dtype``), loaded only once the output and the prompts have been checked.
     ``prompts``: a list of strings or `Prompt` objects, or anything `load_prompts` takes
     (a .txt / .jsonl path or a bundled set name). Returns the opened run."""
     import torch
 
     from .prompts import Prompt, load_prompts, prompt_set_fingerprint
     from .reader import open_run
+    from .store import check_run_target
 
+    check_run_target(path, resume, overwrite)
     if isinstance(prompts, (str, Path)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], str)):
         prompts = load_prompts(prompts if not isinstance(prompts, Path) else str(prompts))
     prompts = [p if isinstance(p, Prompt) else Prompt(str(p), {}) for p in prompts]
@@ -106,6 +110,10 @@ def record(model: HookedTransformer, prompts: Any, path: str | os.PathLike, name
     if batch_size < 1:
         raise StoreError("batch size must be at least 1")
     path = Path(path)
+    if isinstance(model, str):  # the one place probe loads a model: by name, for `probe record`
+        import models
+
+        model = models.load(model, dtype=model_dtype)
 
     hooks = select_hooks(model, names)
     token_rows, truncated = tokenize_all(model, prompts, truncate)
@@ -217,7 +225,7 @@ def hook_shapes(model: HookedTransformer, hooks: list[str], row: list[int]) -> d
         _, cache = model.run_with_cache(torch.tensor([row]), names_filter=hooks)
     info = {}
     for name in hooks:
-        if is_attention(name):
+        if is_attention_hook(name):
             info[name] = {"kind": "attention", "shape": [model.cfg.n_heads]}
         else:
             info[name] = {"kind": "token", "shape": list(cache[name].shape[2:])}
@@ -236,7 +244,7 @@ def run_batch(model: HookedTransformer, rows: list[list[int]], hooks: list[str],
     out: dict[str, np.ndarray] = {}
 
     def save(x, hook):
-        if is_attention(hook.name):
+        if is_attention_hook(hook.name):
             parts = [x[i, :, :n, :n].reshape(-1) for i, n in enumerate(lengths)]
             flat = torch.cat(parts)
         else:

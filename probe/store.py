@@ -40,13 +40,6 @@ SHARD_DIR = "shards"
 # prompt up to ~180 tokens touches one or two chunks.
 TOKEN_CHUNK = 128
 ATTN_CHUNK = 32768
-ATTENTION_HOOKS = ("hook_attn_scores", "hook_pattern")
-
-
-def is_attention(name: str) -> bool:
-    return name.endswith(ATTENTION_HOOKS)
-
-
 def compression_options(name: str) -> dict[str, Any]:
     """h5py dataset keywords for a compression choice: none, gzip (gzip-1), lz4 (blosc-lz4
     through hdf5plugin, which readers then need too)."""
@@ -213,6 +206,15 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return os.strerror(_errno_of(e))
+
+
+def check_run_target(path: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """Refuse a request that contradicts itself or would replace a run nobody named as one to
+    replace; called before anything is loaded or touched."""
+    if resume and overwrite:
+        raise StoreError("--resume and --overwrite contradict each other; pick one")
+    if Path(path).exists() and not (resume or overwrite):
+        raise StoreError(f"{path} already exists; pass --resume to continue it or --overwrite to replace it")
 
 
 class RunWriter:

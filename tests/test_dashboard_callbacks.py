@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from test_dashboard_runs import corrupt_copy, record_coref_run, record_plain_run
 
+from analyses.results import load_results
 from dashboard import figures
 from dashboard.app import apply_event, create_app, next_state
-from dashboard.cli import add_subcommand, check_runs, url_of
-from dashboard.data import Registry, UnknownRun, discover_tables, table_kind
+from dashboard.data import Registry, UnknownRun
+from dashboard.server import check_runs, url_of
 from dashboard.state import ViewState, from_query, to_query
 from dashboard.views import grid_figure, prompt_options, render_view
 from probe.errors import StoreError
@@ -117,7 +118,7 @@ def test_grid_coloured_by_a_metric_uses_head_metrics_csv(registry, coref_run):
         z = np.array(figure_dict(grid_figure(registry, ViewState(metric=metric)))["data"][0]["z"], dtype=float)
         expected = table.pivot(index="layer", columns="head", values=metric).to_numpy()
         assert np.allclose(z, expected, atol=1e-4)
-    # ablation effects and coref accuracy colour it too, discovered by their columns
+    # ablation effects and coref accuracy colour it too, found by their kind
     abl = pd.read_csv(coref_run / "analyses" / "ablation_coref.csv")
     z = np.array(figure_dict(grid_figure(registry, ViewState(metric="ablation_coref")))["data"][0]["z"], dtype=float)
     assert np.allclose(z, abl.pivot(index="layer", columns="head", values="effect").to_numpy(), atol=1e-4)
@@ -259,13 +260,12 @@ def test_missing_corrupt_and_newer_runs_show_a_message(coref_run, tmp_path):
     assert "unavailable" in reg.options()[1]["label"] and "unavailable" not in reg.options()[0]["label"]
 
 
-def test_analysis_results_are_found_by_columns_and_absent_ones_say_how(registry, coref_run):
-    kinds = {t.name: t.kind for t in discover_tables(coref_run)}
+def test_analysis_results_are_found_by_kind_and_absent_ones_say_how(registry, coref_run):
+    # saved by save_result (with a sidecar) or by `probe patch -o` and the study's to_csv (without)
+    kinds = {t.name: t.kind for t in load_results(coref_run)}
     expected = {"head_metrics": "head_metrics", "coref_heads": "coref", "probes_answer": "probes",
                 "ablation_coref": "ablation", "patch_heads": "patch_heads", "patch_resid": "patch_resid"}
     assert {k: kinds.get(k) for k in expected} == expected  # (the coref study may save more tables)
-    assert table_kind(["layer", "head", "effect", "method"], "whatever") == "ablation"
-    assert table_kind(["a", "b"], "x") is None
     out, msg = render_view(registry, ViewState(view="results"))
     titles = [figure_dict(g.figure)["layout"]["title"]["text"] for g in out["results"] if hasattr(g, "figure")]
     assert any(t.startswith("probes_answer") for t in titles) and any("ablation_coref" in t for t in titles)
@@ -314,7 +314,7 @@ def numeric_run(tmp_path_factory):
 
 
 def test_ridge_probe_tables_are_drawn_as_r2_per_layer(numeric_run):
-    kinds = {t.name: t.kind for t in discover_tables(numeric_run)}
+    kinds = {t.name: t.kind for t in load_results(numeric_run)}
     assert kinds == {"probes_n_chars": "probes", "probes_n_chars_control": "probes"}
     out, msg = render_view(Registry([numeric_run]), ViewState(view="results", layer=1))
     assert msg is None
@@ -431,20 +431,19 @@ def test_prompt_search(registry, coref_run):
 
 # ----------------------------------------------------------------------- command line
 def test_command_line_is_safe_by_default(coref_run, tmp_path):
-    import argparse
+    from probe.cli import build_parser, dashboard_command
 
-    parser = argparse.ArgumentParser(prog="probe")
-    add_subcommand(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["dashboard", str(coref_run)])
     assert (args.host, args.port, args.debug, args.runs) == ("127.0.0.1", 8050, False, [str(coref_run)])
     args = parser.parse_args(["dashboard", "a", "b", "--port", "9000", "--host", "0.0.0.0", "--debug"])
     assert (args.host, args.port, args.debug, args.runs) == ("0.0.0.0", 9000, True, ["a", "b"])
-    assert args.func.__name__ == "cmd_dashboard"
+    assert args.func is dashboard_command.run
     with pytest.raises(StoreError, match="none of .* is a recorded run"):
         check_runs([tmp_path / "nothing", tmp_path])
     check_runs([coref_run, tmp_path / "nothing"])  # one good run is enough; the other shows its message
     assert url_of("0.0.0.0", 8050) == "http://127.0.0.1:8050/"
-    from probe.cli import is_user_error
+    from probe.errors import is_user_error
 
     assert is_user_error(StoreError("x")) and is_user_error(UnknownRun("x"))
     with pytest.raises(StoreError, match="at least one run"):
@@ -454,7 +453,7 @@ def test_command_line_is_safe_by_default(coref_run, tmp_path):
 def test_port_in_use_is_a_user_error(coref_run):
     import socket
 
-    from dashboard.cli import serve
+    from dashboard.server import serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -479,6 +478,58 @@ def test_results_saved_while_serving_appear_without_a_restart(plain_run, tmp_pat
     cols = reg.get("0").head_columns()
     assert set(cols) >= {"entropy", "prev_token", "induction"}
     assert np.isclose(reg.get("0").head_values(3, 1)["entropy"], table.set_index(["layer", "head"]).entropy[(3, 1)])
+
+
+def test_a_result_is_shown_as_the_kind_its_sidecar_names(plain_run, tmp_path):
+    import shutil
+
+    from analyses.results import save_result
+
+    run_dir = tmp_path / "seed"
+    shutil.copytree(plain_run, run_dir)
+    reg = Registry([run_dir])
+    n_layers, n_heads = reg.get("0").n_layers, reg.get("0").n_heads
+    layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
+    effect = np.linspace(-1, 1, n_layers * n_heads)
+    # per-head "effect" numbers that the columns alone would take for an ablation sweep
+    save_result(run_dir, "effect_scores", pd.DataFrame({"layer": layer, "head": head, "effect": effect}),
+                kind="head_metrics", command="probe heads RUN")
+
+    def shown() -> tuple[set[str], str]:
+        results = render_view(reg, ViewState(view="results"))[0]["results"]
+        return set(reg.get("0").head_columns()), str(results)
+
+    columns, results = shown()
+    assert columns == {"effect_scores.effect"}  # a head metric: it colours the grid by its column name
+    assert "ablation" not in {t.kind for t in reg.get("0").tables()}
+    assert "No ablation sweep" in results and "effect_scores" not in results
+    z = figure_dict(grid_figure(reg, ViewState(metric="effect_scores.effect")))["data"][0]["z"]
+    assert np.allclose(np.array(z, dtype=float), effect.reshape(n_layers, n_heads), atol=1e-4)
+    # without its sidecar the same CSV is judged by its columns: an ablation sweep, drawn as one
+    (run_dir / "analyses" / "effect_scores.json").unlink()
+    columns, results = shown()
+    assert columns == {"effect_scores"} and "effect_scores: effect of ablating each head" in results
+
+
+def test_refresh_rereads_a_run_recorded_again_in_place(tmp_path):
+    import models
+    import probe
+
+    model = models.load("toy-coref")
+    texts = [p.text for p in probe.load_prompts("toy-coref-test")]
+    first, second = texts[:2], [t for t in texts if len(t.split()) != len(texts[0].split())][:3]
+    probe.record(model, first, tmp_path / "run", names=["blocks.*.attn.hook_pattern"], progress=False)
+    reg = Registry([tmp_path / "run"])
+    data = reg.get("0")
+    old_tokens = data.str_tokens(0)
+    assert data.prompts() == first and old_tokens == Run(tmp_path / "run").str_tokens(0)
+    probe.record(model, second, tmp_path / "run", names=["blocks.*.attn.hook_pattern"], progress=False,
+                 overwrite=True)
+    data.refresh()
+    fresh = Run(tmp_path / "run")
+    # the run's own caches are dropped: its prompt list and the shards it had open
+    assert data.prompts() == second and data.str_tokens(0) == fresh.str_tokens(0) != old_tokens
+    assert np.array_equal(data.pattern(1, 0, 0), fresh.pattern(1, 0, 0))
 
 
 # ----------------------------------------------------------------------- memory

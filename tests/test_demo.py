@@ -9,7 +9,7 @@ import sys
 import torch
 
 from analyses.word_attention import top_heads, word_to_word_attention
-from probe.cli import SEED
+from probe.cli.demo_command import SEED
 
 
 def hf_word_attention(query_tokens, key_tokens):

@@ -127,7 +127,7 @@ def test_span_covering_no_token_is_refused(tmp_path):
     """A span inside the text that no token overlaps (characters the tokenizer dropped, such
     as a zero-width or control character) is refused too, not skipped."""
     from analyses.probe_features import word_features
-    from models import InputError
+    from probe.errors import InputError
 
     class FakeRun:  # the reader's span interface, with a gap between the tokens
         path, n_prompts, hooks = "RUN", 1, {"blocks.0.hook_resid_post"}
@@ -161,13 +161,13 @@ def test_prompt_label_control_task_and_twin_splits(minilm, tmp_path):
     per type) is learnable too and selectivity is small; keyed by the twin pair (pro/anti
     twins share a pair_id and never straddle the split), the control labels of test prompts
     are unseen and the control stays near chance."""
-    from probe.cli_probes import split_units_of
+    from analyses.probe_features import split_groups
 
     wb = probe.load_prompts("winobias-dev")
     pairs = {p.labels["pair_id"] for p in wb[:150]}  # 150 type-1 pro sentences and their anti twins
     run = probe.record(minilm, [p for p in wb if p.labels["pair_id"] in pairs], tmp_path / "wb", names=RESID,
                        progress=False)
-    units = split_units_of(run, range(run.n_prompts))
+    units = split_groups(run, range(run.n_prompts))
     assert run.n_prompts == 300 and units[0] == f"pair:{run.labels(0)['pair_id']}"
     assert len(set(units)) == 150  # twins share a unit
     assert probes(run, "--label", "gender", "--control", "pronoun") == 0
@@ -178,6 +178,37 @@ def test_prompt_label_control_task_and_twin_splits(minilm, tmp_path):
     by_pair = result(run, "probes_gender")
     assert by_pair.control_test_acc.mean() < 0.7 and by_pair.selectivity.mean() > 0.25
     assert probes(run, "--label", "gender", "--control", "no_such_field") == 2
+
+
+def test_some_prompts_without_pair_id_split_the_same_through_the_cli_and_the_api(minilm, tmp_path):
+    """Regression: the CLI and the Python API used to key twins differently ("pair:X" /
+    "prompt:i" against "X" / "prompt-i"), so on a run where only some prompts carry a pair_id
+    one seed gave two partitions. Now both go through one key: the CLI's table equals the
+    API's fitted on the same split units, and twins never straddle the split."""
+    from analyses.probe_features import prompt_features, split_groups
+    from analyses.probes import layer_probes, split_units
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(24):  # 8 twin pairs (z-prefixed ids sort after "prompt-") and 16 single prompts
+        words = " ".join(rng.choice(WORDS, 6))
+        label = {"text": f"the {words}.", "y": ["a", "b"][i % 2]}
+        if i < 16:
+            label["pair_id"] = f"z{i // 2}"
+        rows.append(label)
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = probe.record(minilm, str(path), tmp_path / "run", names=RESID, progress=False)
+    units = split_groups(run, range(run.n_prompts))
+    split = split_units(units, seed=0)
+    for pair in range(8):  # twins land in one split
+        assert split[2 * pair] == split[2 * pair + 1]
+    old_api = [str(r.get("pair_id", f"prompt-{i}")) for i, r in enumerate(rows)]
+    assert not np.array_equal(split_units(old_api, seed=0), split)  # this run does show the old defect
+    assert probes(run, "--label", "y") == 0
+    labels = np.array([r["y"] for r in rows])
+    api = layer_probes(prompt_features(run, range(6)), labels, units, seed=0)
+    pd.testing.assert_frame_equal(result(run, "probes_y"), api, check_dtype=False, atol=1e-9)
 
 
 def test_missing_hook_is_named_with_how_to_record_it(numeric_run, capsys):

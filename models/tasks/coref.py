@@ -192,3 +192,22 @@ def prompt_records(split: str) -> list[dict]:
                         # twins: same nouns and template, the adjective decides the antecedent
                         "pair_id": f"{cands[0]}-{cands[1]}-t{e.template}", "variant": e.adjective})
     return records
+
+
+def adjective_twins(clean: str, corrupt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean/corrupted twins for patching: the same sentences (the first 4 animates x 4 places,
+    template 0) ending in ``clean`` or ``corrupt``, adjectives that point to different nouns.
+    Returns clean ids, corrupted ids [16, p] and each side's answer token id [16]."""
+    from probe.errors import InputError
+
+    adjectives = ANIMATE_ADJ + PLACE_ADJ
+    for adj in (clean, corrupt):
+        if adj not in adjectives:
+            raise InputError(f"adjective {adj!r} is not in the toy task's vocabulary; use one of {adjectives}")
+    if (clean in ANIMATE_ADJ) == (corrupt in ANIMATE_ADJ):
+        raise InputError("the clean and corrupted adjectives must point to different nouns: pair an animate one "
+                         f"({', '.join(ANIMATE_ADJ)}) with a place one ({', '.join(PLACE_ADJ)})")
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    pairs = [(make_example(a, p, clean, 0), make_example(a, p, corrupt, 0)) for a in ANIMATES[:4] for p in PLACES[:4]]
+    return (torch.tensor([ids_of(c, vocab) for c, _ in pairs]), torch.tensor([ids_of(w, vocab) for _, w in pairs]),
+            torch.tensor([vocab[c.answer] for c, _ in pairs]), torch.tensor([vocab[w.answer] for _, w in pairs]))

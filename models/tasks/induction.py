@@ -13,6 +13,7 @@ import math
 import torch
 
 from ..config import TransformerConfig
+from ..loss import next_token_nll
 from . import SPECIALS
 
 NAME = "induction"
@@ -66,9 +67,7 @@ def sample_batch(generator: torch.Generator, batch_size: int) -> tuple[torch.Ten
 @torch.no_grad()
 def per_position_loss(model, ids: torch.Tensor) -> torch.Tensor:
     """[batch, p-1] next-token cross-entropy."""
-    logits = model(ids)
-    logp = logits[:, :-1].log_softmax(-1)
-    return -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    return next_token_nll(model(ids), ids)
 
 
 def evaluate(model, n: int = 256, seed: int = 12345) -> dict[str, float]:

@@ -1,32 +1,12 @@
-"""`probe dashboard RUN [RUN ...]`: serve the dashboard on the given runs.
-
-probe/cli.py adds the subcommand with ``add_subcommand(sub)``; ``serve`` is what
-`probe demo` calls at its end.
-"""
+"""Serve the dashboard on the given runs: what `probe dashboard RUN [RUN ...]` and the end of
+`probe demo` call (the command's flags live in probe/cli/dashboard_command.py)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from probe.errors import StoreError
-
-
-def add_subcommand(sub) -> argparse.ArgumentParser:
-    """Add `dashboard` to argparse's subparsers object."""
-    p = sub.add_parser("dashboard", help="browse recorded runs and their analyses in a web app (Dash)")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `probe record`")
-    p.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the runs to the "
-                        "network)")
-    p.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, error pages); off by default")
-    p.add_argument("--cache-mb", type=int, default=None,
-                   help="memory each run's cache of read slices may hold, in MiB (default: data.CACHE_BYTES, "
-                        "256 MiB)")
-    p.set_defaults(func=cmd_dashboard)
-    return p
 
 
 def check_runs(run_paths: list[str | Path]) -> None:
@@ -78,24 +58,3 @@ def check_port(host: str, port: int) -> None:
     except OSError as e:
         raise StoreError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or --host") \
             from None
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    serve(args.runs, host=args.host, port=args.port, debug=args.debug,
-          cache_bytes=None if args.cache_mb is None else max(args.cache_mb, 0) * 2**20)
-    return 0
-
-
-if __name__ == "__main__":  # python -m dashboard.cli RUN ... (before probe/cli.py wires it in)
-    from probe.cli import is_user_error
-
-    parser = argparse.ArgumentParser(prog="probe")
-    add_subcommand(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["dashboard", *sys.argv[1:]])
-    try:
-        sys.exit(args.func(args))
-    except Exception as e:
-        if is_user_error(e):
-            print(f"probe dashboard: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise

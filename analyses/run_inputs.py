@@ -1,0 +1,42 @@
+"""What an intervention on a recorded run feeds the model: the run's own model, and the run's
+prompts as one right-padded batch of their stored token ids."""
+
+from __future__ import annotations
+
+import torch
+
+import models
+from models.tokens import Tokens, pad, pad_id
+from probe.errors import CheckpointMismatch, InputError, ModelNotFound, UnsupportedArchitecture
+
+# What a model that cannot be loaded raises: a name not found, a family we cannot build,
+# weights that do not fit, a checkpoint file missing or unreadable.
+LOAD_ERRORS = (ModelNotFound, UnsupportedArchitecture, CheckpointMismatch, OSError)
+
+
+def load_run_model(run, name: str | None = None) -> tuple[models.HookedTransformer | None, Exception | None]:
+    """(the model, None) for ``name`` (default: the one ``run`` was recorded with); when the
+    run's own model cannot be loaded, (None, the reason), and the caller goes on without it.
+    A model the user named must load: its error propagates."""
+    try:
+        return models.load(name or run.model_name), None
+    except LOAD_ERRORS as e:
+        if name:  # asked for explicitly: a mistake to report
+            raise
+        return None, e
+
+
+def run_batch(run, model: models.HookedTransformer, prompts: list[int] | None = None) -> Tokens:
+    """The stored token ids of ``prompts`` (default: all) as a [b, p] batch right-padded with
+    the model's pad id, with its attention mask."""
+    prompts = list(range(run.n_prompts)) if prompts is None else prompts
+    return pad([run.tokens(i).tolist() for i in prompts], pad_id(model.tokenizer, model.cfg), "right")
+
+
+def stack_equal_length(rows: list[torch.Tensor], why: str) -> torch.Tensor:
+    """[b, p] from token rows that must all have one length (positions are compared across
+    rows); refuses rows of different lengths, saying ``why`` they must match."""
+    lengths = sorted({len(r) for r in rows})
+    if len(lengths) != 1:
+        raise InputError(f"{why}; these have {lengths} tokens")
+    return torch.stack(rows)

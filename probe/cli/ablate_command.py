@@ -1,0 +1,76 @@
+"""`probe ablate`: head and MLP ablation sweeps and sets, on built-in tasks, prompts or a run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("ablate", help="effect of ablating each head in turn ([layer, head] table), or a set together")
+    p.add_argument("--model", help="model (default with --run: the one the run was recorded with)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--task", choices=["induction"], help="built-in data and metric (repeated random tokens)")
+    data.add_argument("--prompts", help="equal-length prompts (txt/jsonl/bundled); metric: next-token loss, or with "
+                                        "--metric logit-diff JSONL with one-token answer and wrong fields")
+    data.add_argument("--run", help="a run with gold antecedents (seed, winobias, toy-coref-test): sweep on its "
+                                    "held-out prompts with --metric; a decoder run without them: next-token loss on "
+                                    "its prompts; saved next to the run")
+    p.add_argument("--metric", choices=["loss", "logit-diff", "accuracy", "antecedent-score"],
+                   help="loss (default for --task, --prompts and runs without gold antecedents): next-token loss; "
+                        "logit-diff: logit[answer] - logit[wrong] at the last token (--prompts JSONL); with --run "
+                        "(default accuracy): accuracy = the model's own answer where it gives one (toy-coref), else "
+                        "an antecedent probe at --layer; antecedent-score = attention from the pronoun to the gold "
+                        "minus the other candidate, averaged over --heads")
+    p.add_argument("--ablate-heads", nargs="+", metavar="LxHy",
+                   help="instead of the sweep, ablate these heads together (e.g. L1H0 L1H2) and print the metric "
+                        "clean vs ablated")
+    p.add_argument("--ablate-mlp", nargs="+", type=int, metavar="LAYER",
+                   help="ablate these MLP layers (their hook_mlp_out) together, with --ablate-heads if given")
+    p.add_argument("--layer", type=int, help="with --run: the probe's layer (default: the last)")
+    p.add_argument("--heads", nargs="+", metavar="LxHy", help="heads the antecedent score averages (e.g. L1H3); "
+                                                             "default: the coreference study's best")
+    p.add_argument("--query", default="pronoun_span", help="with --run: the span that attends / is probed")
+    p.add_argument("--method", choices=["zero", "mean", "resample"], default="mean")
+    p.add_argument("-n", type=int, default=64, help="examples for --task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("-o", "--output", help="CSV file to write (default with --run: RUN/analyses/ablation_METRIC.csv; "
+                                          "with --ablate-heads/--ablate-mlp: optional, one row)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from analyses.ablation_studies import ablation_study
+    from analyses.results import save_result
+    from probe.cli.shared import command_line, write_csv
+    from probe.errors import InputError
+    from probe.head_labels import head_label, heads_text
+    from probe.reader import open_run
+
+    if args.model and not (args.run or args.ablate_heads or args.ablate_mlp or args.output):
+        raise InputError("give -o FILE.csv for the sweep's table (or --ablate-heads/--ablate-mlp to ablate a set)")
+    run = open_run(args.run) if args.run else None
+    study = ablation_study(args.model, task=args.task, prompts=args.prompts, run=run, metric=args.metric,
+                           ablate_heads=args.ablate_heads, ablate_mlp=args.ablate_mlp, heads=args.heads,
+                           layer=args.layer, query=args.query, method=args.method, n=args.n, seed=args.seed,
+                           top=args.top)
+    if study.heads_measured:
+        print("heads measured (the coreference study's best): " + heads_text(study.heads_measured))
+    table = study.table
+    if study.together:
+        r = table.iloc[0]
+        parts = ([f"heads {r.heads}"] if r.heads else []) + ([f"MLP layer(s) {r.mlp}"] if r.mlp else [])
+        print(f"{study.method}-ablating {' and '.join(parts)} of {study.model_name} together: {study.what}")
+        print(f"  clean   {r.clean:.4f}\n  ablated {r.ablated:.4f}  (effect {r.effect:+.4f})")
+        if args.output:
+            print(f"wrote {write_csv(table, args.output)}")
+        return 0
+    if args.output:
+        out = write_csv(table, args.output)
+    else:  # a sweep on a run goes next to it, where the dashboard finds it
+        out = save_result(run.path, study.result_name, table, kind="ablation", command=command_line())
+    print(f"{study.method}-ablation sweep {study.subject}: {study.what}; clean {table.clean.iloc[0]:.3f}")
+    for _, r in table.reindex(table.effect.abs().sort_values(ascending=False).index).head(args.top).iterrows():
+        print(f"  {head_label(r.layer, r['head'])}  {r.effect:+.3f}")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,39 @@
+"""`probe coref RUN`: the coreference study (attention, antecedent probes, ablation, patching)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("coref", help="coreference study: which heads attend from the pronoun to its antecedent")
+    p.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="the model the run was recorded with, for the ablation and patching tests "
+                                       "(default: the name recorded in the run)")
+    which.add_argument("--no-interventions", action="store_true", help="attention and probes only; no model runs")
+    p.add_argument("--query", default="pronoun_span",
+                   help="label field of the span that attends (default pronoun_span; the toy task also has "
+                        "question_span, where its model answers)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from analyses.coref import write_report
+    from analyses.run_inputs import load_run_model
+    from probe.reader import open_run
+
+    run = open_run(args.run)
+    model = None
+    if not args.no_interventions:
+        model, why = load_run_model(run, args.model)
+        if why is not None:
+            print(f"note: cannot load the run's model {run.model_name!r} ({why}); give --model to ablate and patch "
+                  "its heads", file=sys.stderr)
+    report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0

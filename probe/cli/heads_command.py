@@ -1,0 +1,46 @@
+"""`probe heads RUN`: per-head attention metrics of a recorded run, saved next to it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("heads", help="per-head attention metrics of a recorded run (saved next to it)")
+    p.add_argument("run", help="run directory written by `probe record`")
+    p.add_argument("--top", type=int, default=3, help="heads to print per metric")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="model for induction_random (default: the one the run was recorded with)")
+    which.add_argument("--no-model", action="store_true",
+                       help="leave out induction_random (TransformerLens's induction score on repeated random "
+                            "tokens), which runs the model")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from analyses.head_metrics import METRICS, head_metrics, induction_model
+    from analyses.results import save_result
+    from probe.cli.shared import command_line
+    from probe.head_labels import top_heads_text
+    from probe.reader import open_run
+
+    run = open_run(args.run)
+    if not run.complete:
+        print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
+              file=sys.stderr)
+    model = None
+    if not args.no_model:  # for induction_random, the detector's score on repeated random tokens
+        model, why = induction_model(run, args.model)
+        if why is not None:
+            print(f"note: induction_random left out: the run's model {run.model_name!r} cannot provide it ({why})",
+                  file=sys.stderr)
+    table = head_metrics(run, model=model)
+    out = save_result(args.run, "head_metrics", table, kind="head_metrics", command=command_line())
+    print(f"head metrics over {run.n_prompts} prompts -> {out}")
+    extra = [m for m in ("induction_random", "antecedent") if m in table.columns]
+    for metric in [*METRICS, *extra]:
+        lowest = metric == "entropy"
+        print(f"  {metric:<16} {'lowest' if lowest else 'highest'}: "
+              f"{top_heads_text(table, metric, args.top, ascending=lowest)}")
+    return 0

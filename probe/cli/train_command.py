@@ -1,0 +1,38 @@
+"""`probe train TASK -o DIR`: train a toy model whose ground truth is known."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a toy model with known ground truth (induction, coref)")
+    p.add_argument("task", help="induction or coref")
+    p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: the task's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.tasks import get_task
+    from models.training import check_output, describe, train
+    from probe.progress import StepProgress
+
+    check_output(args.output, args.overwrite)
+    command = "probe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    steps = args.steps or get_task(args.task).training_defaults["steps"]
+    bar = StepProgress(steps, f"training {args.task}")
+    try:
+        out = train(args.task, args.output, steps=steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                    command=command, on_step=bar)
+    finally:
+        bar.close()
+    metrics = describe(out)["final_metrics"]
+    print(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
