@@ -32,14 +32,7 @@ import torch
 from probe.errors import InputError
 
 from .lbfgs import batched_lbfgs
-from .probe_features import (  # noqa: F401 - re-exported: the probe's data lives there
-    FeatureRows,
-    antecedent_features,
-    chunks,
-    prompt_features,
-    span_features,
-    word_features,
-)
+from .probe_features import FeatureRows, chunks
 
 DEFAULT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1)
 

@@ -61,7 +61,8 @@ from machine_load import OtherLoad  # noqa: E402
 
 import models  # noqa: E402
 from analyses.ablation import head_ablation_sweep, next_token_loss  # noqa: E402
-from analyses.probes import DEFAULT_LAMBDAS, layer_probes, split_prompts, word_features  # noqa: E402
+from analyses.probe_features import word_features  # noqa: E402
+from analyses.probes import DEFAULT_LAMBDAS, layer_probes, split_prompts  # noqa: E402
 
 SIZES = {  # GPT2Config fields of each --sizes entry
     "small": dict(n_layer=4, n_head=8, n_embd=256, n_positions=128),

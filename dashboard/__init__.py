@@ -1,4 +1,4 @@
-"""The Dash dashboard that browses recorded runs (see DESIGN.md, "Dashboard").
+"""The Dash dashboard that browses recorded runs (see docs/design.md, "Dashboard").
 
     probe dashboard RUN [RUN ...] [--port 8050] [--host 127.0.0.1] [--debug]
 

@@ -1,7 +1,7 @@
 """`TransformerConfig`: every architectural difference between families is a field here.
 
 A new architecture is a new set of field values plus a weight-conversion table in
-`models/families/`, never a subclass (DESIGN.md, "The hooked transformer").
+`models/families/`, never a subclass (docs/design.md, "The hooked transformer").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """probe: a mechanistic-interpretability and probing workbench.
 
 `import probe` stays light: it must not import `models` eagerly, because
-`models` imports `probe.hooks` (DESIGN.md, "Layout"). Model-facing names are re-exported
+`models` imports `probe.hooks` (docs/design.md, "Layers"). Model-facing names are re-exported
 lazily on first attribute access.
 """
 

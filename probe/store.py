@@ -7,7 +7,7 @@ Layout (documented for other tools in docs/cache-format.md)::
       prompts.jsonl   every prompt of the run with its label fields, written once
       shards/00000.h5 immutable once published (written as .tmp, fsynced, renamed)
 
-Why this shape (DESIGN.md, "The activation store"): an HDF5 writer killed without a
+Why this shape (docs/design.md, "The activation store"): an HDF5 writer killed without a
 flush leaves an unreadable file, while a file written under a temporary name, fsynced and
 renamed survives. So nothing is ever modified after it is published: a crash can only
 lose the shard being written, a reader sees exactly the shards the manifest names, and

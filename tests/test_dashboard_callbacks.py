@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_dashboard_runs import corrupt_copy, record_coref_run, record_plain_run
+from helpers import corrupt_copy, record_plain_run
 
 from analyses.results import load_results
 from dashboard import figures
@@ -21,11 +21,6 @@ from dashboard.state import ViewState, from_query, to_query
 from dashboard.views import grid_figure, prompt_options, render_view
 from probe.errors import StoreError
 from probe.reader import Run
-
-
-@pytest.fixture(scope="module")
-def coref_run(tmp_path_factory):
-    return record_coref_run(tmp_path_factory.mktemp("dash") / "coref", n=12)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import shutil
 import time
 
 import pytest
-from test_dashboard_runs import record_coref_run
 
 from dashboard import figures
 from dashboard.app import create_app
@@ -25,11 +24,6 @@ def browser_installed():
         pytest.fail(f"{' and '.join(missing)} not found: run `make browser` (apt-get install chromium "
                     "chromium-driver), or set PROBE_SKIP_BROWSER=1 to skip the browser tests explicitly",
                     pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def coref_run(tmp_path_factory):
-    return record_coref_run(tmp_path_factory.mktemp("e2e") / "toy-coref-run", n=12)
 
 
 def tick_labels(dash_duo, graph_id: str, axis: str = "x") -> list[str]:

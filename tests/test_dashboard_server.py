@@ -6,16 +6,10 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-from test_dashboard_runs import corrupt_copy, record_coref_run
+from helpers import corrupt_copy, record_coref_run
 
 from dashboard.app import create_app
 from dashboard.state import from_query
-
-
-@pytest.fixture(scope="module")
-def coref_run(tmp_path_factory):
-    return record_coref_run(tmp_path_factory.mktemp("srv") / "coref", n=12)
 
 
 class Page:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES
+from helpers import FAMILIES
 
 import models
 

@@ -1,9 +1,13 @@
-"""Activation patching on the toy coreference model with the tired/wide twins."""
+"""Activation patching (analyses/patching.py, and `probe patch`: analyses/patching_studies.py) on
+the toy coreference model with the tired/wide twins."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from helpers import run_cli
 
 import models
 from analyses.ablation import logit_difference
@@ -155,3 +159,20 @@ def test_patch_cli_on_text_pairs_equals_the_python_api(setup, tmp_path):
     r = run("--model", "minilm", "--clean-text", "a", "--corrupt-text", "b", "--answer", "a", "--wrong", "b")
     assert r.returncode == 2 and "encoder without an LM head" in r.stderr
     assert not (tmp_path / "x").exists()  # nothing written on a refused input
+
+
+def test_patching_a_run_that_has_nothing_to_measure_with(tmp_path):
+    """A decoder run whose prompts ask no question (so the model's answer cannot measure a
+    patch) and that lacks resid_post (so no antecedent probe can): a clear refusal."""
+    import probe
+
+    rows = []
+    for p in probe.load_prompts("toy-coref-test")[:40]:
+        labels = {k: v for k, v in p.labels.items() if k != "question_span"}
+        rows.append(json.dumps({"text": p.text, **labels}))
+    (tmp_path / "p.jsonl").write_text("\n".join(rows) + "\n")
+    run = probe.record(models.load("toy-coref"), tmp_path / "p.jsonl", tmp_path / "run",
+                       names=["blocks.*.attn.hook_pattern"], progress=False)
+    r = run_cli("patch", "--run", str(run.path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "record 'blocks.*.hook_resid_post'" in r.stderr

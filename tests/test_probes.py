@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import probe
+from analyses.probe_features import prompt_features
 from analyses.probes import (
     control_labels,
     fit_logistic,
     layer_probes,
     predict,
-    prompt_features,
     split_prompts,
     split_units,
 )
@@ -130,7 +130,7 @@ def test_probes_cli_writes_next_to_the_run(winobias_run):
 def test_pos_probe_on_ud_ewt(minilm, tmp_path):
     """Part of speech is linearly decodable from MiniLM far above the majority class, and
     more selective than a control task (Hewitt & Liang)."""
-    from analyses.probes import word_features
+    from analyses.probe_features import word_features
 
     prompts = probe.load_prompts("ud-ewt-dev")[:120]
     run = probe.record(minilm, prompts, tmp_path / "ud", names=["blocks.*.hook_resid_post"], progress=False)
@@ -207,7 +207,7 @@ def test_antecedent_probe_on_toy_coref(tmp_path):
     """In the causal toy model the pronoun comes before the adjective that decides the
     antecedent, so it cannot encode it; the question position, which answers, does."""
     import models
-    from analyses.probes import antecedent_features
+    from analyses.probe_features import antecedent_features
 
     toy = models.load("toy-coref")
     prompts = probe.load_prompts("toy-coref-test")[::12][:240]

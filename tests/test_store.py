@@ -4,22 +4,16 @@ reads with plain h5py, and the reader's views slice lazily across shards."""
 from __future__ import annotations
 
 import json
-import random
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB_WORDS
+from helpers import word_prompts
 
 import models
 import probe
 from probe.errors import StoreError
-
-
-def word_prompts(n: int, seed: int = 0, lo: int = 2, hi: int = 12) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(VOCAB_WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")

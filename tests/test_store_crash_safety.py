@@ -1,4 +1,5 @@
-"""The store's binding behaviours, tested with real processes: SIGKILL at several points,
+"""The store's binding behaviours (probe/store.py, probe/recorder.py; test_store.py has the
+rest), tested with real processes: SIGKILL at several points,
 resume, reading while recording, bounded memory, disk full, and bad input."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_store import word_prompts
+from helpers import word_prompts
 
 import models
 import probe
