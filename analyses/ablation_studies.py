@@ -183,7 +183,7 @@ def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer,
 def _run_loss(model, run, method: str, seed: int, together_heads, together_mlp, labelled: bool) -> AblationStudy:
     """Next-token loss on all of a decoder run's prompts (its stored token ids, right-padded
     with a mask when lengths differ); the sweep's name next to the run is ablation_loss."""
-    from .coref_interventions import check_model_matches
+    from .run_checks import check_model_matches
     from .run_inputs import run_batch
 
     if not model.cfg.has_unembed:

@@ -9,11 +9,17 @@ accuracy with a 95% bootstrap interval over prompts, and the mean attention to t
 to the other candidate, against the baselines of always choosing the nearest mention, the
 first mention, and chance. A head is said to beat the positional baselines only when the
 lower end of its interval is above the better of them.
+
+The study is data: `coref_study` computes a `CorefStudy` (no files, no prose), `save_study`
+writes its files, `analyses.coref_report.render_report` words it; `write_report`, what
+`probe coref` calls, does all three.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +27,9 @@ import pandas as pd
 from probe.errors import InputError
 
 from .run_checks import require_layer_hooks
+
+if TYPE_CHECKING:  # coref_interventions imports torch; the attention study does not need it
+    from .coref_interventions import AblationSummary
 
 REQUIRED = ("pronoun_span", "candidate_spans", "answer")
 MIN_PROMPTS_FOR_CLAIMS = 20  # below this a bootstrap interval is too coarse to say a head beats a baseline
@@ -84,24 +93,30 @@ def positional_baselines(run, used: list[int], gold: np.ndarray) -> dict[str, fl
 def coref_heads(run, seed: int = 0, query: str = "pronoun_span") -> tuple[pd.DataFrame, dict[str, float], int]:
     """Per-head antecedent accuracy table, the baselines, and the number of prompts."""
     attn, gold, used = candidate_attention(run, query=query)
+    base = positional_baselines(run, used, gold)
+    return head_table(attn, gold, base, seed), base, len(used)
+
+
+def head_table(attn: np.ndarray, gold: np.ndarray, baselines: dict[str, float], seed: int = 0) -> pd.DataFrame:
+    """One row per head: accuracy with its bootstrap interval, mean attention to the gold and
+    to the other candidate, and whether the interval lies above the better positional baseline."""
     choice = attn.argmax(-1)  # [n, L, H]
     correct = (choice == gold[:, None, None]).astype(float)
     lo, hi = bootstrap_ci(correct, seed=seed)
-    base = positional_baselines(run, used, gold)
-    best_positional = max(base["nearest mention"], base["first mention"])
+    best_positional = max(baselines["nearest mention"], baselines["first mention"])
     g = gold[:, None, None]
     gold_attn = np.take_along_axis(attn, g[..., None].repeat(attn.shape[2], 2), -1)[..., 0]
     other_attn = np.take_along_axis(attn, (1 - g)[..., None].repeat(attn.shape[2], 2), -1)[..., 0]
     rows = []
-    L, H = correct.shape[1:]
+    n, L, H = correct.shape
     for layer in range(L):
         for head in range(H):
             rows.append({"layer": layer, "head": head, "accuracy": correct[:, layer, head].mean(),
                          "ci_low": lo[layer, head], "ci_high": hi[layer, head],
                          "attn_gold": gold_attn[:, layer, head].mean(), "attn_other": other_attn[:, layer, head].mean(),
                          "beats_positional": bool(lo[layer, head] > best_positional
-                                                  and len(used) >= MIN_PROMPTS_FOR_CLAIMS)})
-    return pd.DataFrame(rows), base, len(used)
+                                                  and n >= MIN_PROMPTS_FOR_CLAIMS)})
+    return pd.DataFrame(rows)
 
 
 def heatmap_html(grid: np.ndarray, x: list[str], y: list[str], title: str, path: Path, zmid: float | None = None,
@@ -115,185 +130,256 @@ def heatmap_html(grid: np.ndarray, x: list[str], y: list[str], title: str, path:
     fig.write_html(path, include_plotlyjs="directory")
 
 
+# ------------------------------------------------------------------ the study as data
+# Why a part of the study was not computed. The report words each one (coref_report).
+PROBES_NEED_RESID = ("record `blocks.*.hook_resid_post` too (`probe record ... --names 'blocks.*.attn.hook_pattern' "
+                     "'blocks.*.hook_resid_post'`)")
+NO_MODEL = "no model given"
+INTERVENTIONS_NEED_PROBE = ("they are measured with the antecedent probe, which needs `blocks.*.hook_resid_post` "
+                            f"recorded and at least {MIN_PROMPTS_FOR_CLAIMS} prompts")
+NO_TWIN_PAIRS = "no twin prompts (same `pair_id`, different antecedent, same token length) in this run"
+MIN_PROBE_PROMPTS = 10  # split units (prompts or twin groups) a probe's train/dev/test split needs
+
+
+@dataclass(frozen=True)
+class TooFewPrompts:
+    """Caution: too few prompts for a bootstrap interval to show a head beats a baseline."""
+
+    n_prompts: int
+    minimum: int = MIN_PROMPTS_FOR_CLAIMS
+
+
+@dataclass(frozen=True)
+class LayerZeroProbe:
+    """Caution: the layer-0 probe already reads most of what the best layer reads, so surface
+    cues may carry the answer."""
+
+    layer0_acc: float
+    best_acc: float
+
+
+@dataclass(frozen=True)
+class NearMajority:
+    """Caution: the clean measure is barely above the probes' majority baseline, so no
+    ablation can show a large drop."""
+
+    clean: float
+    majority: float
+
+
+Caution = TooFewPrompts | LayerZeroProbe | NearMajority
+
+
+@dataclass(frozen=True)
+class CorefStudy:
+    """Everything the coreference report says, computed (`coref_study`); `save_study` writes
+    it, `coref_report.render_report` words it."""
+
+    run_path: Path
+    model_name: str  # the run's model
+    query: str  # label field of the span that attends
+    top: int  # how many heads the report lists (and names, when none beats the baselines)
+    heads: pd.DataFrame  # per-head table (coref_heads.csv): layer, head, accuracy, ci_low, ci_high, ...
+    baselines: dict[str, float]  # nearest mention, first mention, chance
+    n_prompts: int  # prompts with complete gold labels
+    probes: pd.DataFrame | None  # antecedent probe per layer (layer_probes' table)
+    probes_not_run: str | None  # why there is no probe table (PROBES_NEED_RESID, or too few prompts)
+    named_heads: tuple[tuple[int, int], ...]  # the heads the interventions test
+    interventions_not_run: str | None  # NO_MODEL or INTERVENTIONS_NEED_PROBE; None when they ran
+    ablation: AblationSummary | None  # the named heads ablated together
+    ablation_sweep: pd.DataFrame | None  # each head mean-ablated alone (ablation_accuracy.csv)
+    patch_heads: pd.DataFrame | None  # twin-pair patching per head (patch_heads_antecedent.csv)
+    patch_resid: pd.DataFrame | None  # per [layer, position] of resid_pre (patch_resid_antecedent.csv)
+    patching_not_run: str | None  # NO_TWIN_PAIRS or the patching's error; None when patched or not attempted
+    notes: tuple[Caution, ...] = ()
+
+    @property
+    def best_positional(self) -> float:
+        return max(self.baselines["nearest mention"], self.baselines["first mention"])
+
+    @property
+    def n_beating(self) -> int:
+        """Heads whose whole interval lies above the better positional baseline."""
+        return int(self.heads.beats_positional.sum())
+
+    @property
+    def top_heads(self) -> pd.DataFrame:
+        return self.heads.sort_values("accuracy", ascending=False).head(self.top)
+
+    def caution(self, kind: type) -> Caution | None:
+        """The note of this kind, if the study has one."""
+        return next((note for note in self.notes if isinstance(note, kind)), None)
+
+
+def named_heads(heads: pd.DataFrame, top: int) -> tuple[tuple[int, int], ...]:
+    """The best ``top`` heads that beat the baselines; when none does, the best ``top`` by accuracy."""
+    beating = heads[heads.beats_positional]
+    pool = beating if len(beating) else heads
+    best = pool.sort_values("accuracy", ascending=False).head(top)
+    return tuple((int(r.layer), int(r["head"])) for _, r in best.iterrows())
+
+
+def antecedent_probes(run, query: str, seed: int) -> tuple[pd.DataFrame | None, str | None]:
+    """Antecedent probes per layer from the query's representation, or None and why not."""
+    from .probe_features import antecedent_features
+    from .probes import layer_probes
+
+    n_layers = run.config["n_layers"]
+    if any(f"blocks.{layer}.hook_resid_post" not in run.hooks for layer in range(n_layers)):
+        return None, PROBES_NEED_RESID
+    feats, labels, prompt_of, types = antecedent_features(run, range(n_layers), query=query)
+    n_units = len(np.unique(prompt_of))
+    if n_units < MIN_PROBE_PROMPTS or len(np.unique(labels)) < 2:
+        return None, (f"{n_units} labelled prompts or twin pairs (at least {MIN_PROBE_PROMPTS}, with both answers, "
+                      "are needed)")
+    return layer_probes(feats, labels, prompt_of, types=types, seed=seed), None
+
+
+def layer_zero_caution(probes: pd.DataFrame) -> LayerZeroProbe | None:
+    """Layer 0 reads at least 3/4 of the best layer's gain over the majority baseline (and
+    the best layer gains more than 0.1)."""
+    majority, first, best = probes.majority_baseline.iloc[0], probes.test_acc.iloc[0], probes.test_acc.max()
+    if best > majority + 0.1 and first - majority >= 0.75 * (best - majority):
+        return LayerZeroProbe(float(first), float(best))
+    return None
+
+
+def near_majority_caution(ablation: AblationSummary, probes: pd.DataFrame) -> NearMajority | None:
+    """The clean measure is within 0.05 of the majority baseline."""
+    majority = float(probes.majority_baseline.iloc[0])
+    return NearMajority(ablation.clean, majority) if ablation.clean <= majority + 0.05 else None
+
+
+@dataclass(frozen=True)
+class Interventions:
+    """The named heads ablated and patched with the run's own model (all None: not run)."""
+
+    ablation: AblationSummary | None = None
+    sweep: pd.DataFrame | None = None
+    patch_heads: pd.DataFrame | None = None
+    patch_resid: pd.DataFrame | None = None
+    patching_not_run: str | None = None
+
+
+def interventions(model, run, used: list[int], named: tuple[tuple[int, int], ...], probes: pd.DataFrame,
+                  query: str, seed: int) -> Interventions:
+    """Ablate the named heads (together, and every head alone) on held-out prompts, measured
+    by the model's answer or the antecedent probe at the probes' best dev layer; patch them
+    between twin prompts."""
+    from .coref_interventions import ablation_setup, ablation_tests, sweep
+    from .run_checks import check_model_matches
+
+    check_model_matches(model, run)
+    # ties go to the later layer: more of the sentence has been read there
+    layer = int(probes.sort_values(["dev_acc", "layer"], ascending=[False, False]).layer.iloc[0])
+    setup = ablation_setup(model, run, used, layer, query, seed)
+    summary = ablation_tests(model, setup, list(named), seed)
+    per_head = sweep(model, setup)
+    return Interventions(summary, per_head, *twin_patching(model, run, used, layer, query))
+
+
+def twin_patching(model, run, used: list[int], layer: int, query: str
+                  ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
+    """(heads, resid, None) patched between the run's twin pairs, or (None, None, why not)."""
+    from .coref_interventions import fit_antecedent_probe, patching_tests, twin_pairs
+
+    pairs = twin_pairs(run, used)
+    if not pairs:
+        return None, None, NO_TWIN_PAIRS
+    probe = fit_antecedent_probe(run, used, layer, query)
+    try:
+        heads, resid = patching_tests(model, run, pairs, probe, query)
+    except ValueError as e:  # e.g. the probe scores the twins the same: nothing to normalise
+        return None, None, str(e)
+    return heads, resid, None
+
+
+def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pronoun_span") -> CorefStudy:
+    """The coreference study of ``run``: per-head attention accuracy against the baselines;
+    with resid_post recorded, antecedent probes per layer; with ``model`` (the one the run was
+    recorded with), the named heads ablated and patched (``coref_interventions``). Computes
+    only: nothing is written."""
+    attn, gold, used = candidate_attention(run, query=query)
+    baselines = positional_baselines(run, used, gold)
+    heads = head_table(attn, gold, baselines, seed)
+    n = len(used)
+    probes, probes_not_run = antecedent_probes(run, query, seed)
+    named = named_heads(heads, top)
+    notes: list[Caution] = [TooFewPrompts(n)] if n < MIN_PROMPTS_FOR_CLAIMS else []
+    if probes is not None and (caution := layer_zero_caution(probes)):
+        notes.append(caution)
+    done, not_run = Interventions(), None
+    if model is None:
+        not_run = NO_MODEL
+    elif probes is None or n < MIN_PROMPTS_FOR_CLAIMS:
+        not_run = INTERVENTIONS_NEED_PROBE
+    else:
+        done = interventions(model, run, used, named, probes, query, seed)
+        if caution := near_majority_caution(done.ablation, probes):
+            notes.append(caution)
+    return CorefStudy(
+        run_path=Path(run.path), model_name=run.model_name, query=query, top=top, heads=heads, baselines=baselines,
+        n_prompts=n, probes=probes, probes_not_run=probes_not_run, named_heads=named, interventions_not_run=not_run,
+        ablation=done.ablation, ablation_sweep=done.sweep, patch_heads=done.patch_heads, patch_resid=done.patch_resid,
+        patching_not_run=done.patching_not_run, notes=tuple(notes))
+
+
+# ------------------------------------------------------------------ the study's files
+def probes_result_name(query: str) -> str:
+    return "probes_antecedent" + ("" if query == "pronoun_span" else f"_{query}")
+
+
+def save_study(study: CorefStudy, out_dir: str | Path | None = None) -> Path:
+    """Write the study: OUT/{coref_heads.csv, heads.html, ablation.html, patching.html,
+    report.md} (OUT defaults to RUN/analyses/coref; the figures only for what was computed)
+    and its tables next to the run (RUN/analyses/NAME.csv). Returns report.md's path."""
+    from .coref_report import render_report  # here: coref_report imports this module's dataclasses
+    from .results import save_result
+
+    out = Path(out_dir) if out_dir else study.run_path / "analyses" / "coref"
+    out.mkdir(parents=True, exist_ok=True)
+    study.heads.to_csv(out / "coref_heads.csv", index=False)
+    heads_x, layers_y = head_axes(study.heads)
+    heatmap_html(grid_of(study.heads, "accuracy"), heads_x, layers_y,
+                 f"Antecedent accuracy per head ({study.n_prompts} prompts; colour centre = best positional baseline)",
+                 out / "heads.html", study.best_positional, "accuracy")
+    if study.probes is not None:
+        save_result(study.run_path, probes_result_name(study.query), study.probes)
+    if study.ablation is not None:
+        save_result(study.run_path, "ablation_accuracy", study.ablation_sweep)
+        heatmap_html(grid_of(study.ablation_sweep, "effect"), heads_x, layers_y,
+                     f"Change in {study.ablation.measure} when each head is mean-ablated ({study.ablation.n_held_out} "
+                     "held-out prompts)", out / "ablation.html", 0.0, "effect")
+    if study.patch_resid is not None:
+        save_result(study.run_path, "patch_heads_antecedent", study.patch_heads)
+        save_result(study.run_path, "patch_resid_antecedent", study.patch_resid)
+        save_patching_figure(study.patch_resid, layers_y, out / "patching.html")
+    (out / "report.md").write_text(render_report(study))
+    return out / "report.md"
+
+
+def head_axes(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Heatmap labels of a [layer, head] table: heads across (H0 ...), layers down (L0 ...)."""
+    n_layers, n_heads = table.layer.max() + 1, table["head"].max() + 1
+    return [f"H{h}" for h in range(n_heads)], [f"L{layer}" for layer in range(n_layers)]
+
+
+def grid_of(table: pd.DataFrame, column: str) -> np.ndarray:
+    """A [layer, head] table's column as a [layers, heads] grid (rows in layer, head order)."""
+    return table[column].to_numpy().reshape(table.layer.max() + 1, table["head"].max() + 1)
+
+
+def save_patching_figure(resid: pd.DataFrame, layers_y: list[str], path: Path) -> None:
+    grid = resid.pivot(index="layer", columns="position", values="normalized")
+    positions = [f"{p}:{t}" for p, t in resid.drop_duplicates("position")[["position", "token"]]
+                 .itertuples(index=False)]
+    heatmap_html(grid.to_numpy(), positions, layers_y, "Denoising patch of resid_pre per [layer, position] (normalised)",
+                 path, 0.0, "normalised")
+
+
 def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5,
                  query: str = "pronoun_span", model=None) -> Path:
     """Run the study and write RUN/analyses/coref/{coref_heads.csv, heads.html, report.md}.
     With resid_post recorded, antecedent probes per layer are added; with ``model`` (the one
     the run was recorded with), the heads are ablated and patched (``coref_interventions``)."""
-    table, base, n = coref_heads(run, seed, query)
-    out = Path(out_dir) if out_dir else Path(run.path) / "analyses" / "coref"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "coref_heads.csv", index=False)
-    L, H = table.layer.max() + 1, table["head"].max() + 1
-    heads_x, layers_y = [f"H{h}" for h in range(H)], [f"L{layer}" for layer in range(L)]
-    heatmap_html(table.accuracy.to_numpy().reshape(L, H), heads_x, layers_y,
-                 f"Antecedent accuracy per head ({n} prompts; colour centre = best positional baseline)",
-                 out / "heads.html", max(base["nearest mention"], base["first mention"]), "accuracy")
-    best_positional = max(base["nearest mention"], base["first mention"])
-    best = table.sort_values("accuracy", ascending=False).head(top)
-    lines = [f"# Coreference study: {run.model_name}", "",
-             f"{n} prompts with gold antecedents from `{run.path}`. For each head, attention from the "
-             f"{query.removesuffix('_span')} to "
-             "each candidate (sum over a mention's tokens, mean over the pronoun's tokens); the head picks the "
-             "candidate it attends to more. 95% bootstrap intervals over prompts.", "",
-             "| baseline | accuracy |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in base.items()]
-    lines += ["", f"Top {top} heads:", "", "| head | accuracy | 95% CI | attn to gold | attn to other | verdict |",
-              "|---|---|---|---|---|---|"]
-    for _, r in best.iterrows():
-        verdict = ("better than the positional baselines" if r.beats_positional
-                   else "no better than a positional baseline")
-        lines.append(f"| L{int(r.layer)}H{int(r['head'])} | {r.accuracy:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | "
-                     f"{r.attn_gold:.3f} | {r.attn_other:.3f} | {verdict} |")
-    n_beat = int(table.beats_positional.sum())
-    if n < MIN_PROMPTS_FOR_CLAIMS:
-        lines += ["", f"Only {n} prompts: too few to claim that any head beats the baselines; record more "
-                      "(e.g. the bundled winobias set)."]
-    lines += ["", (f"{n_beat} of {len(table)} heads beat the better positional baseline ({best_positional:.3f}) "
-                   "with their whole interval." if n_beat else
-                   f"No head beats the better positional baseline ({best_positional:.3f}): attention alone does "
-                   "not show a coreference head here."),
-              "", "Figure: [heads.html](heads.html) (heatmap of per-head accuracy); table: "
-              "[coref_heads.csv](coref_heads.csv)."]
-    probes = _probe_section(run, query, seed, lines)
-    if model is None:
-        lines += ["", "Attention-based claims need intervention to confirm them: run `probe coref RUN --model "
-                      "MODEL` (the model the run was recorded with) to ablate and patch the heads."]
-    elif probes is None or n < MIN_PROMPTS_FOR_CLAIMS:
-        lines += ["", "No interventions: they are measured with the antecedent probe, which needs "
-                      f"`blocks.*.hook_resid_post` recorded and at least {MIN_PROMPTS_FOR_CLAIMS} prompts."]
-    else:
-        named = [(int(r.layer), int(r["head"])) for _, r in table[table.beats_positional].sort_values(
-            "accuracy", ascending=False).head(top).iterrows()]
-        if not named:
-            named = [(int(r.layer), int(r["head"])) for _, r in best.iterrows()]
-        _intervention_section(model, run, table, named, bool(n_beat), probes, query, seed, out, lines,
-                              heads_x, layers_y)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return out / "report.md"
-
-
-def _probe_section(run, query: str, seed: int, lines: list[str]) -> pd.DataFrame | None:
-    """Antecedent probes per layer from the query's representation (saved as
-    probes_antecedent.csv next to the run); None when the run lacks resid_post."""
-    from .probe_features import antecedent_features
-    from .probes import layer_probes
-    from .results import save_result
-
-    n_layers = run.config["n_layers"]
-    if any(f"blocks.{layer}.hook_resid_post" not in run.hooks for layer in range(n_layers)):
-        lines += ["", "## Antecedent probes", "", "Not run: record `blocks.*.hook_resid_post` too "
-                  "(`probe record ... --names 'blocks.*.attn.hook_pattern' 'blocks.*.hook_resid_post'`)."]
-        return None
-    feats, labels, prompt_of, types = antecedent_features(run, range(n_layers), query=query)
-    if len(np.unique(prompt_of)) < 10 or len(np.unique(labels)) < 2:
-        lines += ["", "## Antecedent probes", "", f"Not run: {len(np.unique(prompt_of))} labelled prompts or twin pairs "
-                  "(at least 10, with both answers, are needed)."]
-        return None
-    probes = layer_probes(feats, labels, prompt_of, types=types, seed=seed)
-    save_result(run.path, "probes_antecedent" + ("" if query == "pronoun_span" else f"_{query}"), probes)
-    lines += ["", "## Antecedent probes", "",
-              f"A logistic-regression probe per layer reads, from the {query.removesuffix('_span')}'s "
-              "representation (`resid_post`, mean over its tokens), whether the antecedent is the first or "
-              "second mention. Control task (Hewitt & Liang): a random answer per (pronoun, candidates) word "
-              "combination.", "", "| layer | test acc | majority | control | selectivity |", "|---|---|---|---|---|"]
-    lines += [f"| {int(r.layer)} | {r.test_acc:.3f} | {r.majority_baseline:.3f} | {r.control_test_acc:.3f} | "
-              f"{r.selectivity:.3f} |" for _, r in probes.iterrows()]
-    majority, first, best = probes.majority_baseline.iloc[0], probes.test_acc.iloc[0], probes.test_acc.max()
-    if best > majority + 0.1 and first - majority >= 0.75 * (best - majority):
-        lines += ["", f"Caution: layer 0 already reads most of it ({first:.3f} of the best {best:.3f}). At layer 0 the "
-                  "pronoun has seen the sentence through one attention layer only, so surface cues (pronoun form "
-                  "and case, the sentence template) may carry much of the answer: high probe accuracy here is "
-                  "weak evidence of coreference resolution."]
-    return probes
-
-
-def _intervention_section(model, run, table: pd.DataFrame, named: list[tuple[int, int]], beat: bool,
-                          probes: pd.DataFrame, query: str, seed: int, out: Path, lines: list[str],
-                          heads_x: list[str], layers_y: list[str]) -> None:
-    from .coref_interventions import (
-        ablation_setup,
-        ablation_tests,
-        check_model_matches,
-        fit_antecedent_probe,
-        patching_tests,
-        sweep,
-        twin_pairs,
-    )
-    from .results import save_result
-
-    check_model_matches(model, run)
-    _, _, used = candidate_attention(run, query=query)
-    layer = int(probes.sort_values(["dev_acc", "layer"], ascending=[False, False]).layer.iloc[0])
-    setup = ablation_setup(model, run, used, layer, query, seed)
-    summary = ablation_tests(model, setup, named, seed)
-    sweep_probe = sweep(model, setup)
-    save_result(run.path, "ablation_accuracy", sweep_probe)
-    L, H = len(layers_y), len(heads_x)
-    heatmap_html(sweep_probe.effect.to_numpy().reshape(L, H), heads_x, layers_y,
-                 f"Change in {summary['measure']} when each head is mean-ablated ({summary['n_held_out']} "
-                 "held-out prompts)", out / "ablation.html", 0.0, "effect")
-    names = ", ".join(f"L{la}H{h}" for la, h in named)
-    drop = summary["clean"] - summary["ablated"]
-    matters = summary["ablated"] < summary["random_min"]
-    lines += ["", "## Ablation", "",
-              f"The {'heads that beat the baselines' if beat else f'top {len(named)} heads by accuracy (none beat the baselines)'}"
-              f" ({names}) mean-ablated together (reference: the {summary['n_train']} train prompts), measured by "
-              f"{summary['measure']} on {summary['n_held_out']} held-out prompts:", "",
-              "| condition | accuracy |", "|---|---|",
-              f"| clean | {summary['clean']:.3f} |", f"| these heads mean-ablated | {summary['ablated']:.3f} |",
-              f"| these heads zero-ablated | {summary['zero_ablated']:.3f} |",
-              *([f"| logit difference antecedent - other: clean / mean-ablated / zero-ablated | "
-                 f"{summary['clean_logit_diff']:.2f} / {summary['ablated_logit_diff']:.2f} / "
-                 f"{summary['zero_ablated_logit_diff']:.2f} |"] if "clean_logit_diff" in summary else []),
-              f"| {len(named)} random other heads mean-ablated ({summary['n_random']} draws"
-              + (f"; only {summary['n_random_sets']} distinct sets exist" if summary["n_random_sets"] <= summary["n_random"]
-                 else "") + f") | mean {summary['random_mean']:.3f}, range [{summary['random_min']:.3f}, "
-              f"{summary['random_max']:.3f}] |", "",
-              (f"Ablating them changes accuracy by {-drop:+.3f}. This model has only {summary['n_random_sets']} "
-               f"other set(s) of {len(named)} heads, so the random-heads comparison says little here."
-               if summary["n_random_sets"] < summary["n_random"] else
-               f"Ablating them lowers accuracy by {drop:.3f}, more than any random set of as many heads: "
-               "they matter." if matters else
-               f"Ablating them changes accuracy by {-drop:+.3f}, no more than some random set of as many heads: "
-               "no evidence that they matter."), "",
-              "Per-head sweep: [ablation.html](ablation.html) (table `analyses/ablation_accuracy.csv`; "
-              "`probe ablate --run RUN --metric antecedent-score` asks instead which earlier heads feed the "
-              "named heads' attention)."]
-    majority = float(probes.majority_baseline.iloc[0])
-    if summary["clean"] <= majority + 0.05:
-        lines.append(f"Caution: on clean prompts the measure ({summary['clean']:.3f}) is barely above the majority "
-                     f"baseline ({majority:.3f}), so no ablation can show a large drop here.")
-    top_sweep = sweep_probe.sort_values("effect").head(3)
-    lines.append("Largest drops from one head: " + ", ".join(
-        f"L{int(r.layer)}H{int(r['head'])} {r.effect:+.3f}" for _, r in top_sweep.iterrows()) + ".")
-    pairs = twin_pairs(run, used)
-    lines += ["", "## Patching", ""]
-    if not pairs:
-        lines.append("No twin prompts (same `pair_id`, different antecedent, same token length) in this run, so "
-                     "nothing to patch; the seed set and toy-coref-test have them.")
-        return
-    probe = fit_antecedent_probe(run, used, layer, query)
-    try:
-        heads, resid = patching_tests(model, run, pairs, probe, query)
-    except ValueError as e:  # e.g. the probe scores the twins the same: nothing to normalise
-        lines.append(f"Not run: {e}.")
-        return
-    save_result(run.path, "patch_heads_antecedent", heads)
-    save_result(run.path, "patch_resid_antecedent", resid)
-    grid = resid.pivot(index="layer", columns="position", values="normalized")
-    heatmap_html(grid.to_numpy(), [f"{p}:{t}" for p, t in resid.drop_duplicates("position")[["position", "token"]]
-                                   .itertuples(index=False)], layers_y,
-                 "Denoising patch of resid_pre per [layer, position] (normalised)", out / "patching.html", 0.0,
-                 "normalised")
-    best_heads = heads.sort_values("normalized", ascending=False).head(3)
-    lines += [f"{int(heads.n_pairs.iloc[0])} twin pair(s) (clean -> corrupted, denoising), metric: the "
-              f"{heads.metric.iloc[0]} between the clean antecedent and the other candidate (clean {heads.clean.iloc[0]:.2f}, corrupted "
-              f"{heads.corrupt.iloc[0]:.2f}); normalised (patched - corrupt) / (clean - corrupt).", "",
-              "Heads whose clean output restores most: " + ", ".join(
-                  f"L{int(r.layer)}H{int(r['head'])} {r.normalized:.2f}" for _, r in best_heads.iterrows()) + "; "
-              "the study's heads: " + ", ".join(
-                  f"L{la}H{h} {heads[(heads.layer == la) & (heads['head'] == h)].normalized.iloc[0]:.2f}"
-                  for la, h in named) + ".", "",
-              "Residual stream per [layer, position]: [patching.html](patching.html); tables "
-              "`analyses/patch_heads_antecedent.csv`, `analyses/patch_resid_antecedent.csv`."]
+    return save_study(coref_study(run, model=model, seed=seed, top=top, query=query), out_dir)

@@ -29,8 +29,9 @@ import pandas as pd
 import torch
 
 from models import HookedTransformer
-from models.tokens import pad, pad_id
 from probe.errors import InputError
+from probe.head_labels import head_label
+from probe.prompts import twin_groups
 
 from .ablation import (
     ablate_heads_hooks,
@@ -44,27 +45,8 @@ from .ablation import (
 from .patching import Direction, patch_heads, patch_residual
 from .probe_features import span_features, split_groups
 from .probes import LinearProbe, split_units
-
-
-def check_model_matches(model: HookedTransformer, run) -> None:
-    """Interventions need the very model the run was recorded with: the weights digest in
-    the manifest decides; a run without one (written by another tool) is at least checked
-    for the same architecture."""
-    from probe.recorder import weights_digest
-
-    recorded = run.manifest.get("model", {})
-    fix = "give the model the run was recorded with (--model NAME_OR_DIR)"
-    if recorded.get("weights_sha256"):
-        if recorded["weights_sha256"] != weights_digest(model):
-            raise InputError(f"{run.path} was recorded with {recorded.get('name')!r} but the model given is "
-                             f"{model.cfg.model_name!r} (different weights); {fix}")
-        return
-    fields = ("n_layers", "n_heads", "d_model", "d_vocab", "causal")
-    differ = [f"{f} {run.config.get(f)} vs {getattr(model.cfg, f)}" for f in fields
-              if f in run.config and run.config[f] != getattr(model.cfg, f)]
-    if differ:
-        raise InputError(f"{run.path} was recorded with another architecture than {model.cfg.model_name!r} "
-                         f"({'; '.join(differ)}); {fix}")
+from .run_checks import check_model_matches
+from .run_inputs import run_batch
 
 
 @dataclass
@@ -83,18 +65,17 @@ class CorefBatch:
 def coref_batch(model: HookedTransformer, run, prompts: list[int], query: str = "pronoun_span") -> CorefBatch:
     """The prompts' stored token ids (exactly what was recorded), padded, with query weights
     and candidate indicators from the stored character spans."""
-    rows, q_rows, c_rows, gold, answers = [], [], [], [], []
+    q_rows, c_rows, gold, answers = [], [], [], []
     for i in prompts:
         labels = run.labels(i)
         ids = run.tokens(i).tolist()
         q = run.tokens_in(i, *labels[query])
         cands = [run.tokens_in(i, *span) for span in labels["candidate_spans"]]
         answers.append([ids[c[0]] for c in cands] if all(len(c) == 1 for c in cands) else None)
-        rows.append(ids)
         q_rows.append(q)
         c_rows.append(cands)
         gold.append(int(labels["answer"]))
-    tok = pad(rows, pad_id(model.tokenizer, model.cfg), "right")
+    tok = run_batch(run, model, prompts)
     b, p = tok.ids.shape
     qw, cw = torch.zeros(b, p), torch.zeros(b, 2, p)
     for r, (q, cands) in enumerate(zip(q_rows, c_rows)):
@@ -196,7 +177,7 @@ def setup_metric(setup: AblationSetup, metric: str = "accuracy", heads: list[tup
         if not heads:
             raise InputError("the antecedent-score metric needs the heads whose attention it measures")
         return antecedent_score(heads, d.query, d.candidates, d.gold), "antecedent score of " + ", ".join(
-            f"L{la}H{h}" for la, h in heads)
+            head_label(la, h) for la, h in heads)
     if metric != "accuracy":
         raise InputError(f"unknown metric {metric!r} on a run with gold antecedents; use accuracy or antecedent-score")
     return accuracy_metric(setup)
@@ -213,43 +194,83 @@ def sweep(model: HookedTransformer, setup: AblationSetup, metric: str = "accurac
                                reference_mask=setup.reference_mask).assign(metric=what)
 
 
+@dataclass(frozen=True)
+class LogitDifferences:
+    """Mean logit difference antecedent - other candidate on the held-out prompts, where the
+    model answers itself (accuracy saturates; the difference shows partial effects)."""
+
+    clean: float
+    mean_ablated: float
+    zero_ablated: float
+
+
+@dataclass(frozen=True)
+class AblationSummary:
+    """``heads`` ablated together on the held-out prompts, against random sets of as many
+    other heads (mean ablation, the train prompts as reference)."""
+
+    heads: tuple[tuple[int, int], ...]
+    measure: str  # what the accuracies are: the model's answer accuracy, or the antecedent probe's
+    n_train: int  # reference prompts of the mean ablation
+    n_held_out: int  # prompts measured
+    clean: float
+    mean_ablated: float
+    zero_ablated: float
+    random_mean: float  # over n_random draws of as many other heads, mean-ablated
+    random_min: float
+    random_max: float
+    n_random: int  # draws
+    n_random_sets: int  # distinct sets of as many other heads that exist
+    logit_diff: LogitDifferences | None  # None where a probe measures (the model does not answer)
+
+    @property
+    def drop(self) -> float:
+        """How much mean-ablating the heads lowers the measure."""
+        return self.clean - self.mean_ablated
+
+    @property
+    def beats_random(self) -> bool:
+        """Does ablating the heads lower the measure below every random set of as many?"""
+        return self.mean_ablated < self.random_min
+
+    @property
+    def few_random_sets(self) -> bool:
+        """Fewer distinct random sets exist than were drawn: the comparison says little."""
+        return self.n_random_sets < self.n_random
+
+
 @torch.no_grad()
 def ablation_tests(model: HookedTransformer, setup: AblationSetup, heads: list[tuple[int, int]], seed: int = 0,
-                   n_random: int = 10) -> dict:
+                   n_random: int = 10) -> AblationSummary:
     """Ablate ``heads`` together (mean and zero) vs random sets of as many other heads."""
     d = setup.data
     metric, what = accuracy_metric(setup)
-
     refs = reference_z(model, setup.reference, setup.reference_mask)  # once for all the conditions
 
-    def measure(ablated: list[tuple[int, int]], method: str = "mean") -> float:
+    def measure(ablated: list[tuple[int, int]], method: str = "mean", fn=metric) -> float:
         hooks = ablate_heads_hooks(model, ablated, method, refs) if ablated else []
-        return evaluate(model, d.tokens, metric, hooks, d.mask)[0].mean().item()
+        return evaluate(model, d.tokens, fn, hooks, d.mask)[0].mean().item()
 
     rng = np.random.default_rng(seed)
     random_acc = [measure(random_heads(model.cfg.n_layers, model.cfg.n_heads, len(heads), heads, rng))
                   for _ in range(n_random)]
-    n_sets = math.comb(model.cfg.n_layers * model.cfg.n_heads - len(heads), len(heads))
-    margins = {}
-    if setup.own_answer:  # accuracy saturates; the logit difference shows partial effects
+    logit_diff = None
+    if setup.own_answer:
         diff = answer_metric(d, "difference")
-        for key, ablated, method in (("clean", [], "mean"), ("ablated", heads, "mean"), ("zero_ablated", heads, "zero")):
-            hooks = ablate_heads_hooks(model, ablated, method, refs) if ablated else []
-            margins[f"{key}_logit_diff"] = evaluate(model, d.tokens, diff, hooks, d.mask)[0].mean().item()
-    return margins | {"measure": what, "n_train": len(setup.train), "n_held_out": len(d.prompts), "clean": measure([]),
-            "ablated": measure(heads), "zero_ablated": measure(heads, "zero"),
-            "random_mean": float(np.mean(random_acc)), "random_min": float(np.min(random_acc)),
-            "random_max": float(np.max(random_acc)), "n_random": n_random, "n_random_sets": n_sets, "heads": heads}
+        logit_diff = LogitDifferences(measure([], fn=diff), measure(heads, fn=diff), measure(heads, "zero", fn=diff))
+    return AblationSummary(
+        heads=tuple((int(layer), int(h)) for layer, h in heads), measure=what, n_train=len(setup.train),
+        n_held_out=len(d.prompts), clean=measure([]), mean_ablated=measure(heads), zero_ablated=measure(heads, "zero"),
+        random_mean=float(np.mean(random_acc)), random_min=float(np.min(random_acc)),
+        random_max=float(np.max(random_acc)), n_random=n_random,
+        n_random_sets=math.comb(model.cfg.n_layers * model.cfg.n_heads - len(heads), len(heads)),
+        logit_diff=logit_diff)
 
 
 def twin_pairs(run, used: list[int]) -> list[tuple[int, int]]:
     """(clean, corrupted) prompt pairs: same ``pair_id``, different antecedent, same token
     length (positions must line up). One pair per pair id."""
-    groups: dict[str, list[int]] = {}
-    for i in used:
-        pid = run.labels(i).get("pair_id")
-        if pid is not None:
-            groups.setdefault(str(pid), []).append(i)
+    groups = twin_groups((i, run.labels(i)) for i in used)
     pairs = []
     for members in groups.values():
         by_answer: dict[int, int] = {}

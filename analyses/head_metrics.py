@@ -167,7 +167,7 @@ def induction_model(run, name: str | None = None):
     named that cannot serve is a mistake, and its error propagates."""
     from probe.errors import InputError
 
-    from .coref_interventions import check_model_matches
+    from .run_checks import check_model_matches
     from .run_inputs import LOAD_ERRORS, load_run_model
 
     try:

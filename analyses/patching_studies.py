@@ -92,7 +92,8 @@ def run_patching(model, run, layer: int | None = None, query: str = "pronoun_spa
     """Patching on the twin prompts of a run with gold antecedents, measured by the model's
     answer or, without one, an antecedent probe at ``layer`` (default: the last)."""
     from .coref import candidate_attention
-    from .coref_interventions import check_model_matches, fit_antecedent_probe, patching_tests, twin_pairs
+    from .coref_interventions import fit_antecedent_probe, patching_tests, twin_pairs
+    from .run_checks import check_model_matches
 
     check_model_matches(model, run)
     _, _, used = candidate_attention(run, query=query)

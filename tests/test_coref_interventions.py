@@ -17,8 +17,14 @@ import models
 import probe
 from analyses import coref_interventions as ci
 from analyses.ablation import ablate_heads_hooks, evaluate, head_ablation_sweep, probe_margin, reference_z
-from analyses.coref import candidate_attention
+from analyses.coref import NearMajority, candidate_attention, coref_study, save_study
+from analyses.run_checks import check_model_matches
 from models import InputError
+
+
+def assert_saved(path, table: pd.DataFrame) -> None:
+    """The CSV at ``path`` holds ``table`` (float32 columns read back as float64)."""
+    pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +108,9 @@ def test_mean_ablation_skips_padding_in_the_reference():
 
 def test_mismatched_model_is_refused(wb_run):
     with pytest.raises(InputError, match="recorded with 'minilm'"):
-        ci.check_model_matches(models.load("toy-coref"), wb_run)
+        check_model_matches(models.load("toy-coref"), wb_run)
+    with pytest.raises(InputError, match="recorded with 'minilm'"):
+        coref_study(wb_run, model=models.load("toy-coref"))
     r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(wb_run.path), "--model", "toy-coref"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "recorded with 'minilm'" in r.stderr
@@ -115,20 +123,31 @@ def test_twin_pairs_flip_the_antecedent(wb_run):
     assert wb_run.labels(0)["answer"] == 0 and wb_run.labels(1)["answer"] == 1
 
 
-def test_coref_cli_runs_the_interventions_on_minilm(wb_run):
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(wb_run.path)], capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stderr
-    report = (wb_run.path / "analyses" / "coref" / "report.md").read_text()
-    for section in ("## Antecedent probes", "## Ablation", "## Patching"):
-        assert section in report
-    assert "antecedent probe accuracy" in report
-    sweep = pd.read_csv(wb_run.path / "analyses" / "ablation_accuracy.csv")
+def test_coref_study_runs_the_interventions_on_minilm(minilm, wb_run):
+    """minilm is an encoder: the antecedent probe (at its best dev layer) measures the
+    ablations; the seed twins are the one pair patched; the files hold the study's tables."""
+    study = coref_study(wb_run, model=minilm)
+    assert study.interventions_not_run is None and study.patching_not_run is None
+    assert list(study.probes.layer) == list(range(6))
+    best_dev = study.probes.sort_values(["dev_acc", "layer"], ascending=[False, False]).layer.iloc[0]
+    summary = study.ablation
+    assert summary.measure == f"antecedent probe accuracy (layer {best_dev})" and summary.logit_diff is None
+    assert summary.heads == study.named_heads and len(summary.heads) == 5
+    assert summary.n_train + summary.n_held_out == study.n_prompts == 62
+    assert summary.random_min <= summary.random_mean <= summary.random_max
+    majority = float(study.probes.majority_baseline.iloc[0])
+    near = study.caution(NearMajority)
+    assert (near is not None) == (summary.clean <= majority + 0.05)
+    assert near is None or near == NearMajority(summary.clean, majority)
+    sweep = study.ablation_sweep
     assert len(sweep) == 72 and {"layer", "head", "effect"} <= set(sweep.columns)
-    patch = pd.read_csv(wb_run.path / "analyses" / "patch_resid_antecedent.csv")
-    assert patch.token.iloc[0] == "[CLS]" and patch.n_pairs.iloc[0] == 1
-    probes = pd.read_csv(wb_run.path / "analyses" / "probes_antecedent.csv")
-    assert list(probes.layer) == list(range(6))
+    assert study.patch_resid.token.iloc[0] == "[CLS]" and study.patch_resid.n_pairs.iloc[0] == 1
+    assert study.patch_heads.metric.iloc[0] == "probe log-odds"
+    report = save_study(study)
+    for section in ("## Antecedent probes", "## Ablation", "## Patching"):
+        assert section in report.read_text()
+    assert_saved(wb_run.path / "analyses" / "ablation_accuracy.csv", sweep)
+    assert_saved(wb_run.path / "analyses" / "probes_antecedent.csv", study.probes)
     # the same patching from `probe patch --run` (an encoder: the probe measures), and the sweep
     r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--run", str(wb_run.path), "--layer", "3"],
                        capture_output=True, text=True, timeout=600)
@@ -170,13 +189,16 @@ def test_toy_coref_heads_matter_by_the_models_own_answer(toy_run):
     setup = ci.ablation_setup(toy, run, used, layer=1, query="question_span")
     assert setup.own_answer
     summary = ci.ablation_tests(toy, setup, named)
-    assert summary["clean"] > 0.95
+    assert summary.clean > 0.95 and summary.heads == tuple(named)
+    assert summary.n_train == len(setup.train) and summary.n_held_out == len(setup.data.prompts)
     # the heads that attend to the antecedent carry part of the decision (a quarter or more of
     # the logit difference), but the forced choice survives them; the layer-0 heads, which
     # read the adjective, carry the rest: without them the choice is at chance
-    assert summary["zero_ablated_logit_diff"] < 0.75 * summary["clean_logit_diff"]
+    assert summary.logit_diff.zero_ablated < 0.75 * summary.logit_diff.clean
     layer0 = ci.ablation_tests(toy, setup, [(0, h) for h in range(toy.cfg.n_heads)])
-    assert layer0["zero_ablated"] < 0.7 and layer0["zero_ablated_logit_diff"] < 0.1 * layer0["clean_logit_diff"]
+    assert layer0.zero_ablated < 0.7 and layer0.logit_diff.zero_ablated < 0.1 * layer0.logit_diff.clean
+    # toy-coref has 8 heads: the 4 others are the only set of as many, drawn every time
+    assert layer0.n_random_sets == 1 and layer0.few_random_sets and layer0.random_min == layer0.random_max
     pairs = ci.twin_pairs(run, used)
     heads, resid = ci.patching_tests(toy, run, pairs, None, "question_span")
     assert heads.metric.iloc[0] == "logit difference" and heads.n_pairs.iloc[0] >= 5

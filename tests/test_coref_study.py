@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import probe
-from analyses.coref import bootstrap_ci, candidate_attention, coref_heads, positional_baselines
+from analyses.coref import (
+    INTERVENTIONS_NEED_PROBE,
+    NO_MODEL,
+    NO_TWIN_PAIRS,
+    PROBES_NEED_RESID,
+    CorefStudy,
+    NearMajority,
+    TooFewPrompts,
+    bootstrap_ci,
+    candidate_attention,
+    coref_heads,
+    coref_study,
+    positional_baselines,
+    save_study,
+)
+from analyses.coref_interventions import AblationSummary
+from analyses.coref_report import render_report
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +57,39 @@ def test_baselines_and_table(seed_run):
     expected = (attn.argmax(-1) == gold[:, None, None]).mean(0)
     assert np.allclose(table.accuracy.to_numpy().reshape(6, 12), expected)
     assert not table.beats_positional.any()  # two prompts are too few for any claim
+
+
+def assert_saved(path, table: pd.DataFrame) -> None:
+    """The CSV at ``path`` holds ``table`` (float32 columns read back as float64)."""
+    pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
+
+
+def files_under(path):
+    return sorted(str(f.relative_to(path)) for f in path.rglob("*"))
+
+
+def test_the_seed_study_as_data(seed_run, minilm):
+    """Two prompts with patterns only: the per-head table and the baselines as coref_heads
+    computes them, the top heads by accuracy named, a too-few-prompts caution, no probes (no
+    resid_post), no interventions (none without a model; with one, too few prompts for the
+    probe that measures them), and nothing written."""
+    before = files_under(seed_run.path)
+    study = coref_study(seed_run)
+    assert files_under(seed_run.path) == before
+    table, base, n = coref_heads(seed_run)
+    assert study.n_prompts == n == 2 and study.baselines == base and study.best_positional == 0.5
+    assert study.heads.equals(table) and study.n_beating == 0
+    attn, gold, _ = candidate_attention(seed_run)
+    accuracy = (attn.argmax(-1) == gold[:, None, None]).mean(0)  # [layer, head]
+    assert len(study.named_heads) == 5
+    assert [accuracy[la, h] for la, h in study.named_heads] == sorted(accuracy.flatten(), reverse=True)[:5]
+    assert study.notes == (TooFewPrompts(2),)
+    assert study.probes is None and study.probes_not_run == PROBES_NEED_RESID
+    assert study.interventions_not_run == NO_MODEL and study.ablation is None and study.ablation_sweep is None
+    assert study.patch_heads is None and study.patch_resid is None and study.patching_not_run is None
+    with_model = coref_study(seed_run, model=minilm)
+    assert with_model.interventions_not_run == INTERVENTIONS_NEED_PROBE and with_model.ablation is None
+    assert files_under(seed_run.path) == before
 
 
 def test_positional_baselines_on_hand_made_prompts(minilm, tmp_path):
@@ -77,8 +128,11 @@ def test_coref_cli_writes_report(seed_run, tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     report = seed_run.path / "analyses" / "coref" / "report.md"
-    assert "too few to claim" in report.read_text()
-    assert (report.parent / "heads.html").exists() and (report.parent / "coref_heads.csv").exists()
+    study = coref_study(seed_run, model=probe.load("minilm"))  # the CLI loads the run's own model
+    assert report.read_text() == render_report(study)
+    assert "too few to claim" in report.read_text() and "No interventions:" in report.read_text()
+    assert (report.parent / "heads.html").exists()
+    assert_saved(report.parent / "coref_heads.csv", study.heads)
     # the figures open offline: plotly.js lies beside them, not on a CDN
     assert (report.parent / "plotly.min.js").exists() and "cdn.plot.ly" not in (report.parent / "heads.html").read_text()
     # a run without gold labels gets a clear error
@@ -111,16 +165,18 @@ def test_toy_coref_study_names_heads_whose_ablation_matters(tmp_path):
 
     import models
     from analyses.ablation import ablate_heads_hooks
-    from analyses.coref import write_report
     from models.tasks import coref
     from models.tokens import pad
 
     model = models.load("toy-coref")
     prompts = probe.load_prompts("toy-coref-test")[:200]
     run = probe.record(model, prompts, tmp_path / "run", names=["blocks.*.attn.hook_pattern"], progress=False)
-    table, base, n = coref_heads(run, query="question_span")
-    named = [(int(r.layer), int(r["head"])) for _, r in table[table.beats_positional].iterrows()]
-    assert named and all(layer == 1 for layer, _ in named)
+    study = coref_study(run, query="question_span")
+    table = study.heads
+    beating = {(int(r.layer), int(r["head"])) for _, r in table[table.beats_positional].iterrows()}
+    named = list(study.named_heads)
+    assert named and set(named) == beating and all(layer == 1 for layer, _ in named)
+    assert study.n_prompts == 200 and study.notes == ()
     examples = coref.all_examples("test")[:200]
     vocab = {w: i for i, w in enumerate(coref.vocabulary())}
     tok = pad([coref.ids_of(e, vocab) for e in examples], vocab["<pad>"], "right")
@@ -142,10 +198,9 @@ def test_toy_coref_study_names_heads_whose_ablation_matters(tmp_path):
     ablated_top, ablated_two, to_other = accuracies(named)
     assert ablated_top <= 0.65  # the free answer drops to chance level
     assert to_other == 0.0 and ablated_two > 0.95  # but never to the other candidate: the forced choice survives
-    from_pronoun, _, _ = coref_heads(run, query="pronoun_span")
-    assert not from_pronoun.beats_positional.any()
-    report = write_report(run, query="pronoun_span").read_text()
-    assert "No head beats the better positional baseline" in report
+    from_pronoun = coref_study(run, query="pronoun_span")
+    assert not from_pronoun.heads.beats_positional.any() and from_pronoun.n_beating == 0
+    assert "No head beats the better positional baseline" in render_report(from_pronoun)
 
 
 def test_head_metrics_include_the_antecedent_score(seed_run):
@@ -162,24 +217,127 @@ def test_head_metrics_include_the_antecedent_score(seed_run):
 
 
 def test_coref_cli_on_toy_coref(tmp_path):
-    """`probe coref` end to end on a toy-coref run, asked from the question position: the
-    report names layer-1 heads, probes the antecedent per layer, ablates and patches them with
-    the run's own model, and saves its tables next to the run."""
-    import pandas as pd
-
+    """The study on a toy-coref run, asked from the question position: it names the layer-1
+    heads that beat the baselines, probes the antecedent per layer, ablates and patches the
+    heads with the run's own model (which answers itself: logit differences too); `probe
+    coref` end to end writes that study: its report and the tables next to the run."""
     import models
     from probe.cli import main
 
     toy = models.load("toy-coref")
     run = probe.record(toy, probe.load_prompts("toy-coref-test")[::10][:200], tmp_path / "toy",
                        names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"], progress=False)
+    study = coref_study(run, model=toy, query="question_span")
+    named = study.heads[study.heads.beats_positional]
+    assert len(named) and (named.layer == 1).all()
+    assert set(study.named_heads) == set(zip(named.layer, named["head"]))
+    assert list(study.probes.layer) == [0, 1] and study.probes.test_acc.iloc[-1] > 0.9
+    summary = study.ablation
+    assert summary.heads == study.named_heads and summary.logit_diff is not None
+    assert summary.n_train + summary.n_held_out == study.n_prompts
+    assert summary.clean > 0.95 and summary.logit_diff.clean > 0
+    assert len(study.ablation_sweep) == toy.cfg.n_layers * toy.cfg.n_heads
+    assert study.patching_not_run is None and study.patch_heads.metric.iloc[0] == "logit difference"
+    assert study.interventions_not_run is None
+
     assert main(["coref", str(run.path), "--query", "question_span"]) == 0
     report = (run.path / "analyses" / "coref" / "report.md").read_text()
+    assert report == render_report(study)
     for section in ("## Antecedent probes", "## Ablation", "## Patching"):
         assert section in report
-    heads = pd.read_csv(run.path / "analyses" / "coref" / "coref_heads.csv")
-    named = heads[heads.beats_positional]
-    assert len(named) and (named.layer == 1).all()
-    probes_table = pd.read_csv(run.path / "analyses" / "probes_antecedent_question_span.csv")
-    assert probes_table.test_acc.iloc[-1] > 0.9
-    assert (run.path / "analyses" / "ablation_accuracy.csv").exists()
+    analyses = run.path / "analyses"
+    for name, table in (("coref/coref_heads", study.heads), ("probes_antecedent_question_span", study.probes),
+                        ("ablation_accuracy", study.ablation_sweep), ("patch_heads_antecedent", study.patch_heads),
+                        ("patch_resid_antecedent", study.patch_resid)):
+        assert_saved(analyses / f"{name}.csv", table)
+    assert {"heads.html", "ablation.html", "patching.html", "plotly.min.js"} <= set(files_under(analyses / "coref"))
+
+
+def hand_built_study(run_path, **changes) -> CorefStudy:
+    """A study of a 2-layer, 2-head model whose every number is chosen here: L1H0 and L0H1
+    beat the baselines (best positional 0.6); mean-ablating them drops the measure from 0.62
+    to 0.30, below every random pair (0.55-0.61)."""
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "accuracy": [0.55, 0.8, 0.9, 0.4],
+                          "ci_low": [0.45, 0.7, 0.85, 0.3], "ci_high": [0.65, 0.9, 0.95, 0.5],
+                          "attn_gold": [0.1, 0.3, 0.5, 0.05], "attn_other": [0.1, 0.2, 0.1, 0.06],
+                          "beats_positional": [False, True, True, False]})
+    probes = pd.DataFrame({"layer": [0, 1], "test_acc": [0.6, 0.7], "majority_baseline": [0.58, 0.58],
+                           "control_test_acc": [0.5, 0.55], "selectivity": [0.1, 0.15], "dev_acc": [0.6, 0.7]})
+    ablation = AblationSummary(heads=((1, 0), (0, 1)), measure="antecedent probe accuracy (layer 1)", n_train=30,
+                               n_held_out=12, clean=0.62, mean_ablated=0.3, zero_ablated=0.25, random_mean=0.58,
+                               random_min=0.55, random_max=0.61, n_random=10, n_random_sets=15, logit_diff=None)
+    sweep = heads[["layer", "head"]].assign(effect=[0.0, -0.25, -0.1, 0.05])
+    patch_heads = heads[["layer", "head"]].assign(normalized=[0.1, 0.8, 0.3, -0.2], n_pairs=3,
+                                                  metric="probe log-odds", clean=2.5, corrupt=-1.25)
+    patch_resid = pd.DataFrame({"layer": [0, 0, 1, 1], "position": [0, 1, 0, 1], "normalized": [0.0, 1.0, 0.5, 0.5],
+                                "token": ["[CLS]", "it", "[CLS]", "it"]})
+    study = CorefStudy(run_path=run_path, model_name="hand-made", query="pronoun_span", top=3, heads=heads,
+                       baselines={"nearest mention": 0.4, "first mention": 0.6, "chance": 0.5}, n_prompts=42,
+                       probes=probes, probes_not_run=None, named_heads=((1, 0), (0, 1)), interventions_not_run=None,
+                       ablation=ablation, ablation_sweep=sweep, patch_heads=patch_heads, patch_resid=patch_resid,
+                       patching_not_run=None, notes=(NearMajority(0.62, 0.58),))
+    return dataclasses.replace(study, **changes)
+
+
+def test_render_report_words_a_hand_built_study(tmp_path):
+    """Every number of the report is the study's, in the study's order: the top 3 heads by
+    accuracy, the two that beat the baselines named, their ablation beating every random set,
+    the near-majority caution, the largest single-head drops, the patching restorations."""
+    study = hand_built_study(tmp_path / "run")
+    report = render_report(study)
+    lines = report.splitlines()
+    assert lines[0] == "# Coreference study: hand-made" and report.endswith(".\n")
+    assert lines[2].startswith(f"42 prompts with gold antecedents from `{tmp_path / 'run'}`. For each head, attention "
+                               "from the pronoun to each candidate")
+    top = [line for line in lines if line.startswith("| L")]
+    assert top[:3] == ["| L1H0 | 0.900 | [0.850, 0.950] | 0.500 | 0.100 | better than the positional baselines |",
+                       "| L0H1 | 0.800 | [0.700, 0.900] | 0.300 | 0.200 | better than the positional baselines |",
+                       "| L0H0 | 0.550 | [0.450, 0.650] | 0.100 | 0.100 | no better than a positional baseline |"]
+    assert "2 of 4 heads beat the better positional baseline (0.600) with their whole interval." in lines
+    assert "| 1 | 0.700 | 0.580 | 0.550 | 0.150 |" in lines and "Caution: layer 0" not in report
+    assert ("The heads that beat the baselines (L1H0, L0H1) mean-ablated together (reference: the 30 train prompts), "
+            "measured by antecedent probe accuracy (layer 1) on 12 held-out prompts:") in lines
+    assert "| these heads mean-ablated | 0.300 |" in lines and "logit difference" not in report
+    assert "| 2 random other heads mean-ablated (10 draws) | mean 0.580, range [0.550, 0.610] |" in lines
+    assert ("Ablating them lowers accuracy by 0.320, more than any random set of as many heads: they matter."
+            in lines)
+    assert ("Caution: on clean prompts the measure (0.620) is barely above the majority baseline (0.580), so no "
+            "ablation can show a large drop here.") in lines
+    assert "Largest drops from one head: L0H1 -0.250, L1H0 -0.100, L0H0 +0.000." in lines
+    assert ("3 twin pair(s) (clean -> corrupted, denoising), metric: the probe log-odds between the clean antecedent "
+            "and the other candidate (clean 2.50, corrupted -1.25); normalised (patched - corrupt) / (clean - "
+            "corrupt).") in lines
+    assert ("Heads whose clean output restores most: L0H1 0.80, L1H0 0.30, L0H0 0.10; the study's heads: L1H0 0.30, "
+            "L0H1 0.80.") in lines
+
+    # the reasons for what was not run, each in its place
+    few = render_report(hand_built_study(tmp_path, probes=None, probes_not_run=PROBES_NEED_RESID, ablation=None,
+                                         interventions_not_run=NO_MODEL, notes=(TooFewPrompts(8),)))
+    assert "Only 8 prompts: too few to claim that any head beats the baselines" in few
+    assert "## Antecedent probes\n\nNot run: record `blocks.*.hook_resid_post` too" in few
+    assert few.endswith("run `probe coref RUN --model MODEL` (the model the run was recorded with) to ablate and "
+                        "patch the heads.\n") and "## Ablation" not in few
+    no_twins = render_report(hand_built_study(tmp_path, patch_heads=None, patch_resid=None,
+                                              patching_not_run=NO_TWIN_PAIRS))
+    assert no_twins.endswith("## Patching\n\nNo twin prompts (same `pair_id`, different antecedent, same token "
+                             "length) in this run, so nothing to patch; the seed set and toy-coref-test have them.\n")
+
+
+def test_save_study_writes_the_report_and_tables(tmp_path):
+    """save_study writes the rendered report, the figures and every table, the run's tables
+    through save_result next to the run."""
+    study = hand_built_study(tmp_path / "run")
+    report = save_study(study)
+    assert report == tmp_path / "run" / "analyses" / "coref" / "report.md"
+    assert report.read_text() == render_report(study)
+    assert {"coref_heads.csv", "heads.html", "ablation.html", "patching.html"} <= set(files_under(report.parent))
+    analyses = tmp_path / "run" / "analyses"
+    for name, table in (("coref/coref_heads", study.heads), ("probes_antecedent", study.probes),
+                        ("ablation_accuracy", study.ablation_sweep), ("patch_heads_antecedent", study.patch_heads),
+                        ("patch_resid_antecedent", study.patch_resid)):
+        assert_saved(analyses / f"{name}.csv", table)
+    without = hand_built_study(tmp_path / "run", ablation=None, ablation_sweep=None, patch_heads=None, patch_resid=None,
+                               interventions_not_run=NO_MODEL)
+    elsewhere = save_study(without, tmp_path / "out")
+    assert elsewhere == tmp_path / "out" / "report.md"
+    assert {"ablation.html", "patching.html"}.isdisjoint(files_under(tmp_path / "out"))

@@ -1,6 +1,5 @@
-"""Checks of a run against the model an analysis is given (the run checks of analyses/run_checks.py;
-`check_model_matches` itself lives in analyses/coref_interventions.py): a model the run was not
-recorded with is refused, in Python and through the CLI."""
+"""analyses/run_checks.py: a model the run was not recorded with is refused
+(`check_model_matches`), in Python and through the CLI."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ def test_mismatched_run_and_model_are_refused(tmp_path):
     """Interventions on a run need the model it was recorded with: a model with other weights
     is refused by digest, and a run without a digest (another tool's) by its architecture."""
     import probe
-    from analyses.coref_interventions import check_model_matches
+    from analyses.run_checks import check_model_matches
 
     toy = models.load("toy-coref")
     run = probe.record(toy, probe.load_prompts("toy-coref-test")[:4], tmp_path / "run",
