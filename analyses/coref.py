@@ -329,30 +329,34 @@ def probes_result_name(query: str) -> str:
     return "probes_antecedent" + ("" if query == "pronoun_span" else f"_{query}")
 
 
-def save_study(study: CorefStudy, out_dir: str | Path | None = None) -> Path:
+def save_study(study: CorefStudy, out_dir: str | Path | None = None, command: str | None = None) -> Path:
     """Write the study: OUT/{coref_heads.csv, heads.html, ablation.html, patching.html,
     report.md} (OUT defaults to RUN/analyses/coref; the figures only for what was computed)
-    and its tables next to the run (RUN/analyses/NAME.csv). Returns report.md's path."""
+    and its tables next to the run (RUN/analyses/NAME.csv, each with its sidecar naming
+    ``command``). Returns report.md's path."""
     from .coref_report import render_report  # here: coref_report imports this module's dataclasses
     from .results import save_result
 
     out = Path(out_dir) if out_dir else study.run_path / "analyses" / "coref"
     out.mkdir(parents=True, exist_ok=True)
-    study.heads.to_csv(out / "coref_heads.csv", index=False)
+    if out_dir:  # a folder the user named: the table alone
+        study.heads.to_csv(out / "coref_heads.csv", index=False)
+    else:  # next to the run, described by its sidecar for the dashboard
+        save_result(study.run_path, "coref/coref_heads", study.heads, command=command)
     heads_x, layers_y = head_axes(study.heads)
     heatmap_html(grid_of(study.heads, "accuracy"), heads_x, layers_y,
                  f"Antecedent accuracy per head ({study.n_prompts} prompts; colour centre = best positional baseline)",
                  out / "heads.html", study.best_positional, "accuracy")
     if study.probes is not None:
-        save_result(study.run_path, probes_result_name(study.query), study.probes)
+        save_result(study.run_path, probes_result_name(study.query), study.probes, command=command)
     if study.ablation is not None:
-        save_result(study.run_path, "ablation_accuracy", study.ablation_sweep)
+        save_result(study.run_path, "ablation_accuracy", study.ablation_sweep, command=command)
         heatmap_html(grid_of(study.ablation_sweep, "effect"), heads_x, layers_y,
                      f"Change in {study.ablation.measure} when each head is mean-ablated ({study.ablation.n_held_out} "
                      "held-out prompts)", out / "ablation.html", 0.0, "effect")
     if study.patch_resid is not None:
-        save_result(study.run_path, "patch_heads_antecedent", study.patch_heads)
-        save_result(study.run_path, "patch_resid_antecedent", study.patch_resid)
+        save_result(study.run_path, "patch_heads_antecedent", study.patch_heads, command=command)
+        save_result(study.run_path, "patch_resid_antecedent", study.patch_resid, command=command)
         save_patching_figure(study.patch_resid, layers_y, out / "patching.html")
     (out / "report.md").write_text(render_report(study))
     return out / "report.md"
@@ -378,8 +382,8 @@ def save_patching_figure(resid: pd.DataFrame, layers_y: list[str], path: Path) -
 
 
 def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5,
-                 query: str = "pronoun_span", model=None) -> Path:
+                 query: str = "pronoun_span", model=None, command: str | None = None) -> Path:
     """Run the study and write RUN/analyses/coref/{coref_heads.csv, heads.html, report.md}.
     With resid_post recorded, antecedent probes per layer are added; with ``model`` (the one
     the run was recorded with), the heads are ablated and patched (``coref_interventions``)."""
-    return save_study(coref_study(run, model=model, seed=seed, top=top, query=query), out_dir)
+    return save_study(coref_study(run, model=model, seed=seed, top=top, query=query), out_dir, command)

@@ -113,3 +113,12 @@ def test_the_check_catches_a_forbidden_arrow(module, source, expected):
         assert not found
     else:
         assert any(expected in v for v in found), found
+
+
+def test_no_command_imports_another():
+    """Each command is a leaf of the CLI: what two commands share lives in probe/cli/shared.py."""
+    commands = sorted((ROOT / "probe" / "cli").glob("*_command.py"))
+    assert len(commands) >= 10
+    crossing = [f"{path.name}:{line} imports {target}" for path in commands for line, target in imports_of(path)
+                if target.endswith("_command") and target != module_name(path)]
+    assert not crossing, crossing

@@ -24,6 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from analyses.coref import write_report
     from analyses.run_inputs import load_run_model
+    from probe.cli.shared import command_line
     from probe.reader import open_run
 
     run = open_run(args.run)
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"note: cannot load the run's model {run.model_name!r} ({why}); give --model to ablate and patch "
                   "its heads", file=sys.stderr)
-    report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model)
+    report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model, command=command_line())
     print(report.read_text())
     print(f"report: {report}")
     return 0

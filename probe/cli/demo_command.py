@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import models
-    from probe.cli.attend_command import print_attention
+    from probe.cli.shared import print_attention
 
     model = models.load(args.model)
     print_attention(model, args.model, SEED, "it", ["animal", "street"], 3)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     save_result(run.path, "head_metrics", metrics, command=made_by)
     print("\nhead metrics (saved to analyses/head_metrics.csv): strongest previous-token heads:",
           top_heads_text(metrics, "prev_token", 3, ".2f"))
-    report = write_report(run, model=model)
+    report = write_report(run, model=model, command=made_by)
     print("\n" + report.read_text())
     # control task: a random label per pronoun word; a probe that only memorises the pronoun
     # scores as well on it, so selectivity says what the representation adds
