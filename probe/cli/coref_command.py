@@ -11,13 +11,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--query", default="pronoun_span",
+                   help="label field of the span that attends (default pronoun_span; the toy task also has "
+                        "question_span, where its model answers)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", help="the model the run was recorded with, for the ablation and patching tests "
                                        "(default: the name recorded in the run)")
     which.add_argument("--no-interventions", action="store_true", help="attention and probes only; no model runs")
-    p.add_argument("--query", default="pronoun_span",
-                   help="label field of the span that attends (default pronoun_span; the toy task also has "
-                        "question_span, where its model answers)")
     return p
 
 
