@@ -301,7 +301,7 @@ def child_profile(spec: dict) -> dict:
     import probe
     import probe.recorder as rec
     import probe.store as store
-    from probe.hooks import is_attention_hook
+    from probe.hook_names import is_attention_hook
 
     m = models.load(spec["model"])
     prompts = load_texts(spec)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from probe.errors import MissingHook
-from probe.hooks import is_attention_hook
+from probe.hook_names import is_attention_hook
 
 # Short names, as TransformerLens's `utils.get_act_name` spells them.
 _SHORT = {

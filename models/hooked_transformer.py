@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from probe.errors import InputError
-from probe.hooks import HookedModule, HookFn, HookPoint, NamesFilter, default_hook_names, name_matcher
+from probe.hook_names import NamesFilter, default_hook_names, name_matcher
+from probe.hooks import HookedModule, HookFn, HookPoint
 
 from .activation_cache import ActivationCache
 from .components import (

@@ -1,8 +1,9 @@
 """Hook points: named identity modules that let callers read or replace an activation.
 
-This module is a leaf: it imports only torch and `probe.errors`, so `models` can depend on it
-without pulling in the rest of `probe` (docs/design.md, "Layers"). It is also the one home of
-what a hook *name* says: `is_attention_hook` and `default_hook_names`.
+This module is a leaf: it imports only torch and the leaves `probe.errors` and `probe.hook_names`
+(what a hook *name* says, torch-free, so the reader and the dashboard can ask it without loading
+torch), so `models` can depend on it without pulling in the rest of `probe` (docs/design.md,
+"Layers").
 
 The hook contract is TransformerLens's: a hook is ``fn(activation, hook) -> tensor | None``
 where ``hook`` is the `HookPoint` (``hook.name`` is its full name). Returning a tensor
@@ -12,17 +13,16 @@ replaces the activation; returning None leaves it unchanged.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Union
 
 import torch
 from torch import nn
 
 from probe.errors import MissingHook
+from probe.hook_names import name_matcher
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]  # noqa: UP007 (forward ref)
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]  # noqa: UP007 (runtime alias on 3.10)
 
 
 class HookPoint(nn.Module):
@@ -78,39 +78,6 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
-
-
-# Hooks whose activation is [batch, head, query_pos, key_pos] (per prompt, not per token).
-ATTENTION_HOOKS = ("hook_attn_scores", "hook_pattern")
-# Hooks left out unless asked for by name: hook_result is [batch, pos, head, d_model], n_heads
-# times the residual stream, and costs an extra einsum (TransformerLens also leaves it opt-in).
-OPT_IN_HOOKS = ("hook_result",)
-
-
-def is_attention_hook(name: str) -> bool:
-    """True for hooks holding attention scores or patterns ([batch, head, query, key])."""
-    return name.endswith(ATTENTION_HOOKS)
-
-
-def default_hook_names(names: Iterable[str]) -> list[str]:
-    """The hooks recorded or cached when the caller names none: all but the opt-in ones."""
-    return [n for n in names if not n.endswith(OPT_IN_HOOKS)]
-
-
-def name_matcher(names_filter: NamesFilter) -> Callable[[str], bool]:
-    """Turn a names filter into a predicate.
-
-    Accepted forms, as in TransformerLens plus globs: None (everything), a callable, a
-    single name or glob (``"blocks.*.attn.hook_pattern"``), or a list of names/globs.
-    """
-    if names_filter is None:
-        return lambda name: True
-    if callable(names_filter):
-        return names_filter
-    patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-    exact = {p for p in patterns if not any(c in p for c in "*?[")}
-    globs = [p for p in patterns if p not in exact]
-    return lambda name: name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
 class HookedModule(nn.Module):

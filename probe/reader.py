@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, MissingHook, StoreError
-from .hooks import is_attention_hook
+from .hook_names import is_attention_hook
 from .store import PROMPTS, SCHEMA_VERSION, iter_jsonl, read_manifest
 
 

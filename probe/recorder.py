@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .hooks import default_hook_names, is_attention_hook, name_matcher
+from .hook_names import default_hook_names, is_attention_hook, name_matcher
 from .store import RunWriter, StoreError
 
 if TYPE_CHECKING:

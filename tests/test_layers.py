@@ -16,11 +16,13 @@ PACKAGES = ("probe", "models", "analyses", "dashboard")
 # A module is governed by the first rule whose prefix it starts with.
 RULES: list[tuple[str, tuple[str, ...], str]] = [
     ("probe.errors", (), "the error vocabulary is a leaf: every layer imports it"),
-    ("probe.hooks", ("probe.errors",), "hook points are a leaf under models"),
+    ("probe.hook_names", (), "what a hook name says is a torch-free leaf: the reader and the dashboard use it"),
+    ("probe.hooks", ("probe.errors", "probe.hook_names"), "hook points are a leaf under models"),
     ("probe.head_labels", ("probe.errors",), "head labels are a leaf: the dashboard and models share them"),
     ("probe.cli", PACKAGES, "the CLI is the one place that reaches everything"),
     ("probe", ("probe", "models"), "the store, reader, recorder and prompts use models, never analyses or dashboard"),
-    ("models", ("models", "probe.errors", "probe.hooks"), "models depend on nothing of ours but the leaves"),
+    ("models", ("models", "probe.errors", "probe.hooks", "probe.hook_names", "probe.head_labels"),
+     "models depend on nothing of ours but the leaves"),
     ("analyses.results", ("analyses.results", "probe.errors", "probe.store"),
      "the results contract stays light (and publishes as the store does): the dashboard imports it"),
     ("analyses", ("analyses", "models", "probe"), "analyses read runs and run models; they never draw or parse flags"),
@@ -122,3 +124,16 @@ def test_no_command_imports_another():
     crossing = [f"{path.name}:{line} imports {target}" for path in commands for line, target in imports_of(path)
                 if target.endswith("_command") and target != module_name(path)]
     assert not crossing, crossing
+
+
+def test_reading_a_run_and_the_dashboard_load_no_torch():
+    """Transitively, not just directly: the reader, the results contract and the dashboard
+    modules must not pull torch in (a run opens in ~0.1 s; torch costs a second more)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, probe.reader, analyses.results, dashboard.data, dashboard.views, dashboard.figures; "
+            "print(sorted(m for m in ('torch', 'models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

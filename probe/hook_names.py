@@ -1,0 +1,44 @@
+"""What a hook *name* says, without torch: which hooks hold attention, which are recorded by
+default, and how a names filter (a name, a glob, a list, a predicate) matches names. A leaf, so
+the store's reader and the dashboard can use it without importing torch; `probe.hooks`
+re-exports it for the model side."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from typing import Union
+
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]  # noqa: UP007 (runtime alias on 3.10)
+
+# Hooks whose activation is [batch, head, query_pos, key_pos] (per prompt, not per token).
+ATTENTION_HOOKS = ("hook_attn_scores", "hook_pattern")
+# Hooks left out unless asked for by name: hook_result is [batch, pos, head, d_model], n_heads
+# times the residual stream, and costs an extra einsum (TransformerLens also leaves it opt-in).
+OPT_IN_HOOKS = ("hook_result",)
+
+
+def is_attention_hook(name: str) -> bool:
+    """True for hooks holding attention scores or patterns ([batch, head, query, key])."""
+    return name.endswith(ATTENTION_HOOKS)
+
+
+def default_hook_names(names: Iterable[str]) -> list[str]:
+    """The hooks recorded or cached when the caller names none: all but the opt-in ones."""
+    return [n for n in names if not n.endswith(OPT_IN_HOOKS)]
+
+
+def name_matcher(names_filter: NamesFilter) -> Callable[[str], bool]:
+    """Turn a names filter into a predicate.
+
+    Accepted forms, as in TransformerLens plus globs: None (everything), a callable, a
+    single name or glob (``"blocks.*.attn.hook_pattern"``), or a list of names/globs.
+    """
+    if names_filter is None:
+        return lambda name: True
+    if callable(names_filter):
+        return names_filter
+    patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    exact = {p for p in patterns if not any(c in p for c in "*?[")}
+    globs = [p for p in patterns if p not in exact]
+    return lambda name: name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)
