@@ -24,7 +24,6 @@ examples that have a real token there.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Literal
 
@@ -36,6 +35,7 @@ from models import HookedTransformer
 from models.loss import next_token_nll
 from probe.errors import InputError
 from probe.head_labels import head_label, heads_text
+from probe.hook_names import block_of
 
 Method = Literal["zero", "mean", "resample"]
 Metric = Callable[..., torch.Tensor]  # (out [b,p,v|m], tokens [b,p], cache {hook: [b,...]}) -> [b]
@@ -119,8 +119,7 @@ def last_layer_read(metric: Metric, n_layers: int) -> int:
     the output, else the deepest block among the hooks it reads."""
     if getattr(metric, "uses_output", True):
         return n_layers - 1
-    layers = [re.match(r"blocks\.(\d+)\.", name) for name in metric.reads]
-    return max(int(m.group(1)) if m else n_layers - 1 for m in layers)
+    return max(n_layers - 1 if (layer := block_of(name)) is None else layer for name in metric.reads)
 
 
 def evaluate(model: HookedTransformer, tokens: torch.Tensor, metric: Metric, fwd_hooks: list = (),
@@ -179,7 +178,7 @@ def check_heads(model: HookedTransformer, heads: list[tuple[int, int]]) -> None:
     for layer, head in heads:
         if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
             raise InputError(f"head {head_label(layer, head)} is not in {cfg.model_name} ({cfg.n_layers} layers x "
-                             f"{cfg.n_heads} heads: L0H0 .. L{cfg.n_layers - 1}H{cfg.n_heads - 1})")
+                             f"{cfg.n_heads} heads: L0H0 .. {head_label(cfg.n_layers - 1, cfg.n_heads - 1)})")
 
 
 def check_mlp_layers(model: HookedTransformer, layers: list[int]) -> None:
@@ -345,8 +344,9 @@ def head_ablation_sweep(model: HookedTransformer, tokens: torch.Tensor, metric: 
 
 
 def _block_of(name: str) -> int:
-    m = re.match(r"blocks\.(\d+)\.", name)
-    return int(m.group(1)) if m else 10**9
+    """The block a hook is in, for ordering; hooks outside the blocks sort last."""
+    layer = block_of(name)
+    return 10**9 if layer is None else layer
 
 
 class _Capturing:

@@ -58,8 +58,10 @@ def ablation_study(model_name: str | None = None, *, task: str | None = None, pr
                    run=None, metric: str | None = None, ablate_heads: list[str] | None = None,
                    ablate_mlp: list[int] | None = None, heads: list[str] | None = None, layer: int | None = None,
                    query: str = "pronoun_span", method: str = "mean", n: int = 64, seed: int = 0,
-                   top: int = 5) -> AblationStudy:
-    """The sweep, or the set ablated together, for one source of data (see the module)."""
+                   top: int = 5, has_output: bool = True) -> AblationStudy:
+    """The sweep, or the set ablated together, for one source of data (see the module).
+    ``has_output``: whether the caller has somewhere to put a sweep of ``task`` or ``prompts``
+    (a run's sweep goes next to the run); without one, such a sweep is refused before it runs."""
     together_heads, together_mlp = parse_heads(ablate_heads), list(ablate_mlp or [])
     if run is not None:
         return _on_run(run, model_name, metric, together_heads, together_mlp, parse_heads(heads), layer, query,
@@ -70,6 +72,8 @@ def ablation_study(model_name: str | None = None, *, task: str | None = None, pr
     if not model.cfg.has_unembed:
         raise encoder_refusal(model_name)
     inputs = task_inputs(model, n, seed, metric) if task == "induction" else prompt_inputs(model, prompts, metric)
+    if not (together_heads or together_mlp or has_output):
+        raise InputError("give -o FILE.csv for the sweep's table (or --ablate-heads/--ablate-mlp to ablate a set)")
     return _ablate(model, inputs, method, seed, together_heads, together_mlp, f"of {model_name}")
 
 
@@ -88,13 +92,18 @@ def _ablate(model, inputs: AblationInputs, method: str, seed: int, together_head
     return AblationStudy(table, False, name, method, inputs.what, subject, result_name, tuple(heads_measured))
 
 
+def check_metric_without_run(metric: str | None) -> None:
+    """Without a run there are no gold antecedents: only the loss and the logit difference."""
+    if (metric or "loss") not in ("loss", "logit-diff"):
+        raise InputError(f"--metric {metric} needs --run RUN (a run with gold antecedents); with --task or "
+                         "--prompts use --metric loss or logit-diff")
+
+
 def task_inputs(model, n: int, seed: int, metric: str | None = None) -> AblationInputs:
     """Repeated random tokens: next-token loss on the repeated half of ``n`` sequences."""
     from models.tasks import induction
 
-    if (metric or "loss") not in ("loss", "logit-diff"):
-        raise InputError(f"--metric {metric} needs --run RUN (a run with gold antecedents); with --task or "
-                         "--prompts use --metric loss or logit-diff")
+    check_metric_without_run(metric)
     if (metric or "loss") != "loss":
         raise InputError("--task induction measures next-token loss; --metric logit-diff needs --prompts JSONL "
                          "with answer and wrong fields")
@@ -110,15 +119,14 @@ def prompt_inputs(model, source: str | None, metric: str | None = None) -> Ablat
 
     from .run_inputs import stack_equal_length
 
+    check_metric_without_run(metric)
     metric = metric or "loss"
-    if metric not in ("loss", "logit-diff"):
-        raise InputError(f"--metric {metric} needs --run RUN (a run with gold antecedents); with --task or "
-                         "--prompts use --metric loss or logit-diff")
     if not source:
         raise InputError("give --prompts (equal-length texts) or --task induction")
     prompts = load_prompts(source)
     tokens = stack_equal_length([model.tokenize(p.text).ids[0] for p in prompts],
-                                "ablation compares positions across prompts: give prompts of equal token length")
+                                "ablation compares positions across prompts: give prompts of equal token length "
+                                "(these have {lengths} tokens)")
     if metric == "loss":
         return AblationInputs(tokens, tokens, next_token_loss(), f"next-token loss on {len(prompts)} prompts")
     for k, p in enumerate(prompts, 1):
@@ -142,8 +150,9 @@ def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer,
             top) -> AblationStudy:
     from .coref import candidate_attention, coref_heads
     from .coref_interventions import ablation_setup, setup_metric
+    from .run_inputs import run_model
 
-    model = models.load(model_name or run.model_name)
+    model = run_model(run, model_name)
     if metric == "logit-diff":
         raise InputError("--metric logit-diff takes --prompts JSONL with answer and wrong fields; on a run use "
                          "accuracy (the model's own answer, runs with gold antecedents) or loss")

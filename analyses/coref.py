@@ -289,7 +289,7 @@ def twin_patching(model, run, used: list[int], layer: int, query: str
     probe = fit_antecedent_probe(run, used, layer, query)
     try:
         heads, resid = patching_tests(model, run, pairs, probe, query)
-    except ValueError as e:  # e.g. the probe scores the twins the same: nothing to normalise
+    except InputError as e:  # e.g. the probe scores the twins the same: nothing to normalise
         return None, None, str(e)
     return heads, resid, None
 
@@ -325,16 +325,13 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
 
 
 # ------------------------------------------------------------------ the study's files
-def probes_result_name(query: str) -> str:
-    return "probes_antecedent" + ("" if query == "pronoun_span" else f"_{query}")
-
-
 def save_study(study: CorefStudy, out_dir: str | Path | None = None, command: str | None = None) -> Path:
     """Write the study: OUT/{coref_heads.csv, heads.html, ablation.html, patching.html,
     report.md} (OUT defaults to RUN/analyses/coref; the figures only for what was computed)
     and its tables next to the run (RUN/analyses/NAME.csv, each with its sidecar naming
     ``command``). Returns report.md's path."""
     from .coref_report import render_report  # here: coref_report imports this module's dataclasses
+    from .probe_studies import antecedent_probes_name
     from .results import save_result
 
     out = Path(out_dir) if out_dir else study.run_path / "analyses" / "coref"
@@ -348,7 +345,7 @@ def save_study(study: CorefStudy, out_dir: str | Path | None = None, command: st
                  f"Antecedent accuracy per head ({study.n_prompts} prompts; colour centre = best positional baseline)",
                  out / "heads.html", study.best_positional, "accuracy")
     if study.probes is not None:
-        save_result(study.run_path, probes_result_name(study.query), study.probes, command=command)
+        save_result(study.run_path, antecedent_probes_name(study.query), study.probes, command=command)
     if study.ablation is not None:
         save_result(study.run_path, "ablation_accuracy", study.ablation_sweep, command=command)
         heatmap_html(grid_of(study.ablation_sweep, "effect"), heads_x, layers_y,

@@ -35,6 +35,16 @@ from .run_checks import require_layer_hooks
 METRICS = ("entropy", "prev_token", "first_token", "self", "duplicate_token", "induction")
 
 
+OPTIONAL = ("induction_random", "antecedent")  # present when a model, or gold antecedents, allow them
+LOWER_IS_STRONGER = ("entropy",)  # a sharp head has low entropy; every other metric: higher is stronger
+
+
+def ranked_metrics(table: pd.DataFrame) -> list[tuple[str, bool]]:
+    """(metric, ascending) for every metric column of a head-metrics table, in report order:
+    the order in which the heads most characterised by it come first."""
+    return [(m, m in LOWER_IS_STRONGER) for m in (*METRICS, *OPTIONAL) if m in table.columns]
+
+
 PER_PROMPT = ("prev_token", "duplicate_token", "induction")  # TransformerLens detector scores: a mean of prompts
 
 

@@ -63,10 +63,30 @@ def pairs_from_texts(model, rows: Sequence[dict], what: str = "") -> PatchInputs
         raise InputError("no pairs to patch")
     ids = stack_equal_length([model.tokenize(r[k]).ids[0] for k in ("clean", "corrupt") for r in rows],
                              "patching swaps activations position by position, so every clean and corrupted prompt "
-                             "must have the same token length")
+                             "must have the same token length; these have {lengths} tokens")
     answer = torch.tensor([model.to_single_token(r["answer"]) for r in rows])
     wrong = torch.tensor([model.to_single_token(r["wrong"]) for r in rows])
     return PatchInputs(ids[:len(rows)], ids[len(rows):], answer, wrong, what or f"{len(rows)} pair(s)")
+
+
+def patch_inputs(model, *, pairs: str | None = None, clean_text: str | None = None, corrupt_text: str | None = None,
+                 answer: str | None = None, wrong: str | None = None, clean: str = "tired",
+                 corrupt: str = "wide") -> PatchInputs:
+    """What to patch: the pairs of a JSONL file (``pairs``), one pair of texts (``clean_text``
+    with ``corrupt_text``, ``answer``, ``wrong``), or else the toy coreference model's twins."""
+    from probe.prompts import read_jsonl_records
+
+    if not (pairs or clean_text):
+        if model.cfg.model_name != "toy-coref":
+            raise InputError("without --clean-text/--pairs, probe patch builds the toy coreference task's twins, "
+                             "which need --model toy-coref")
+        return toy_twin_inputs(clean, corrupt)
+    require_answer_logit(model)  # before reading any file
+    if pairs:
+        return pairs_from_texts(model, read_jsonl_records(pairs, PAIR_FIELDS))
+    if not (corrupt_text and answer and wrong):
+        raise InputError("give --clean-text, --corrupt-text, --answer and --wrong together (or --pairs FILE)")
+    return pairs_from_texts(model, [{"clean": clean_text, "corrupt": corrupt_text, "answer": answer, "wrong": wrong}])
 
 
 def toy_twin_inputs(clean: str = "tired", corrupt: str = "wide") -> PatchInputs:

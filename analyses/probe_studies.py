@@ -9,6 +9,7 @@ with what it describes; the caller saves and prints it.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,20 @@ class ProbeStudy:
     streamed_bytes: int | None  # the feature rows' size bound when they were streamed from disk, else None
 
 
+def antecedent_probes_name(query: str) -> str:
+    """The antecedent probes' result name: probes_antecedent, or probes_antecedent_QUERY for
+    another span than the pronoun's."""
+    return "probes_antecedent" + ("" if query == "pronoun_span" else f"_{query}")
+
+
+def result_name_of(label: str) -> str:
+    """probes_LABEL, refusing a label that cannot name a file next to the run."""
+    if not label or any(c in label for c in "/\\") or label.startswith(".") or label.endswith(".csv"):
+        raise InputError(f"label field {label!r} cannot name a result file (probes_{label}.csv); rename the field "
+                         "in the prompt file (letters, digits, _ and -)")
+    return f"probes_{label}"
+
+
 def available_memory() -> int:
     """Bytes of memory available to new allocations (Linux), or a generous guess elsewhere."""
     try:
@@ -55,8 +70,10 @@ def available_memory() -> int:
 def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecedent"] | None = None,
                 control: str | None = None, target: Literal["auto", "class", "real"] = "auto",
                 query: str = "pronoun_span", mdl: bool = False, stream: bool = False,
-                hook: str = "hook_resid_post", pool: str = "mean", seed: int = 0) -> ProbeStudy:
-    """One probe per layer of ``run`` for a prompt-level ``label`` field or a ``task``."""
+                hook: str = "hook_resid_post", pool: str = "mean", seed: int = 0,
+                on_stream: Callable[[int, int], None] | None = None) -> ProbeStudy:
+    """One probe per layer of ``run`` for a prompt-level ``label`` field or a ``task``.
+    ``on_stream(rows, bytes)`` is told, before the fit, when the rows stream from disk."""
     if task and target == "real":
         raise InputError(f"--task {task} probes classes; --target real is for a numeric --label field")
     if not task and not label:
@@ -85,11 +102,12 @@ def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecede
             raise InputError(f"{run.path} has no antecedent labels ('answer', {query!r}); record a set with "
                              "gold antecedents: seed, winobias-dev, toy-coref-test")
         feats, labels, units, types = antecedent_features(run, layers, query=query, hook=hook, out=out)
-        name = "probes_antecedent" + ("" if query == "pronoun_span" else f"_{query}")
+        name = antecedent_probes_name(query)
         what = f"the antecedent (first or second mention) from {query}"
     else:
         if label not in fields:
             raise InputError(f"{run.path} has no label field {label!r}; its prompts carry {fields}")
+        name = result_name_of(label)
         values = [run.labels(i).get(label) for i in range(run.n_prompts)]
         keep = np.flatnonzero([v is not None for v in values])  # prompts without the field are left out, not a class
         real = prompt_targets([values[i] for i in keep], target, label)
@@ -102,9 +120,11 @@ def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecede
         # twin prompts differ in a word or two: one split unit, so a probe is never tested on
         # the twin of a train prompt
         labels, units = np.array([str(values[i]) for i in keep]), split_groups(run, keep)
-        name, what = f"probes_{label}", f"{label!r} from {pool}-pooled {hook}"
+        what = f"{label!r} from {pool}-pooled {hook}"
         if control:
             what += f", control task: a random label per {control!r} value"
+    if stream and on_stream is not None:
+        on_stream(len(labels), need)
     if real is not None:
         table = layer_ridge_probes(feats, real, units, types=types, seed=seed)
     else:

@@ -14,13 +14,19 @@ from probe.errors import CheckpointMismatch, InputError, ModelNotFound, Unsuppor
 LOAD_ERRORS = (ModelNotFound, UnsupportedArchitecture, CheckpointMismatch, OSError)
 
 
-def load_run_model(run, name: str | None = None) -> tuple[models.HookedTransformer | None, Exception | None]:
+def run_model(run, name: str | None = None) -> models.HookedTransformer:
+    """The model ``name``, or by default the one ``run`` was recorded with."""
+    return models.load(name or run.model_name)
+
+
+def load_run_model(run, name: str | None = None, fallback: tuple[type[Exception], ...] = LOAD_ERRORS
+                   ) -> tuple[models.HookedTransformer | None, Exception | None]:
     """(the model, None) for ``name`` (default: the one ``run`` was recorded with); when the
-    run's own model cannot be loaded, (None, the reason), and the caller goes on without it.
-    A model the user named must load: its error propagates."""
+    run's own model cannot be loaded for one of the ``fallback`` reasons, (None, the reason),
+    and the caller goes on without it. A model the user named must load: its error propagates."""
     try:
-        return models.load(name or run.model_name), None
-    except LOAD_ERRORS as e:
+        return run_model(run, name), None
+    except fallback as e:
         if name:  # asked for explicitly: a mistake to report
             raise
         return None, e
@@ -33,10 +39,10 @@ def run_batch(run, model: models.HookedTransformer, prompts: list[int] | None = 
     return pad([run.tokens(i).tolist() for i in prompts], pad_id(model.tokenizer, model.cfg), "right")
 
 
-def stack_equal_length(rows: list[torch.Tensor], why: str) -> torch.Tensor:
+def stack_equal_length(rows: list[torch.Tensor], refusal: str) -> torch.Tensor:
     """[b, p] from token rows that must all have one length (positions are compared across
-    rows); refuses rows of different lengths, saying ``why`` they must match."""
+    rows); refuses rows of different lengths with ``refusal``, whose ``{lengths}`` names them."""
     lengths = sorted({len(r) for r in rows})
     if len(lengths) != 1:
-        raise InputError(f"{why}; these have {lengths} tokens")
+        raise InputError(refusal.format(lengths=lengths))
     return torch.stack(rows)

@@ -238,9 +238,10 @@ class RunData:
         """Another published prompt with the same ``pair_id`` label (the tired/wide twin),
         or None when the prompt has no pair_id or no published twin."""
         self.check_prompt(prompt)
+        from probe.prompts import twin_key
+
         pairs = self._cache.get("pairs", self._pairs)
-        pid = self.labels(prompt).get("pair_id")
-        return next((p for p in pairs.get(str(pid), []) if p != prompt), None) if pid is not None else None
+        return next((p for p in pairs.get(twin_key(self.labels(prompt), prompt), []) if p != prompt), None)
 
     def _pairs(self) -> dict[str, list[int]]:
         from probe.prompts import twin_groups

@@ -91,7 +91,11 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
     if model_type is None:
         raise UnsupportedArchitecture(f"{path}/config.json has no model_type; cannot tell the architecture")
     fam = family_for(model_type)
-    cfg = fam.config_from_hf(hf)
+    try:
+        cfg = fam.config_from_hf(hf)
+    except KeyError as e:  # a field the family needs is missing: the checkpoint's mistake, not ours
+        raise CheckpointMismatch(f"{path}/config.json lacks {e.args[0]!r}, which a {model_type} config needs; "
+                                 "point at a complete Hugging Face checkpoint") from None
     cfg.model_name = display
     cfg.extra = {"source": display, "hf_model_type": model_type}
     ours, unused = convert_state_dict(fam, cfg, read_weights(path), display)

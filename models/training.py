@@ -62,6 +62,11 @@ def check_output(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
         raise StoreError(f"{path} already exists and is not empty; pass --overwrite to replace its checkpoint")
 
 
+def default_steps(task: str) -> int:
+    """The optimisation steps a task trains for unless told otherwise."""
+    return get_task(task).training_defaults["steps"]
+
+
 def train(task: str, out_dir: str | os.PathLike, steps: int | None = None, seed: int = 0,
           batch_size: int | None = None, lr: float | None = None, command: str | None = None,
           on_step: Callable[[int, float], None] | None = None, log_every: int = 25) -> Path:

@@ -6,6 +6,7 @@ re-exports it for the model side."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Union
 
@@ -42,3 +43,12 @@ def name_matcher(names_filter: NamesFilter) -> Callable[[str], bool]:
     exact = {p for p in patterns if not any(c in p for c in "*?[")}
     globs = [p for p in patterns if p not in exact]
     return lambda name: name in exact or any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def block_of(name: str) -> int | None:
+    """The layer of a per-block hook ("blocks.3.attn.hook_z" -> 3); None for the others."""
+    m = _BLOCK.match(name)
+    return int(m.group(1)) if m else None

@@ -212,12 +212,12 @@ def twin_key(labels: Mapping[str, Any], index: int) -> str:
 
 
 def twin_groups(labels: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, list[int]]:
-    """``pair_id`` -> the indices of the prompts carrying it, from (index, labels) pairs; prompts
-    without a pair id are left out."""
+    """`twin_key` -> the indices of the prompts sharing it, from (index, labels) pairs, for the
+    prompts that have a pair id (a prompt without one has no twin)."""
     groups: dict[str, list[int]] = {}
     for i, lab in labels:
         if lab.get("pair_id") is not None:
-            groups.setdefault(str(lab["pair_id"]), []).append(int(i))
+            groups.setdefault(twin_key(lab, i), []).append(int(i))
     return groups
 
 

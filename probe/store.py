@@ -291,6 +291,10 @@ class RunWriter:
         atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=1))
 
 
+# What a reader relies on in every manifest (docs/cache-format.md, "run.json").
+MANIFEST_KEYS = ("model", "hooks", "n_prompts", "complete", "shards")
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a run directory, with clear errors for what is not a run."""
     path = Path(path)
@@ -308,6 +312,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written with cache schema {version}, newer than this probe reads "
                          f"({SCHEMA_VERSION}); upgrade probe")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise StoreError(f"{path / MANIFEST} lacks {', '.join(missing)}; the run is damaged and cannot be read")
     return manifest
 
 

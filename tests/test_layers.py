@@ -137,3 +137,26 @@ def test_reading_a_run_and_the_dashboard_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def module_level_imports(path: Path) -> list[tuple[int, str]]:
+    """Imports executed when the module is imported (not inside a function or TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else ():
+            if isinstance(sub, ast.Import):
+                found += [(sub.lineno, a.name) for a in sub.names]
+            elif isinstance(sub, ast.ImportFrom) and not sub.level:
+                found.append((sub.lineno, sub.module or ""))
+    return found
+
+
+def test_store_modules_import_models_only_inside_functions():
+    """`import probe.reader` must not import models (a cycle through probe.hooks, and torch for
+    the dashboard): the store reaches models lazily."""
+    store = [p for p in sorted((ROOT / "probe").glob("*.py"))]
+    eager = [f"{p.name}:{line} imports {t}" for p in store for line, t in module_level_imports(p) if within(t, "models")]
+    assert not eager, eager

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import TransformerConfig
+from ..tokens import pad
 from . import SPECIALS
 
 NAME = "coref"
@@ -127,15 +128,11 @@ def sample_batch(generator: torch.Generator, batch_size: int):
     vocab = {w: i for i, w in enumerate(vocabulary())}
     picks = torch.randint(0, len(_TRAIN), (batch_size,), generator=generator).tolist()
     rows = [ids_of(_TRAIN[i], vocab) + [vocab[_TRAIN[i].answer]] for i in picks]
-    n = max(map(len, rows))
-    ids = torch.full((batch_size, n), vocab["<pad>"])
-    mask = torch.zeros(batch_size, n, dtype=torch.long)
-    loss_mask = torch.zeros(batch_size, n - 1, dtype=torch.bool)
+    tok = pad(rows, vocab["<pad>"], "right")
+    loss_mask = torch.zeros(batch_size, tok.ids.shape[1] - 1, dtype=torch.bool)
     for r, row in enumerate(rows):
-        ids[r, :len(row)] = torch.tensor(row)
-        mask[r, :len(row)] = 1
         loss_mask[r, len(row) - 2] = True  # the position whose next token is the answer
-    return ids, mask, loss_mask
+    return tok.ids, tok.attention_mask, loss_mask
 
 
 @torch.no_grad()
@@ -147,12 +144,8 @@ def predictions(model, examples: list[Example]) -> list[str]:
     for b in range(0, len(examples), 256):
         chunk = examples[b:b + 256]
         rows = [ids_of(e, vocab) for e in chunk]
-        n = max(map(len, rows))
-        ids = torch.full((len(rows), n), vocab["<pad>"])
-        mask = torch.zeros(len(rows), n, dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, :len(row)] = torch.tensor(row)
-            mask[r, :len(row)] = 1
+        tok = pad(rows, vocab["<pad>"], "right")
+        ids, mask = tok.ids, tok.attention_mask
         logits = model(ids, attention_mask=mask)
         last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
         out += [vocab_list[i] for i in last.argmax(-1).tolist()]

@@ -43,17 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from analyses.ablation_studies import ablation_study
     from analyses.results import save_result
     from probe.cli.shared import command_line, write_csv
-    from probe.errors import InputError
     from probe.head_labels import head_label, heads_text
     from probe.reader import open_run
 
-    if args.model and not (args.run or args.ablate_heads or args.ablate_mlp or args.output):
-        raise InputError("give -o FILE.csv for the sweep's table (or --ablate-heads/--ablate-mlp to ablate a set)")
     run = open_run(args.run) if args.run else None
     study = ablation_study(args.model, task=args.task, prompts=args.prompts, run=run, metric=args.metric,
                            ablate_heads=args.ablate_heads, ablate_mlp=args.ablate_mlp, heads=args.heads,
                            layer=args.layer, query=args.query, method=args.method, n=args.n, seed=args.seed,
-                           top=args.top)
+                           top=args.top, has_output=bool(args.output))
     if study.heads_measured:
         print("heads measured (the coreference study's best): " + heads_text(study.heads_measured))
     table = study.table

@@ -25,12 +25,14 @@ def run(args: argparse.Namespace) -> int:
     from analyses.coref import write_report
     from analyses.run_inputs import load_run_model
     from probe.cli.shared import command_line
+    from probe.errors import ModelNotFound
     from probe.reader import open_run
 
     run = open_run(args.run)
     model = None
     if not args.no_interventions:
-        model, why = load_run_model(run, args.model)
+        # a run whose model is not here (another machine's checkpoint) still gets its attention study
+        model, why = load_run_model(run, args.model, fallback=(ModelNotFound, OSError))
         if why is not None:
             print(f"note: cannot load the run's model {run.model_name!r} ({why}); give --model to ablate and patch "
                   "its heads", file=sys.stderr)

@@ -19,7 +19,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyses.head_metrics import METRICS, head_metrics, induction_model
+    from analyses.head_metrics import head_metrics, induction_model, ranked_metrics
     from analyses.results import save_result
     from probe.cli.shared import command_line
     from probe.head_labels import top_heads_text
@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
     table = head_metrics(run, model=model)
     out = save_result(args.run, "head_metrics", table, kind="head_metrics", command=command_line())
     print(f"head metrics over {run.n_prompts} prompts -> {out}")
-    extra = [m for m in ("induction_random", "antecedent") if m in table.columns]
-    for metric in [*METRICS, *extra]:
-        lowest = metric == "entropy"
+    for metric, lowest in ranked_metrics(table):
         print(f"  {metric:<16} {'lowest' if lowest else 'highest'}: "
               f"{top_heads_text(table, metric, args.top, ascending=lowest)}")
     return 0

@@ -35,32 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import models
-    from analyses.patching_studies import (
-        PAIR_FIELDS,
-        pairs_from_texts,
-        require_answer_logit,
-        text_patching,
-        toy_twin_inputs,
-    )
+    from analyses.patching_studies import patch_inputs, text_patching
     from probe.errors import InputError
-    from probe.prompts import read_jsonl_records
 
     model = models.load(args.model or "toy-coref")
-    if args.pairs or args.clean_text:
-        require_answer_logit(model)  # before reading any file
-        if args.pairs:
-            rows = read_jsonl_records(args.pairs, PAIR_FIELDS)
-        elif not (args.corrupt_text and args.answer and args.wrong):
-            raise InputError("give --clean-text, --corrupt-text, --answer and --wrong together (or --pairs FILE)")
-        else:
-            rows = [{"clean": args.clean_text, "corrupt": args.corrupt_text, "answer": args.answer,
-                     "wrong": args.wrong}]
-        inputs = pairs_from_texts(model, rows)
-    else:
-        if model.cfg.model_name != "toy-coref" and args.model not in (None, "toy-coref"):
-            raise InputError("without --clean-text/--pairs, probe patch builds the toy coreference task's twins, "
-                             "which need --model toy-coref")
-        inputs = toy_twin_inputs(args.clean, args.corrupt)
+    inputs = patch_inputs(model, pairs=args.pairs, clean_text=args.clean_text, corrupt_text=args.corrupt_text,
+                          answer=args.answer, wrong=args.wrong, clean=args.clean, corrupt=args.corrupt)
     if not args.output:
         raise InputError("give -o DIR for patch_resid.csv and patch_heads.csv")
     result = text_patching(model, inputs, args.direction)
@@ -91,14 +71,14 @@ def print_top_heads(heads, top: int) -> None:
 def run_on_run(args: argparse.Namespace) -> int:
     """Patching on the twin prompts of a run with gold antecedents (same pair_id, flipped
     antecedent), measured by the model's answer or an antecedent probe: works on encoders."""
-    import models
     from analyses.patching_studies import run_patching
     from analyses.results import save_result
+    from analyses.run_inputs import run_model
     from probe.cli.shared import command_line
     from probe.reader import open_run
 
     run = open_run(args.run)
-    model = models.load(args.model or run.model_name)
+    model = run_model(run, args.model)
     result = run_patching(model, run, args.layer, args.query, args.direction)
     heads = result.heads
     out = [save_result(run.path, name, table, command=command_line())

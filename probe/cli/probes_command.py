@@ -35,6 +35,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def print_streaming(rows: int, need: int) -> None:
+    print(f"streaming {rows} feature rows ({need / 2**30:.2f} GiB bound) from disk through the fit")
+
+
 def run(args: argparse.Namespace) -> int:
     from analyses.probe_studies import probe_study
     from analyses.results import save_result
@@ -44,10 +48,7 @@ def run(args: argparse.Namespace) -> int:
     run = open_run(args.run)
     study = probe_study(run, label=args.label, task=args.task, control=args.control, target=args.target,
                         query=args.query, mdl=args.mdl, stream=args.stream, hook=args.hook, pool=args.pool,
-                        seed=args.seed)
-    if study.streamed_bytes is not None:
-        print(f"streamed {study.n_rows} feature rows ({study.streamed_bytes / 2**30:.2f} GiB bound) from disk "
-              "through the fit")
+                        seed=args.seed, on_stream=print_streaming)
     out_path = save_result(args.run, study.name, study.table, command=command_line())
     kind = "ridge probe (real-valued target; --target class to probe classes)" if study.ridge else "probe"
     print(f"{kind} for {study.what}, {run.n_prompts} prompts -> {out_path}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 
@@ -20,13 +19,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.tasks import get_task
-    from models.training import check_output, describe, train
+    from models.training import check_output, default_steps, describe, train
+    from probe.cli.shared import command_line
     from probe.progress import StepProgress
 
     check_output(args.output, args.overwrite)
-    command = "probe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    steps = args.steps or get_task(args.task).training_defaults["steps"]
+    command = command_line() if sys.argv[1:] else None
+    steps = args.steps or default_steps(args.task)
     bar = StepProgress(steps, f"training {args.task}")
     try:
         out = train(args.task, args.output, steps=steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,

@@ -1,10 +1,8 @@
-"""The demo's question: which heads attend from "it" to "animal" / "street" in the seed
-sentence. Checked against attentions from transformers' BertModel on the same files."""
+"""analyses/word_attention.py: which heads attend from one word to another (the demo's
+question: from "it" to "animal" / "street" in the seed sentence), checked against attentions
+from transformers' BertModel on the same files."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import torch
 
@@ -43,17 +41,3 @@ def test_multi_token_words_sum_over_keys_and_average_over_queries(minilm):
     ours = word_to_word_attention(minilm, SEED, "it", "didn't")
     ref = hf_word_attention(["it"], ["didn", "'", "t"])
     assert torch.allclose(ours, ref, atol=1e-5)
-
-
-def test_demo_cli_prints_the_heads(minilm, tmp_path):
-    out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "demo", "-o", str(out), "-n", "40", "--no-serve"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert (out / "analyses" / "coref" / "report.md").exists() and (out / "analyses" / "head_metrics.csv").exists()
-    assert f"report: {out / 'analyses' / 'coref' / 'report.md'}" in r.stdout
-    assert f"dashboard: probe dashboard {out} {out}-pos" in r.stdout  # --no-serve: the command, not a server
-    best = top_heads(word_to_word_attention(minilm, SEED, "it", "animal"), 3)
-    assert "heads attending most from 'it' to 'animal'" in r.stdout
-    for h in best:
-        assert f"{h.label:<6} {h.score:.3f}" in r.stdout
