@@ -6,8 +6,10 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from probe.errors import InputError
+
 from .components import KVCache
-from .tokens import InputError, pad
+from .tokens import pad
 
 if TYPE_CHECKING:
     from .hooked_transformer import HookedTransformer

@@ -20,7 +20,7 @@ def get_task(name: str) -> ModuleType:
 
     tasks = {m.NAME: m for m in (induction, coref)}
     if name not in tasks:
-        from ..tokens import InputError
+        from probe.errors import InputError
 
         raise InputError(f"unknown task {name!r}; tasks: {sorted(tasks)}")
     return tasks[name]

@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     import models
     from analyses.patching_studies import patch_inputs, text_patching
+    from analyses.results import save_result
+    from probe.cli.shared import command_line
     from probe.errors import InputError
+    from probe.store import MANIFEST
 
     model = models.load(args.model or "toy-coref")
     inputs = patch_inputs(model, pairs=args.pairs, clean_text=args.clean_text, corrupt_text=args.corrupt_text,
@@ -45,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give -o DIR for patch_resid.csv and patch_heads.csv")
     result = text_patching(model, inputs, args.direction)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     resid, heads = result.resid, result.heads
-    resid.to_csv(out / "patch_resid.csv", index=False)
-    heads.to_csv(out / "patch_heads.csv", index=False)
+    if out.name == "analyses" and (out.parent / MANIFEST).is_file():  # a run's results: with their sidecars
+        for name, table in (("patch_resid", resid), ("patch_heads", heads)):
+            save_result(out.parent, name, table, command=command_line())
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        resid.to_csv(out / "patch_resid.csv", index=False)
+        heads.to_csv(out / "patch_heads.csv", index=False)
     print(f"{args.direction} patching, {result.what}, metric: logit difference "
           f"clean {resid.clean.iloc[0]:.2f}, corrupt {resid.corrupt.iloc[0]:.2f}; normalised (patched - corrupt) / "
           "(clean - corrupt):")
