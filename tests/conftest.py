@@ -16,8 +16,8 @@ Where tests live (docs/design.md, "Tests"):
 
 The fixtures: tiny random-weight Hugging Face models of every supported family, saved to disk
 with a small offline tokenizer, so `models.load(dir)` is tested on the same files
-`transformers` reads; the embedded MiniLM; and a small real toy-coref run for the dashboard
-tests."""
+`transformers` reads; the embedded MiniLM; and, for the dashboard tests, a small real
+toy-coref run, a plain minilm run and a registry serving both."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
-from helpers import FAMILIES, build_hf, record_coref_run
+from helpers import FAMILIES, build_hf, record_coref_run, record_plain_run
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,18 @@ def coref_run(tmp_path_factory):
     """A toy-coref run of 12 prompts with every analysis the dashboard shows (helpers.
     record_coref_run), recorded once per test module that asks for it."""
     return record_coref_run(tmp_path_factory.mktemp("dash") / "coref", n=12)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """minilm on the seed pair with patterns only (helpers.record_plain_run), once per test
+    module that asks for it."""
+    return record_plain_run(tmp_path_factory.mktemp("dash") / "seed")
+
+
+@pytest.fixture(scope="module")
+def registry(coref_run, plain_run):
+    """The dashboard's registry of the two: run "0" is coref_run, run "1" plain_run."""
+    from dashboard.data import Registry
+
+    return Registry([coref_run, plain_run])

@@ -9,11 +9,15 @@ import mode "prepend", tests/ is not a package). Its own checks are in test_help
 - Small real runs for the dashboard tests (`record_coref_run`, `record_plain_run`,
   `corrupt_copy`), recorded from the shipped toy-coref model with every analysis the
   dashboard shows saved next to them.
-- `run_cli`: `python -m probe.cli ...` in a subprocess.
+- `run_cli`: `probe ...` in a subprocess (`python -m probe.cli ...`, or with `env_code` run
+  before `main`); `cli_command` is its argv, for a caller that needs a `Popen`.
+- `figure_dict`: a plotly figure as the browser receives it (the dashboard tests).
+- `assert_saved`: a saved CSV holds a given table.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import subprocess
@@ -21,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 VOCAB_WORDS = (
@@ -112,8 +117,25 @@ def word_prompts(n: int, seed: int = 0, lo: int = 2, hi: int = 12) -> list[str]:
     return [" ".join(rng.choice(VOCAB_WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "probe.cli", *args], capture_output=True, text=True, timeout=300)
+def cli_command(*args, env_code: str = "") -> list[str]:
+    """The argv that runs `probe ARGS` in a fresh interpreter: ``python -m probe.cli ARGS``, or,
+    with ``env_code`` (Python run first, e.g. to inject a fault or set a resource limit),
+    ``python -c "import sys; <env_code>; from probe.cli import main; sys.exit(main(...))" ARGS``."""
+    args = [str(a) for a in args]
+    if not env_code:
+        return [sys.executable, "-m", "probe.cli", *args]
+    code = f"import sys\n{env_code}\nfrom probe.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *args]
+
+
+def run_cli(*args, timeout: float = 300, env_code: str = "") -> subprocess.CompletedProcess:
+    """`probe ARGS` in a subprocess (see `cli_command`), its output captured as text."""
+    return subprocess.run(cli_command(*args, env_code=env_code), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_saved(path, table: pd.DataFrame) -> None:
+    """The CSV at ``path`` holds ``table`` (float32 columns read back as float64)."""
+    pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
 
 
 # ------------------------------------------------------------ runs for the dashboard tests
@@ -174,3 +196,20 @@ def corrupt_copy(src: Path, out: Path, how: str) -> Path:
         for f in (out / "shards").glob("*.h5"):
             f.write_bytes(b"not an hdf5 file")
     return out
+
+
+def figure_dict(fig) -> dict:
+    """The figure as the browser receives it (JSON), numeric arrays decoded from plotly's
+    base64 typed arrays."""
+    return decode(json.loads(fig.to_json()))
+
+
+def decode(obj):
+    if isinstance(obj, dict):
+        if "bdata" in obj and "dtype" in obj:
+            a = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+            return a.reshape([int(n) for n in str(obj["shape"]).split(",")]) if "shape" in obj else a
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    return obj

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import run_cli
 
 import models
 from analyses.ablation import (
@@ -133,21 +134,16 @@ def test_logit_difference_and_mlp_ablation_on_toy_coref():
 
 
 def test_ablate_cli(tmp_path):
-    import subprocess
-    import sys
-
     import pandas as pd
 
     out = tmp_path / "sweep.csv"
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "ablate", "--model", "toy-induction", "--task",
-                        "induction", "-n", "16", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    r = run_cli("ablate", "--model", "toy-induction", "--task", "induction", "-n", "16", "-o", str(out))
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(out)
     assert len(table) == 8 and set(table.columns) >= {"layer", "head", "clean", "ablated", "effect"}
     top = table.sort_values("effect", ascending=False).iloc[0]
     assert (top.layer, top["head"]) in {(0, 0), (0, 2)}
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "ablate", "--model", "minilm", "--prompts", "seed",
-                        "-o", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=300)
+    r = run_cli("ablate", "--model", "minilm", "--prompts", "seed", "-o", str(tmp_path / "x.csv"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
@@ -164,13 +160,6 @@ def test_sweep_with_a_per_example_metric_on_toy_coref():
         hooks = ablate_heads_hooks(model, [(1, 1)], method="mean", reference=tokens)
         alone = metric(model.run_with_hooks(tokens, hooks), tokens).mean().item()
     assert abs(sweep[(sweep.layer == 1) & (sweep["head"] == 1)].ablated.iloc[0] - alone) < 1e-4
-
-
-def run_cli(*args: str, timeout: int = 300):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "probe.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_ablate_cli_ablates_a_set_of_heads_on_toy_induction(tmp_path):

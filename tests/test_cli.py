@@ -4,18 +4,11 @@ argparse; `probe --help` lists every command in the pipeline's order."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from helpers import run_cli
 
 from probe.cli import COMMANDS, build_parser, main
 from probe.errors import InputError, MissingHook, ProbeError, StoreError, is_user_error, one_line
-
-
-def run_cli(*args: str, env_code: str = "") -> subprocess.CompletedProcess:
-    code = f"import sys\n{env_code}\nfrom probe.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_an_internal_key_error_is_a_bug_with_its_traceback():

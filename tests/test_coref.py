@@ -1,14 +1,15 @@
-"""The coreference study: aggregation and baselines checked by hand on the seed pair."""
+"""The coreference study (analyses/coref.py; its report, analyses/coref_report.py; `probe
+coref` end to end): aggregation and baselines checked by hand on the seed pair. The
+interventions it runs are tested in test_coref_interventions.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import assert_saved, run_cli
 
 import probe
 from analyses.coref import (
@@ -57,11 +58,6 @@ def test_baselines_and_table(seed_run):
     expected = (attn.argmax(-1) == gold[:, None, None]).mean(0)
     assert np.allclose(table.accuracy.to_numpy().reshape(6, 12), expected)
     assert not table.beats_positional.any()  # two prompts are too few for any claim
-
-
-def assert_saved(path, table: pd.DataFrame) -> None:
-    """The CSV at ``path`` holds ``table`` (float32 columns read back as float64)."""
-    pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
 
 
 def files_under(path):
@@ -124,8 +120,7 @@ def test_bootstrap_interval_covers_the_mean():
 
 
 def test_coref_cli_writes_report(seed_run, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(seed_run.path)], capture_output=True,
-                       text=True, timeout=300)
+    r = run_cli("coref", str(seed_run.path))
     assert r.returncode == 0, r.stderr
     report = seed_run.path / "analyses" / "coref" / "report.md"
     study = coref_study(seed_run, model=probe.load("minilm"))  # the CLI loads the run's own model
@@ -138,15 +133,13 @@ def test_coref_cli_writes_report(seed_run, tmp_path):
     # a run without gold labels gets a clear error
     plain = probe.record(probe.load("minilm"), ["just a sentence here"], tmp_path / "plain",
                          names=["blocks.0.attn.hook_pattern"], progress=False)
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(plain.path)], capture_output=True,
-                       text=True, timeout=300)
+    r = run_cli("coref", str(plain.path))
     # it lacks patterns of layers 1-5: the error names them and how to record them
     assert r.returncode == 2 and "lacks blocks.1.attn.hook_pattern" in r.stderr, r.stderr
     assert "--names 'blocks.*.attn.hook_pattern'" in r.stderr and "Traceback" not in r.stderr
     plain = probe.record(probe.load("minilm"), ["just a sentence here"], tmp_path / "plain2",
                          names=["blocks.*.attn.hook_pattern"], progress=False)
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(plain.path)], capture_output=True,
-                       text=True, timeout=300)
+    r = run_cli("coref", str(plain.path))
     assert r.returncode == 2 and "labels the study needs" in r.stderr
 
 

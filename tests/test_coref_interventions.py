@@ -1,17 +1,16 @@
-"""The causal half of the coreference study: metrics on internal activations (probe,
+"""The causal half of the coreference study (analyses/coref_interventions.py, and `probe
+coref`/`patch`/`ablate` on a run): metrics on internal activations (probe,
 antecedent attention) checked against independent computations, the sweep's exact
 shortcuts (resume at the ablated block, skip blocks after what the metric reads) against
 plain full runs, padded batches, and the study's verdicts on the toy model."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import assert_saved, run_cli
 
 import models
 import probe
@@ -22,37 +21,11 @@ from analyses.run_checks import check_model_matches
 from models import InputError
 
 
-def assert_saved(path, table: pd.DataFrame) -> None:
-    """The CSV at ``path`` holds ``table`` (float32 columns read back as float64)."""
-    pd.testing.assert_frame_equal(pd.read_csv(path), table, check_dtype=False)
-
-
 @pytest.fixture(scope="module")
 def wb_run(minilm, tmp_path_factory):
     prompts = probe.load_prompts("seed") + probe.load_prompts("winobias-dev")[::8][:60]
     return probe.record(minilm, prompts, tmp_path_factory.mktemp("wb") / "run",
                         names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"], progress=False)
-
-
-def test_start_at_layer_resumes_the_forward_pass(minilm):
-    """A padded batch resumed from a cached resid_pre gives the full run's output (encoder
-    and decoder)."""
-    toy = models.load("toy-induction")
-    for model, texts in ((minilm, ["The animal didn't cross the street.", "It was tired."]), (toy, None)):
-        if texts is None:
-            tokens, mask = torch.randint(0, toy.cfg.d_vocab, (2, 12)), torch.ones(2, 12, dtype=torch.long)
-            mask[1, 9:] = 0
-        else:
-            tok = model.tokenize(texts)
-            tokens, mask = tok.ids, tok.attention_mask
-        with torch.no_grad():
-            full, cache = model.run_with_cache(tokens, names_filter="blocks.*.hook_resid_pre", attention_mask=mask)
-            for layer in range(1, model.cfg.n_layers):
-                resumed = model(cache["resid_pre", layer], attention_mask=mask, start_at_layer=layer)
-                real = mask.bool()
-                assert torch.allclose(resumed[real], full[real], atol=1e-5)
-    with pytest.raises(InputError, match="residual stream"):
-        minilm(tokens, start_at_layer=1)
 
 
 def test_antecedent_score_equals_the_study_attention(minilm, wb_run):
@@ -111,8 +84,7 @@ def test_mismatched_model_is_refused(wb_run):
         check_model_matches(models.load("toy-coref"), wb_run)
     with pytest.raises(InputError, match="recorded with 'minilm'"):
         coref_study(wb_run, model=models.load("toy-coref"))
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "coref", str(wb_run.path), "--model", "toy-coref"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("coref", str(wb_run.path), "--model", "toy-coref")
     assert r.returncode == 2 and "recorded with 'minilm'" in r.stderr
 
 
@@ -149,13 +121,12 @@ def test_coref_study_runs_the_interventions_on_minilm(minilm, wb_run):
     assert_saved(wb_run.path / "analyses" / "ablation_accuracy.csv", sweep)
     assert_saved(wb_run.path / "analyses" / "probes_antecedent.csv", study.probes)
     # the same patching from `probe patch --run` (an encoder: the probe measures), and the sweep
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--run", str(wb_run.path), "--layer", "3"],
-                       capture_output=True, text=True, timeout=600)
+    r = run_cli("patch", "--run", str(wb_run.path), "--layer", "3", timeout=600)
     assert r.returncode == 0 and "probe log-odds" in r.stdout, r.stderr
     heads = pd.read_csv(wb_run.path / "analyses" / "patch_heads_antecedent.csv")
     assert len(heads) == 72 and heads.normalized.notna().all()
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "ablate", "--run", str(wb_run.path), "--metric",
-                        "antecedent-score", "--heads", "L3H1", "L5H11"], capture_output=True, text=True, timeout=600)
+    r = run_cli("ablate", "--run", str(wb_run.path), "--metric", "antecedent-score", "--heads", "L3H1", "L5H11",
+                timeout=600)
     assert r.returncode == 0, r.stderr
     score = pd.read_csv(wb_run.path / "analyses" / "ablation_antecedent_score.csv")
     # a head's ablation cannot move patterns of its own layer or earlier ones: layer 5 does nothing
@@ -177,7 +148,7 @@ def toy_run(tmp_path_factory):
 def test_toy_coref_heads_matter_by_the_models_own_answer(toy_run):
     """toy-coref answers itself: the study's heads (layer 1), ablated together, lower the
     held-out logit difference (antecedent vs other candidate; the forced choice survives, and
-    with the free answer test_coref_study shows the drop toward chance), while the layer-0
+    with the free answer test_coref.py shows the drop toward chance), while the layer-0
     heads carry the decision; patching the twins' layer-0 residual stream restores the clean
     answer only at the adjective positions."""
     from analyses.coref import coref_heads
@@ -220,8 +191,7 @@ def test_patch_run_noising_on_toy_coref(toy_run):
     run): at layer 0 the residual stream is the token embedding, so noising a position where
     the twins' tokens agree leaves the clean answer untouched (normalised exactly 1), while
     noising an adjective position damages it."""
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--run", str(toy_run.path), "--query",
-                        "question_span", "--direction", "noise"], capture_output=True, text=True, timeout=600)
+    r = run_cli("patch", "--run", str(toy_run.path), "--query", "question_span", "--direction", "noise", timeout=600)
     assert r.returncode == 0, r.stderr
     assert "noise patches of" in r.stdout
     resid = pd.read_csv(toy_run.path / "analyses" / "patch_resid_antecedent_noise.csv")  # beside the denoising one
@@ -241,9 +211,8 @@ def test_ablate_run_ablates_a_set_of_heads_on_toy_coref(toy_run, tmp_path):
     puts the choice near chance, while the clean choice is right on held-out prompts; the
     numbers equal zero-ablation hooks written here on the same held-out batch."""
     out = tmp_path / "set.csv"
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "ablate", "--run", str(toy_run.path), "--query",
-                        "question_span", "--method", "zero", "--ablate-heads", "L0H0", "L0H1", "L0H2", "L0H3",
-                        "-o", str(out)], capture_output=True, text=True, timeout=600)
+    r = run_cli("ablate", "--run", str(toy_run.path), "--query", "question_span", "--method", "zero",
+                "--ablate-heads", "L0H0", "L0H1", "L0H2", "L0H3", "-o", str(out), timeout=600)
     assert r.returncode == 0, r.stderr
     row = pd.read_csv(out).iloc[0]
     assert row.clean > 0.95 and row.ablated < 0.7

@@ -1,7 +1,7 @@
 """dashboard/app.py called directly: how clicks and controls change the view state
 (apply_event), and that a run id from the browser (next_state, the view callback over HTTP)
-never reaches the file system. Split from the former test_dashboard_callbacks.py; the
-browser tests (test_dashboard_e2e.py) check the same app through Chromium."""
+never reaches the file system. The browser tests (test_dashboard_e2e.py) check the same app
+through Chromium."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """dashboard/data.py (Registry, RunData, LRU) on small real runs: a run still being
 recorded, results saved while serving, a result's kind from its sidecar, refreshing a run
-recorded again in place, the byte-bounded slice cache and the Q/K sample. Split from the
-former test_dashboard_callbacks.py."""
+recorded again in place, the byte-bounded slice cache and the Q/K sample."""
 
 from __future__ import annotations
 

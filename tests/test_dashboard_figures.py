@@ -1,6 +1,5 @@
 """dashboard/figures.py called directly on synthetic patterns and tables: long prompts
-cropped and sparsified, the line view's far top keys and moving window, the R^2 axis.
-Split from the former test_dashboard_callbacks.py."""
+cropped and sparsified, the line view's far top keys and moving window, the R^2 axis."""
 
 from __future__ import annotations
 

@@ -1,15 +1,21 @@
-"""The dashboard's callbacks driven through Dash's real HTTP endpoint (what the browser
-posts), so a failure anywhere in a callback, state sync included, shows here as it would in
-the page: a message in the page, never a 500 and a stack trace."""
+"""The served dashboard (dashboard/server.py, and the app it serves over HTTP): its callbacks
+driven through Dash's real HTTP endpoint (what the browser posts), so a failure anywhere in
+a callback, state sync included, shows here as it would in the page: a message in the page,
+never a 500 and a stack trace; the server serves no files but its own; `probe dashboard`'s
+safe defaults, check_runs and url_of; a port in use is a user error."""
 
 from __future__ import annotations
 
 import shutil
 
+import pytest
 from helpers import corrupt_copy, record_coref_run
 
 from dashboard.app import create_app
+from dashboard.data import Registry, UnknownRun
+from dashboard.server import check_runs, url_of
 from dashboard.state import from_query
+from probe.errors import StoreError
 
 
 class Page:
@@ -198,3 +204,48 @@ def test_what_a_head_or_prompt_switch_sends_does_not_grow_with_the_run(tmp_path)
     opts, _ = page.post("prompt.options", {"state.data": page.load("?prompt=59"), "generation.data": 0},
                         "state.data")
     assert len(opts["prompt"]["options"]) == 51  # 50 matches and the current prompt
+
+
+def test_the_server_serves_no_files_but_its_own(coref_run):
+    app = create_app([coref_run])
+    client = app.server.test_client()
+    assert client.get("/").status_code == 200
+    for url in ["/assets/../run.json", f"/assets/{coref_run}/run.json", "/_dash-component-suites/../../etc/passwd",
+                "/run.json", f"/{coref_run}/run.json", "/_dash-component-suites/dash/../../../../etc/passwd"]:
+        r = client.get(url)  # Dash answers unknown paths with its page (multi-page apps route them)
+        assert r.status_code in (200, 400, 404, 500), url  # 500: Dash refuses an unknown library
+        assert b"schema_version" not in r.data and b"root:" not in r.data, url
+        assert r.status_code != 200 or b"_dash-config" in r.data, url
+
+
+def test_command_line_is_safe_by_default(coref_run, tmp_path):
+    from probe.cli import build_parser, dashboard_command
+
+    parser = build_parser()
+    args = parser.parse_args(["dashboard", str(coref_run)])
+    assert (args.host, args.port, args.debug, args.runs) == ("127.0.0.1", 8050, False, [str(coref_run)])
+    args = parser.parse_args(["dashboard", "a", "b", "--port", "9000", "--host", "0.0.0.0", "--debug"])
+    assert (args.host, args.port, args.debug, args.runs) == ("0.0.0.0", 9000, True, ["a", "b"])
+    assert args.func is dashboard_command.run
+    with pytest.raises(StoreError, match="none of .* is a recorded run"):
+        check_runs([tmp_path / "nothing", tmp_path])
+    check_runs([coref_run, tmp_path / "nothing"])  # one good run is enough; the other shows its message
+    assert url_of("0.0.0.0", 8050) == "http://127.0.0.1:8050/"
+    from probe.errors import is_user_error
+
+    assert is_user_error(StoreError("x")) and is_user_error(UnknownRun("x"))
+    with pytest.raises(StoreError, match="at least one run"):
+        Registry([])
+
+
+def test_port_in_use_is_a_user_error(coref_run):
+    import socket
+
+    from dashboard.server import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(StoreError, match="cannot listen"):
+            serve([coref_run], port=s.getsockname()[1])
+

@@ -1,6 +1,5 @@
 """dashboard/state.py: the view state round-trips through the URL, malformed values fall
-back to defaults, and a loaded URL is fitted to the run (next_state). Split from the former
-test_dashboard_callbacks.py."""
+back to defaults, and a loaded URL is fitted to the run (next_state)."""
 
 from __future__ import annotations
 

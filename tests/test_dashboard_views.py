@@ -1,8 +1,7 @@
 """dashboard/views.py called directly on small real runs: what each view (head, grid,
 layer, metrics, results, Q/K, compare) reads and draws, the prompt list and search, and the
-messages for missing, corrupt and newer runs and absent results. Split from the former
-test_dashboard_callbacks.py; the browser tests (test_dashboard_e2e.py) check the same views
-through Chromium."""
+messages for missing, corrupt and newer runs and absent results. The browser tests
+(test_dashboard_e2e.py) check the same views through Chromium."""
 
 from __future__ import annotations
 

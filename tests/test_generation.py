@@ -1,5 +1,6 @@
-"""Generation: KV cache equals recomputation, greedy equals transformers', batches with
-left padding equal single prompts, sampling filters behave, hooks fire at every step."""
+"""Generation (models/generation.py): KV cache equals recomputation, greedy equals
+transformers', batches with left padding equal single prompts, sampling filters behave,
+hooks fire at every step."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""tests/helpers.py: the small real runs the dashboard tests use (test_dashboard_callbacks.py,
-test_dashboard_server.py, test_dashboard_e2e.py) are what those tests assume."""
+"""tests/helpers.py: the small real runs the dashboard tests use (test_dashboard_*.py) are
+what those tests assume."""
 
 from __future__ import annotations
 

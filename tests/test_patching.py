@@ -106,19 +106,14 @@ def test_noising_equals_a_hand_built_patch(setup):
 
 
 def test_patch_cli(tmp_path):
-    import subprocess
-    import sys
-
     import pandas as pd
 
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "-o", str(tmp_path)], capture_output=True,
-                       text=True, timeout=300)
+    r = run_cli("patch", "-o", str(tmp_path))
     assert r.returncode == 0, r.stderr
     resid = pd.read_csv(tmp_path / "patch_resid.csv")
     last = resid[resid.layer == resid.layer.max()]
     assert last.sort_values("normalized").position.iloc[-1] == last.position.max()  # answer lives at the end
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--corrupt", "hungry", "-o", str(tmp_path)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("patch", "--corrupt", "hungry", "-o", str(tmp_path))
     assert r.returncode == 2 and "different nouns" in r.stderr
 
 
@@ -126,8 +121,6 @@ def test_patch_cli_on_text_pairs_equals_the_python_api(setup, tmp_path):
     """Pairs given as texts (a JSONL file) go through the same patching as the API on the same
     token ids; unequal lengths, multi-token answers and encoders are refused clearly."""
     import json
-    import subprocess
-    import sys
 
     import pandas as pd
 
@@ -140,16 +133,14 @@ def test_patch_cli_on_text_pairs_equals_the_python_api(setup, tmp_path):
     places = ["street", "road", "river", "bridge"]
     pairs.write_text("".join(json.dumps({"clean": c, "corrupt": w, "answer": a, "wrong": p}) + "\n"
                              for (c, w), a, p in zip(texts, animals, places)))
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "patch", "--pairs", str(pairs), "-o", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("patch", "--pairs", str(pairs), "-o", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     cli = pd.read_csv(tmp_path / "o" / "patch_heads.csv")
     api = patch_heads(model, clean, corrupt, metric)
     assert torch.allclose(torch.tensor(cli.normalized.values), torch.tensor(api.normalized.values), atol=1e-4)
 
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", "probe.cli", "patch", *extra, "-o", str(tmp_path / "x")],
-                              capture_output=True, text=True, timeout=300)
+        return run_cli("patch", *extra, "-o", str(tmp_path / "x"))
 
     r = run("--clean-text", "the dog was tired", "--corrupt-text", "the dog was very tired", "--answer", "dog",
             "--wrong", "road")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 import probe
 from analyses.probe_features import prompt_features
@@ -107,23 +108,17 @@ def test_pronoun_gender_probe_on_minilm(winobias_run):
 
 
 def test_probes_cli_writes_next_to_the_run(winobias_run):
-    import subprocess
-    import sys
-
     import pandas as pd
 
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "probes", str(winobias_run.path), "--label", "gender"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("probes", str(winobias_run.path), "--label", "gender")
     assert r.returncode == 0, r.stderr
     table = pd.read_csv(winobias_run.path / "analyses" / "probes_gender.csv")
     assert list(table.layer) == list(range(6))
     assert {"train_acc", "dev_acc", "test_acc", "majority_baseline"} <= set(table.columns)
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "probes", str(winobias_run.path), "--label", "nope"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("probes", str(winobias_run.path), "--label", "nope")
     assert r.returncode == 2 and "no label field 'nope'" in r.stderr
     # these 120 dev prompts are all pro-stereotypical: a one-class label is refused, not fitted
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "probes", str(winobias_run.path), "--label", "stereotype"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("probes", str(winobias_run.path), "--label", "stereotype")
     assert r.returncode == 2 and "every row has the label 'pro'" in r.stderr, r.stderr
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import word_prompts
+from helpers import cli_command, run_cli, word_prompts
 
 import models
 import probe
@@ -25,17 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--batch-size", "4", "--shard-mb", "0.05"]
 
 
-def cli(*args, limit_fsize: int | None = None, wait: bool = True, **kw):
+def cli(*args, limit_fsize: int | None = None, wait: bool = True):
+    """`probe ARGS` (helpers.run_cli), or, with ``wait=False``, the running process."""
     pre = ""
     if limit_fsize is not None:  # a real "disk full": writes past the limit fail with EFBIG
         pre = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_fsize}, {limit_fsize})); ")
-    code = pre + "import sys; from probe.cli import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", code, *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **kw)
+        return subprocess.Popen(cli_command(*args, env_code=pre), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return run_cli(*args, timeout=600, env_code=pre)
 
 
 @pytest.fixture(scope="module")

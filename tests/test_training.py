@@ -4,10 +4,9 @@ deterministic and learns, and the command writes a loadable checkpoint."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
+from helpers import run_cli
 
 import models
 from models.training import train
@@ -27,8 +26,7 @@ def test_short_training_is_deterministic_and_learns(tmp_path):
 
 def test_train_cli_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "ind"
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "train", "induction", "-o", str(out), "--steps", "20",
-                        "--seed", "1"], capture_output=True, text=True, timeout=600)
+    r = run_cli("train", "induction", "-o", str(out), "--steps", "20", "--seed", "1", timeout=600)
     assert r.returncode == 0, r.stderr
     log = json.loads((out / "training_log.json").read_text())
     assert log["seed"] == 1 and log["hyperparameters"]["steps"] == 20
@@ -36,6 +34,5 @@ def test_train_cli_writes_a_loadable_checkpoint(tmp_path):
     model = models.load(out)
     assert model.cfg.attn_only and model.cfg.n_layers == 2
     assert model.to_str_tokens("t1 t2") == ["<bos>", "t1", "t2"]
-    r = subprocess.run([sys.executable, "-m", "probe.cli", "train", "nope", "-o", str(tmp_path / "x")],
-                       capture_output=True, text=True, timeout=600)
+    r = run_cli("train", "nope", "-o", str(tmp_path / "x"), timeout=600)
     assert r.returncode == 2 and "unknown task 'nope'" in r.stderr
