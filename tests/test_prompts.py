@@ -421,3 +421,36 @@ def test_winogender_sentences_spans_and_gold_antecedents():
              "condition.")
     assert p.labels["candidates"] == ["The patient", "the specialist"] and p.labels["answer"] == 0
     assert p.labels["refers_to"] == "participant"
+
+
+# --- twins and other JSONL records -------------------------------------------------------------------
+
+
+def test_twin_keys_group_pairs_and_keep_singles_apart():
+    from probe.prompts import twin_groups, twin_key
+
+    labels = [{"pair_id": "a"}, {"pair_id": "a"}, {}, {"pair_id": 7}, {"pair_id": None}, {"pair_id": "7"}]
+    keys = [twin_key(lab, i) for i, lab in enumerate(labels)]
+    assert keys == ["pair:a", "pair:a", "prompt:2", "pair:7", "prompt:4", "pair:7"]
+    # a pair id can never equal a single prompt's own key, whatever it is
+    assert twin_key({"pair_id": "2"}, 5) != twin_key({}, 2)
+    assert twin_groups(enumerate(labels)) == {"pair:a": [0, 1], "pair:7": [3, 5]}
+
+
+def test_jsonl_records_need_their_string_fields(tmp_path):
+    from probe.prompts import read_jsonl_records
+
+    good = tmp_path / "pairs.jsonl"
+    good.write_text('{"clean": "a b", "corrupt": "c d", "answer": " x", "wrong": " y"}\n\n')
+    assert read_jsonl_records(good, ("clean", "corrupt", "answer", "wrong")) == [
+        {"clean": "a b", "corrupt": "c d", "answer": " x", "wrong": " y"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"clean": "a", "corrupt": 3}\n')
+    with pytest.raises(PromptSetError, match=r"bad\.jsonl: line 1: needs the string fields clean, corrupt .*corrupt"):
+        read_jsonl_records(bad, ("clean", "corrupt"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"clean": "a"\n')
+    with pytest.raises(PromptSetError, match=r"broken\.jsonl: line 1: invalid JSON"):
+        read_jsonl_records(broken, ("clean",))
+    with pytest.raises(PromptSetError, match="no such file"):
+        read_jsonl_records(tmp_path / "nope.jsonl", ("clean",))
