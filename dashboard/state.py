@@ -36,12 +36,22 @@ class ViewState:
 DEFAULT = ViewState()
 
 
-def _int(values: list[str] | None, default, low: int = 0):
-    try:
-        v = int(values[0])
-    except (TypeError, ValueError, IndexError):
-        return default
-    return v if v >= low else default
+MAX_DIGITS = 12  # no run has a trillion prompts, tokens, layers or heads
+
+
+def _natural(text: str) -> int | None:
+    """A non-negative number written in ASCII digits, or None. `str.isdigit` is true for
+    '²' or '٣', which `int` refuses or reads, and `int` also takes '+3', '3_0' or 5000 digits
+    (slowly): a URL holds none of these, so none counts."""
+    text = text.strip()
+    if not (0 < len(text) <= MAX_DIGITS and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def _int(values: list[str] | None, default: int | None) -> int | None:
+    v = _natural(values[0]) if values else None
+    return default if v is None else v
 
 
 def from_query(search: str | None) -> ViewState:
@@ -52,10 +62,7 @@ def from_query(search: str | None) -> ViewState:
         v = q.get(key, [default])[0][:limit]
         return v if allowed is None or v in allowed else default
 
-    queries = []
-    for part in q.get("q", [""])[0].split(","):
-        if part.strip().isdigit() and len(queries) < 64:
-            queries.append(int(part))
+    queries = [v for v in (_natural(part) for part in q.get("q", [""])[0].split(",")) if v is not None][:64]
     return ViewState(run=text("run", DEFAULT.run, limit=20), prompt=_int(q.get("prompt"), 0), layer=_int(q.get("layer"), 0),
                      head=_int(q.get("head"), 0), view=text("view", DEFAULT.view, VIEWS),
                      metric=text("metric", THUMBNAILS), compare=_int(q.get("compare"), None),

@@ -7,8 +7,14 @@ A new architecture is a new set of field values plus a weight-conversion table i
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from probe.errors import InputError
 
 Positional = Literal["learned", "sinusoidal", "rotary", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
@@ -61,25 +67,28 @@ class TransformerConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # provenance only; never read by forward
 
     def __post_init__(self) -> None:
+        # A config is often read from a user's file: refuse what cannot describe a model here,
+        # once, before a division by zero or a truthy "false" reaches the forward pass.
+        _check_types(self)
+        _check_ranges(self)
         if self.d_head is None:
             if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set d_head"
-                )
+                raise InputError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                                 "set d_head, or choose n_heads dividing d_model")
             self.d_head = self.d_model // self.n_heads
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+            raise InputError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.positional == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         if self.rotary_dim is not None and self.rotary_dim % 2:
-            raise ValueError(f"rotary_dim={self.rotary_dim} must be even")
+            raise InputError(f"rotary_dim={self.rotary_dim} must be even")
         if self.norm_position == "post" and self.final_norm:
             # Post-norm blocks already end in a norm; a second one would be a silent bug.
-            raise ValueError("post-norm models have no separate final norm; set final_norm=False")
+            raise InputError("post-norm models have no separate final norm; set final_norm=False")
 
     @property
     def is_encoder(self) -> bool:
@@ -90,8 +99,89 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        """The config a dict (a probe_config.json) describes; InputError naming a field that is
+        unknown, missing or of the wrong kind."""
+        if not isinstance(d, dict):
+            raise InputError(f"a TransformerConfig must be a JSON object of fields, not a {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in known)
         if unknown:
-            raise ValueError(f"unknown TransformerConfig fields {sorted(unknown)}; known: {sorted(known)}")
+            raise InputError(f"unknown field {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
+                             else "") + f"; known fields: {', '.join(sorted(known))}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise InputError(f"lacks the field {missing[0]!r}, which every config needs (the required fields: "
+                             f"{', '.join(required)})")
         return cls(**d)
+
+
+# Sizes a model cannot have zero (or fewer) of; the optional ones only when given.
+_POSITIVE = ("d_model", "n_layers", "n_heads", "d_vocab", "n_ctx")
+_POSITIVE_IF_GIVEN = ("d_head", "d_mlp", "n_kv_heads", "rotary_dim")
+_POSITIVE_FLOATS = ("norm_eps", "rotary_base")
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TransformerConfig)
+
+
+def _check_types(cfg: TransformerConfig) -> None:
+    for name, hint in _field_types().items():
+        value = getattr(cfg, name)
+        if not _fits(value, hint):
+            raise InputError(f"{name} must be {_kind_of(hint)}, not {_shown(value, hint)}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is what the annotation ``hint`` allows (bool is not an int here: JSON
+    true for a size is a mistake)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is Any:
+        return True
+    return isinstance(value, origin or hint)
+
+
+def _kind_of(hint: Any) -> str:
+    """An annotation in words, for the error message."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind_of(arm) for arm in typing.get_args(hint))
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return words.get(hint, f"a {getattr(origin or hint, '__name__', hint)}")
+
+
+def _shown(value: Any, hint: Any) -> str:
+    """The wrong value in words: a misspelt choice as itself, anything else with its type."""
+    if typing.get_origin(hint) is Literal and isinstance(value, str):
+        return f"{value!r:.40}"
+    return f"the {type(value).__name__} {value!r:.40}"
+
+
+def _check_ranges(cfg: TransformerConfig) -> None:
+    for name in _POSITIVE + _POSITIVE_IF_GIVEN:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be a positive integer, not {value}")
+    for name in _POSITIVE_FLOATS:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a positive finite number, not {value}")
+    if cfg.n_token_types < 0:
+        raise InputError(f"n_token_types must be 0 or more, not {cfg.n_token_types}")

@@ -273,7 +273,14 @@ class HookedTransformer(HookedModule):
 
         ``names_filter``: None for every hook except ``hook_result`` (per-head outputs in
         d_model are large, so they are recorded only when named), a name, a glob, a list of
-        them, or a predicate. Activations are detached; ``device`` moves them (e.g. "cpu")."""
+        them, or a predicate. Activations are detached; ``device`` moves them (e.g. "cpu").
+        A name the model lacks, or a glob matching none of its hooks, is refused (MissingHook,
+        as `run_with_hooks` refuses it) rather than answered with a cache lacking it; a
+        predicate may match nothing."""
+        if names_filter is not None and not callable(names_filter):
+            names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+            for pattern in names_filter:
+                self.resolve_hook_points(pattern)  # raises run_with_hooks's MissingHook for a bad one
         match = name_matcher(names_filter)
         names = [n for n in self.hook_dict if match(n)]
         if names_filter is None:

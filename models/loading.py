@@ -21,13 +21,16 @@ from typing import Any
 
 import torch
 
-from probe.errors import CheckpointMismatch, ModelNotFound, UnsupportedArchitecture
+from probe.errors import CheckpointMismatch, InputError, ModelNotFound, UnsupportedArchitecture
 
 from .config import TransformerConfig
 from .families import convert_state_dict, family_for
 from .hooked_transformer import HookedTransformer
 
 PROBE_CONFIG = "probe_config.json"
+# The tokenizer's JSON files, read by us first so a damaged one is named, not a traceback from transformers.
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
+REPAIR = "repair the file or download the checkpoint again"
 
 
 def zoo() -> dict[str, Path]:
@@ -75,7 +78,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
 def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
     display = display or str(path)
     if (path / PROBE_CONFIG).exists():
-        cfg = TransformerConfig.from_dict(json.loads((path / PROBE_CONFIG).read_text()))
+        cfg = probe_config(path / PROBE_CONFIG)
         state = read_weights(path)
         tokenizer = load_tokenizer(path)
         model = HookedTransformer(cfg, tokenizer)
@@ -86,7 +89,7 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
             f"{path} has no config.json (Hugging Face checkpoint) or {PROBE_CONFIG} (probe checkpoint); "
             "point at a checkpoint directory"
         )
-    hf = json.loads((path / "config.json").read_text())
+    hf = read_json_object(path / "config.json")
     model_type = hf.get("model_type")
     if model_type is None:
         raise UnsupportedArchitecture(f"{path}/config.json has no model_type; cannot tell the architecture")
@@ -96,6 +99,9 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
     except KeyError as e:  # a field the family needs is missing: the checkpoint's mistake, not ours
         raise CheckpointMismatch(f"{path}/config.json lacks {e.args[0]!r}, which a {model_type} config needs; "
                                  "point at a complete Hugging Face checkpoint") from None
+    except InputError as e:  # values no model can have (n_head 0, heads not dividing the width)
+        raise CheckpointMismatch(f"{path}/config.json does not describe a valid {model_type} model: {e}; "
+                                 f"{REPAIR}") from None
     cfg.model_name = display
     cfg.extra = {"source": display, "hf_model_type": model_type}
     ours, unused = convert_state_dict(fam, cfg, read_weights(path), display)
@@ -105,6 +111,42 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
     model = HookedTransformer(cfg, load_tokenizer(path))
     _load_state(model, ours, display)
     return model
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file (its config, a tokenizer file) as a dict, or CheckpointMismatch
+    naming the file and what is wrong: not UTF-8, not JSON (an integer past Python's digit
+    limit or nesting past the recursion limit included), or not an object."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointMismatch(f"{file} is not UTF-8 text (byte {e.start}); {REPAIR}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointMismatch(f"{file} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                                 f"{REPAIR}") from None
+    except ValueError as e:  # Python >= 3.11 refuses integers of more than 4300 digits
+        raise CheckpointMismatch(f"{file} is not valid JSON ({str(e).split(';')[0]}); {REPAIR}") from None
+    except RecursionError:
+        raise CheckpointMismatch(f"{file} is not valid JSON (nested too deeply); {REPAIR}") from None
+    if not isinstance(value, dict):
+        raise CheckpointMismatch(f"{file} holds a JSON {json_kind(value)}, not an object; {REPAIR}")
+    return value
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls the type of a parsed value."""
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def probe_config(file: Path) -> TransformerConfig:
+    """The config of a probe checkpoint, or CheckpointMismatch naming the file and the field."""
+    try:
+        return TransformerConfig.from_dict(read_json_object(file))
+    except InputError as e:
+        raise CheckpointMismatch(f"{file}: {e}; fix the file, or save the model again with models.save") from None
 
 
 def _load_state(model: HookedTransformer, state: dict[str, torch.Tensor], source: str) -> None:
@@ -160,9 +202,17 @@ def load_tokenizer(path: Path) -> Any:
     if not any((path / f).exists() for f in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model",
                                               "tokenizer_config.json")):
         return None
+    for name in TOKENIZER_JSON:
+        if (path / name).is_file():
+            read_json_object(path / name)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers and tokenizers raise many types for a file they cannot use
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointMismatch(f"{path}: the tokenizer files cannot be loaded ({type(e).__name__}: {why}); "
+                                 f"{REPAIR}") from None
 
 
 def save(model: HookedTransformer, path: str | os.PathLike) -> Path:

@@ -218,16 +218,18 @@ class Run:
             raise IndexError(f"head {head} out of range: the model has {self.config['n_heads']} heads")
         return self.prompt_activation(name, prompt, head)
 
-    def activations(self, name: str, prompts: list[int] | None = None) -> np.ndarray:
+    def activations(self, name: str, prompts: list[int] | np.ndarray | range | None = None) -> np.ndarray:
         """The flat [tokens, ...] matrix of a per-token hook over the given prompts (all
-        published prompts by default), in prompt order: what a probe trains on."""
+        published prompts by default), in the order given: what a probe trains on. Prompts
+        are ints (numpy's too); none gives an empty [0, ...] matrix of the stored dtype."""
         self._check(name)
         if is_attention_hook(name):
             raise InputError(f"{name} is per prompt [head, n, n]; use prompt_activation or pattern")
         if prompts is None:
-            return np.concatenate([self._file(s)["act"][name][:] for s in range(len(self.manifest["shards"]))]) \
-                if self.manifest["shards"] else np.zeros((0, *self.manifest["hooks"][name]["shape"]))
-        return np.concatenate([self.prompt_activation(name, p) for p in prompts])
+            parts = [self._file(s)["act"][name][:] for s in range(len(self.manifest["shards"]))]
+        else:
+            parts = [self.prompt_activation(name, _prompt_number(p)) for p in prompts]
+        return np.concatenate(parts) if parts else _empty(self, name)
 
     def __getitem__(self, name: str) -> TokenView | PromptView:
         self._check(name)
@@ -262,7 +264,12 @@ def _run_identity(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 class TokenView:
-    """``run[name]``: a per-token hook over the run's flat token axis, sliced lazily."""
+    """``run[name]``: a per-token hook over the run's flat token axis, read lazily and indexed
+    like the [tokens, ...] array it stands for (``np.asarray(view)`` reads all of it).
+
+    The token axis takes an int (numpy's too), a slice with any step, a list or array of
+    ints of any shape, or a boolean mask; the other axes take whatever numpy takes. Only the
+    rows a key needs are read: a slice's range (its step applied after), a selection's rows."""
 
     def __init__(self, run: Run, name: str):
         self.run, self.name = run, name
@@ -271,44 +278,45 @@ class TokenView:
     def shape(self) -> tuple[int, ...]:
         return (self.run.n_tokens, *self.run.manifest["hooks"][self.name]["shape"])
 
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.run.manifest["dtype"])
+
     def __len__(self) -> int:
         return self.run.n_tokens
 
-    def __getitem__(self, key) -> np.ndarray:
-        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        n = self.run.n_tokens
-        if isinstance(first, int):
-            i = first + n if first < 0 else first
-            if not 0 <= i < n:
-                raise IndexError(f"token {first} out of range ({n} tokens)")
-            return self._rows(i, i + 1)[0][rest] if rest else self._rows(i, i + 1)[0]
-        if isinstance(first, slice):
-            start, stop, step = first.indices(n)
-            out = self._rows(start, max(start, stop))
-            out = out[::step] if step != 1 else out
-            return out[(slice(None), *rest)] if rest else out
-        idx = np.asarray(first)
-        order = np.argsort(idx)
-        rows = np.stack([self[int(i)] for i in idx[order]]) if len(idx) else np.zeros((0, *self.shape[1:]))
-        out = np.empty_like(rows)
-        out[order] = rows
-        return out[(slice(None), *rest)] if rest else out
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
-    def _rows(self, start: int, stop: int) -> np.ndarray:
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, rest = _split_key(key)
+        if first is Ellipsis:  # "every axis": numpy reads the key against the whole array
+            return self._take(np.arange(len(self)))[key]
+        rows, pick = _rows_and_pick(_first_axis(first, len(self), "token"))
+        # the key's rows are read once each, in order; `pick` puts them in the key's order and
+        # shape, so numpy applies the rest of the key exactly as it would on the whole array
+        return self._take(rows)[(pick, *rest)]
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at ``rows`` (sorted, distinct) of the flat token axis, shard by shard;
+        only the shards holding some of them are opened."""
         run, parts = self.run, []
         for s, first in enumerate(run._first_token):
-            count = run.manifest["shards"][s]["n_tokens"]
-            a, b = max(start, first), min(stop, first + count)
-            if a < b:
-                parts.append(run._file(s)["act"][self.name][a - first:b - first])
-        if not parts:
-            return np.zeros((0, *self.shape[1:]))
-        return np.concatenate(parts)
+            lo, hi = np.searchsorted(rows, [first, first + run.manifest["shards"][s]["n_tokens"]])
+            if lo < hi:
+                parts.append(_read_rows(run._file(s)["act"][self.name], rows[lo:hi] - first))
+        return np.concatenate(parts) if parts else _empty(run, self.name)
 
 
 class PromptView:
-    """``run[name]`` for attention hooks: ``view[prompt]`` -> [head, n, n],
-    ``view[prompt, head]`` -> [n, n]."""
+    """``run[name]`` for attention hooks: the run's prompts, each a [head, n, n] block.
+
+    ``view[prompt]`` -> [head, n, n], ``view[prompt, head]`` -> [n, n], ``view[prompt, head,
+    query]`` -> [n] (only that part is read). The prompt axis takes what a 1-D numpy array
+    takes (ints, slices with any step, lists and arrays of ints, a boolean mask); prompts
+    differ in length, so a selection of several is a list of blocks, each indexed by the rest
+    of the key."""
 
     def __init__(self, run: Run, name: str):
         self.run, self.name = run, name
@@ -316,10 +324,129 @@ class PromptView:
     def __len__(self) -> int:
         return self.run.n_prompts
 
-    def __getitem__(self, key) -> np.ndarray:
-        prompt, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        x = self.run.prompt_activation(self.name, int(prompt))
-        return x[rest] if rest else x
+    def __getitem__(self, key: Any) -> np.ndarray | list[np.ndarray]:
+        first, rest = _split_key(key)
+        if first is Ellipsis:
+            raise TypeError(f"{self.name} is indexed by prompt first (an int, a slice or a list); got {key!r}")
+        picked = _first_axis(first, len(self), "prompt")
+        if isinstance(picked, int):
+            return self._prompt(picked, rest)
+        if isinstance(picked, np.ndarray) and picked.ndim != 1:
+            raise TypeError(f"a selection of prompts is one flat list; got an index of shape {picked.shape}")
+        return [self._prompt(int(p), rest) for p in picked]
+
+    def _prompt(self, prompt: int, rest: tuple) -> np.ndarray:
+        # leading ints of a plain key (head, query) are read as a hyperslab, not the whole block
+        lead = _leading_ints(rest, limit=2)
+        x = self.run.prompt_activation(self.name, prompt, lead or None)
+        more = rest[len(lead):]
+        return x[more] if more else x
+
+
+# ---------------------------------------------------------------------- indexing helpers
+_KEY_FORMS = "an int, a slice, a list or array of ints, or a boolean mask"
+
+
+def _split_key(key: Any) -> tuple[Any, tuple]:
+    """(the key's first-axis part, the rest); ``()`` is numpy's "everything", like ``...``."""
+    if isinstance(key, tuple):
+        return (key[0], key[1:]) if key else (Ellipsis, ())
+    return key, ()
+
+
+def _first_axis(key: Any, n: int, axis: str) -> int | range | np.ndarray:
+    """The positions a first-axis key selects among ``n``, as numpy would: an int (the axis
+    dropped), a range (a slice), or an int array of the key's shape; negatives counted from
+    the end. Out of range is an IndexError, anything but the forms numpy indexes by a TypeError."""
+    if isinstance(key, slice):
+        try:
+            return range(*key.indices(n))
+        except TypeError:
+            raise TypeError(f"{axis} slice bounds must be ints or None; got {key!r}") from None
+    if isinstance(key, (list, tuple, range, np.ndarray)):
+        return _index_array(key, n, axis)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return _in_range(int(key), n, axis)
+    raise TypeError(f"a {axis} index is {_KEY_FORMS}; got {key!r}")
+
+
+def _index_array(key: Any, n: int, axis: str) -> int | np.ndarray:
+    try:
+        idx = np.asarray(key)
+    except ValueError:  # ragged nesting
+        raise TypeError(f"a {axis} index list must be rectangular; got {key!r}") from None
+    if idx.size == 0 and not isinstance(key, np.ndarray):
+        idx = idx.astype(np.intp)  # [] is float64 to numpy, yet an empty selection
+    if idx.dtype == np.bool_ and idx.ndim:
+        if idx.shape != (n,):
+            raise IndexError(f"a boolean mask over {n} {axis}s has shape {idx.shape}")
+        return np.flatnonzero(idx)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"a {axis} index is {_KEY_FORMS}; got {key!r}")
+    if idx.ndim == 0:  # a 0-d integer array indexes like an int
+        return _in_range(int(idx), n, axis)
+    outside = (idx < -n) | (idx >= n)
+    if outside.any():
+        raise IndexError(f"{axis} {int(idx[outside].flat[0])} is out of range ({n} {axis}s)")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def _in_range(i: int, n: int, axis: str) -> int:
+    if not -n <= i < n:
+        raise IndexError(f"{axis} {i} is out of range ({n} {axis}s)")
+    return i % n
+
+
+def _rows_and_pick(picked: int | range | np.ndarray) -> tuple[np.ndarray, Any]:
+    """The sorted, distinct rows to read for a first-axis selection, and the index that
+    takes the selection (its order, repeats and shape) from those rows."""
+    if isinstance(picked, int):
+        return np.array([picked]), 0
+    if isinstance(picked, range):
+        if not picked:
+            return np.zeros(0, np.intp), slice(None)
+        low, high = min(picked[0], picked[-1]), max(picked[0], picked[-1])
+        return np.arange(low, high + 1, abs(picked.step)), slice(None, None, -1 if picked.step < 0 else 1)
+    rows, inverse = np.unique(picked, return_inverse=True)
+    return rows, inverse.reshape(picked.shape)
+
+
+def _read_rows(dataset: Any, local: np.ndarray) -> np.ndarray:
+    """Rows ``local`` (sorted, distinct) of one shard's dataset: one range read when they are
+    dense, h5py's point selection when they are sparse (a few rows far apart)."""
+    span = int(local[-1] - local[0]) + 1
+    if span <= 2 * len(local):
+        block = dataset[int(local[0]):int(local[-1]) + 1]
+        return block if span == len(local) else block[local - local[0]]
+    return dataset[local]
+
+
+def _leading_ints(rest: tuple, limit: int) -> tuple[int, ...]:
+    """The leading plain ints of ``rest`` (at most ``limit``), when every part of ``rest`` is a
+    basic index: with an array among them numpy's rules for mixing them with ints differ from
+    indexing one axis at a time, so then none is taken and numpy reads the whole key."""
+    basic = all(k is None or k is Ellipsis or isinstance(k, slice) or _plain_int(k) for k in rest)
+    lead: list[int] = []
+    for k in rest if basic else ():
+        if not _plain_int(k) or len(lead) == limit:
+            break
+        lead.append(int(k))
+    return tuple(lead)
+
+
+def _plain_int(k: Any) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
+def _prompt_number(p: Any) -> int:
+    if not _plain_int(p):
+        raise TypeError(f"prompts are given as ints; got {p!r}")
+    return int(p)
+
+
+def _empty(run: Run, name: str) -> np.ndarray:
+    """An empty [0, ...] selection of a per-token hook, in the dtype the run stores."""
+    return np.zeros((0, *run.manifest["hooks"][name]["shape"]), dtype=np.dtype(run.manifest["dtype"]))
 
 
 def open_run(path: str | os.PathLike) -> Run:

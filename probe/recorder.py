@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .hook_names import default_hook_names, is_attention_hook, name_matcher
-from .store import RunWriter, StoreError
+from .store import RunWriter, StoreError, run_state
 
 if TYPE_CHECKING:
     from models import HookedTransformer
@@ -95,20 +95,21 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     (a .txt / .jsonl path or a bundled set name). Returns the opened run."""
     import torch
 
-    from .prompts import Prompt, load_prompts, prompt_set_fingerprint
+    from .prompts import load_prompts, prompt_set_fingerprint
     from .reader import open_run
-    from .store import check_run_target
+    from .store import check_run_target, compression_options
 
+    # Every argument is checked before anything is loaded or any file is touched.
     check_run_target(path, resume, overwrite)
-    if isinstance(prompts, (str, Path)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], str)):
-        prompts = load_prompts(prompts if not isinstance(prompts, Path) else str(prompts))
-    prompts = [p if isinstance(p, Prompt) else Prompt(str(p), {}) for p in prompts]
-    if not prompts:
-        raise StoreError("no prompts to record")
     if dtype not in ("float16", "float32"):
         raise StoreError(f"dtype must be float16 or float32, got {dtype!r}")
-    if batch_size < 1:
-        raise StoreError("batch size must be at least 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise StoreError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    if isinstance(shard_mb, bool) or not isinstance(shard_mb, (int, float)) or not 0 < shard_mb < float("inf"):
+        raise StoreError(f"--shard-mb must be a positive number of MiB, got {shard_mb!r}; it bounds the memory "
+                         "buffered before a shard is published")
+    compression_options(compression)  # refuses an unknown compression
+    prompts = load_prompts(str(prompts) if isinstance(prompts, Path) else prompts)  # every item checked
     path = Path(path)
     if isinstance(model, str):  # the one place probe loads a model: by name, for `probe record`
         import models
@@ -126,20 +127,23 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         "shard_mb": shard_mb, "prompts_sha256": prompt_set_fingerprint(prompts), "n_prompts": len(prompts),
         "n_tokens": n_tokens, "truncated_prompts": truncated,
     }
-    if resume and path.exists():
+    # a directory killed before its first manifest holds nothing published: resume starts it anew
+    if resume and path.exists() and run_state(path) != "unstarted":
         writer = RunWriter.resume(path, settings)
         if writer.manifest["complete"]:
+            writer.close()
             print(f"{path} is already complete", file=sys.stderr)
             return open_run(path)
     else:
         labels = sorted({k for p in prompts for k in p.labels})
         manifest = {**settings, "package_version": __version__, "label_fields": labels}
         jsonl = "".join(json.dumps({"text": p.text, **p.labels}, ensure_ascii=False) + "\n" for p in prompts)
-        writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite)
+        writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite or resume)
 
     keep_freed_memory()
     start = writer.next_prompt
     if start % batch_size and start != len(prompts):
+        writer.close()
         raise StoreError(f"{path}: published prompts ({start}) do not end on a batch boundary; cannot resume")
     from .progress import Progress
 
@@ -168,17 +172,24 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
             writer.publish(shard)
             shard = None
         writer.finish()
-    except OSError as e:
+    except OSError as e:  # a full disk, a quota, an I/O error: one line and exit 2, not a traceback
         if shard is not None:
             shard.discard()
-        done = writer.next_prompt
-        raise StoreError(f"writing {path} failed ({e.strerror or e}); prompts 0..{done - 1} are published intact. "
-                         "Free space or fix permissions, then rerun with --resume") from None
+        from .store import read_manifest, write_failure
+
+        # What is published is what run.json on disk lists (the in-memory manifest may already
+        # name a shard whose manifest write just failed).
+        try:
+            done = sum(s["n_prompts"] for s in read_manifest(path)["shards"])
+        except (OSError, StoreError):
+            done = writer.next_prompt
+        raise write_failure(path, e, done) from None
     except BaseException:
         if shard is not None:
             shard.discard()
         raise
     finally:
+        writer.close()  # one writer per run: the next may start (also after a failure)
         if bar:
             bar.close()
     return open_run(path)

@@ -63,13 +63,19 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync, rename, fsync the directory: the file is either old or new, never torn."""
+    """Write, fsync, rename, fsync the directory: the file is either old or new, never torn.
+    A failed write (a full disk) raises one OSError naming ``path`` and leaves no temp file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     fsync_dir(path.parent)
 
 
@@ -79,7 +85,7 @@ def shard_name(index: int) -> str:
 
 class ShardWriter:
     """Collects the batches of one shard in memory (bounded by ``--shard-mb``); `publish`
-    writes them to ``NNNNN.h5.tmp``, fsyncs and renames it into place.
+    writes them to ``NNNNN.h5.PID.tmp``, fsyncs and renames it into place.
 
     Uncompressed shards use contiguous datasets written straight from the batch arrays:
     one copy from the model's tensors to numpy, one into the file, and every read this
@@ -90,7 +96,8 @@ class ShardWriter:
     def __init__(self, run_dir: Path, index: int, first_prompt: int, hooks: dict[str, dict], dtype: str,
                  compression: str):
         self.final = run_dir / SHARD_DIR / shard_name(index)
-        self.tmp = self.final.with_name(self.final.name + ".tmp")
+        # a name of this writer's own: a second process can never write into the same file
+        self.tmp = self.final.with_name(f"{self.final.name}.{os.getpid()}.tmp")
         self.index, self.first_prompt = index, first_prompt
         self.hooks, self.dtype, self.compression = hooks, np.dtype(dtype), compression
         self.comp = compression_options(compression)
@@ -123,11 +130,11 @@ class ShardWriter:
         self.n_tokens += sum(lengths)
         self.n_attn += sum(n_heads * n * n for n in lengths)
 
-    def _write(self) -> None:
+    def _write(self, sink: _ShardFile) -> None:
         import h5py
 
         lengths = np.asarray(self.lengths, np.int64)
-        with h5py.File(self.tmp, "w", libver="latest") as f:
+        with h5py.File(sink, "w", libver="latest") as f:
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["first_prompt"] = self.first_prompt
             f.attrs["n_prompts"] = self.n_prompts
@@ -156,16 +163,18 @@ class ShardWriter:
 
     def publish(self) -> dict[str, Any]:
         """Write, fsync and rename into place. Returns the manifest entry. A failed write
-        raises OSError and leaves no file behind."""
+        (disk full, quota, I/O error) raises one plain OSError naming the file and leaves
+        no file behind."""
+        sink = _ShardFile(self.tmp)
         try:
-            self._write()
-            with open(self.tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        except (OSError, RuntimeError) as e:  # h5py reports some write failures as RuntimeError
-            _collect_quietly()
+            self._write(sink)
+            sink.sync()  # raises the first write error HDF5 was shielded from, or fsync's own
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            sink.close()
             self.discard()
-            raise OSError(_errno_of(e), _reason(e)) from None
-        os.replace(self.tmp, self.final)
+            raise
+        sink.close()
         fsync_dir(self.final.parent)
         return {"file": f"{SHARD_DIR}/{self.final.name}", "first_prompt": self.first_prompt,
                 "n_prompts": self.n_prompts, "n_tokens": self.n_tokens}
@@ -175,37 +184,223 @@ class ShardWriter:
             self.tmp.unlink()
 
 
-def _collect_quietly() -> None:
-    """After a failed write h5py's object destructors report the same failure again as
-    'Exception ignored' noise on stderr; collect them now with that report silenced (the
-    error itself is raised once, with a clear message)."""
-    import gc
-    import sys
+class _ShardFile:
+    """The file a shard is written through: HDF5 writes it via h5py's file-object driver,
+    and never sees a write fail.
 
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous
+    Why: HDF5's own handling of a failed write is not safe. On a full disk a dataset whose
+    chunks cannot be flushed is left half freed by its failed close, and the file close that
+    follows (or the garbage collection of the dataset object, even after the error has been
+    reported) crashes the process in ``H5D_close`` / ``H5D__flush_all_cb`` (HDF5 2.0, h5py
+    3.16, compressed shards on a full tmpfs). So the first failed write is remembered and the
+    rest of the shard goes to memory, over an image of what is on disk so that HDF5 reads back
+    what it wrote; HDF5 finishes and closes normally, and `sync` raises the remembered error.
+    The memory is only spent on that failure path, and at most one shard of it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+        self.memory: bytearray | None = None  # the whole file, once a write has failed
+
+    # the file-object interface h5py's driver calls: seek, tell, readinto, write, truncate, flush
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self._size()}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        if self.memory is None:
+            try:
+                n = _pread_into(self.fd, view, self.pos)
+            except OSError as e:
+                self._fail(e)
+        if self.memory is not None:
+            chunk = self.memory[self.pos:self.pos + len(view)]
+            n = len(chunk)
+            view[:n] = chunk
+        view[n:] = bytes(len(view) - n)  # h5py ignores a short read: past the end reads as zeros
+        self.pos += len(view)
+        return len(view)
+
+    def read(self, size: int = -1) -> bytes:
+        buf = bytearray(max(0, self._size() - self.pos) if size < 0 else size)
+        self.readinto(buf)
+        return bytes(buf)
+
+    def write(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        if self.memory is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as e:
+                self._fail(e)
+        if self.memory is not None:
+            end = self.pos + len(view)
+            if end > len(self.memory):
+                self.memory.extend(bytes(end - len(self.memory)))
+            self.memory[self.pos:end] = view
+        self.pos += len(view)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.memory is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self._fail(e)
+        if self.memory is not None:
+            del self.memory[size:]
+            self.memory.extend(bytes(size - len(self.memory)))
+        return size
+
+    def flush(self) -> None:
+        pass  # every write is already the kernel's; `sync` makes it durable
+
+    # the shard's own use
+    def sync(self) -> None:
+        """fsync, or raise the first write error (a fresh OSError, so that no traceback into
+        the HDF5 calls that met it stays alive)."""
+        if self.error is None:
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                self._fail(e)
+        if self.error is not None:
+            raise OSError(self.error.errno, self.error.strerror, str(self.path))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _size(self) -> int:
+        return len(self.memory) if self.memory is not None else os.fstat(self.fd).st_size
+
+    def _fail(self, e: OSError) -> None:
+        import errno
+
+        if self.error is None:
+            self.error = e if e.errno else OSError(errno.EIO, os.strerror(errno.EIO))
+        if self.memory is None:
+            self.memory = bytearray(os.fstat(self.fd).st_size)
+            with contextlib.suppress(OSError):  # what cannot be read back stays zeros: the shard is lost anyway
+                _pread_into(self.fd, memoryview(self.memory), 0)
 
 
-def _errno_of(e: BaseException) -> int:
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from ``offset`` until it is full or the file ends; the bytes read."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+def write_failure(path: Path, e: OSError, published: int) -> StoreError:
+    """The one-line error for a recording whose write failed: the run, what failed, what
+    survived, and the fix."""
     import errno
 
-    if isinstance(e, OSError) and e.errno:
-        return e.errno
-    text = str(e)
-    for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS):
-        if f"errno = {code}" in text:
-            return code
-    return errno.EIO
+    reason = e.strerror or str(e) or type(e).__name__
+    reason = reason[0].lower() + reason[1:]
+    where = f" ({Path(e.filename).name})" if e.filename else ""
+    kept = f"prompts 0..{published - 1} are published intact" if published else "no prompt was published yet"
+    fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space or raise the quota",
+           errno.EFBIG: "raise the file-size limit", errno.EACCES: "make it writable",
+           errno.EPERM: "make it writable", errno.EROFS: "make it writable"}.get(e.errno, "fix the disk")
+    return StoreError(f"writing {path} failed: {reason}{where}; {kept}. To continue, {fix} and run "
+                      f"`probe record ... --resume` with the same arguments")
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return os.strerror(_errno_of(e))
+LOCK = "writer.lock"
+# What a run directory holds before its first manifest is written (a writer killed between
+# mkdir and the manifest leaves exactly this): recognised as ours, so --resume and
+# --overwrite accept it.
+UNSTARTED_ENTRIES = {SHARD_DIR, PROMPTS, PROMPTS + ".tmp", MANIFEST + ".tmp", LOCK}
+
+
+def run_state(path: Path) -> str | None:
+    """"run" (a manifest), "unstarted" (the project's layout before its first manifest),
+    "empty" (an empty directory), or None: not a run, never to be replaced or deleted."""
+    if not path.is_dir() or path.is_symlink():
+        return None
+    if (path / MANIFEST).is_file():
+        return "run"
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return "empty"
+    shards = path / SHARD_DIR
+    if names <= UNSTARTED_ENTRIES and (not shards.exists() or (
+            shards.is_dir() and all(f.name.endswith(".tmp") for f in shards.iterdir()))):
+        return "unstarted"
+    return None
+
+
+def _abandoned_asides(path: Path) -> list[Path]:
+    """Runs an earlier --overwrite of ``path`` moved aside and, killed, never removed: their
+    writer's process no longer exists. (The user asked for them to be replaced.)"""
+    stale = []
+    for p in path.parent.glob(f".{path.name}.replaced-*"):
+        try:
+            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
+        except ValueError:
+            continue  # not a name this module made
+        except ProcessLookupError:
+            stale.append(p)
+        except PermissionError:  # alive, another user's
+            continue
+    return stale
+
+
+class RunLock:
+    """An exclusive lock on RUN/writer.lock (flock), held by the one writer of a run for its
+    whole write and released by the OS when the process dies, however it dies. The file
+    holds who holds it, for the message a second writer gets."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RunLock:
+        import fcntl
+        import socket
+
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            os.close(fd)
+            try:
+                who = json.loads(holder)
+                who = f"process {who['pid']} on {who['host']} (since {who['started']})"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise StoreError(f"{run_dir} is being written by {who}; wait for it to finish or stop it, then "
+                             "rerun (with --resume to continue the run)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        # The file stays: unlinking it would let a writer that opened it lock a file no one
+        # else can find.
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def check_run_target(path: str | os.PathLike, resume: bool, overwrite: bool) -> None:
@@ -220,32 +415,68 @@ def check_run_target(path: str | os.PathLike, resume: bool, overwrite: bool) -> 
 class RunWriter:
     """Creates or resumes a run directory and publishes shards into it."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]):
+    def __init__(self, path: Path, manifest: dict[str, Any], lock: RunLock | None = None):
         self.path = path
         self.manifest = manifest
+        self.lock = lock  # held from create/resume until close(): one writer per run
 
     # -------------------------------------------------------------- create / resume
     @classmethod
     def create(cls, path: str | os.PathLike, manifest: dict[str, Any], prompts_jsonl: str,
                overwrite: bool = False) -> RunWriter:
+        """Start a run at ``path``. With ``overwrite``, an existing run (or a run directory
+        whose manifest was never written, or an empty directory) is replaced, and nothing
+        else is: the old run is locked, moved aside, and removed only once the new one has
+        its manifest, so no moment leaves a manifest naming shards that are gone."""
         path = Path(path)
-        if path.exists():
+        aside, old_lock = None, None
+        if path.exists() or path.is_symlink():
             if not overwrite:
                 raise StoreError(f"{path} already exists; pass --resume to continue it or --overwrite to replace it")
-            if path.is_dir() and not (path / MANIFEST).exists() and any(path.iterdir()):
-                raise StoreError(f"{path} is a non-empty directory that is not a run; refusing to overwrite it")
-            import shutil
-
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if run_state(path) is None:
+                what = "a directory holding other files" if path.is_dir() else "a file"
+                raise StoreError(f"{path} is not a run directory ({what}); refusing to overwrite it: choose another "
+                                 "-o, or remove it yourself")
+            old_lock = RunLock.acquire(path)  # refuses a run another writer is writing
+            aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+            os.rename(path, aside)
         try:
-            (path / SHARD_DIR).mkdir(parents=True)
+            writer = cls._start(path, manifest, prompts_jsonl)
+        except BaseException:
+            if aside is not None and not path.exists():
+                os.rename(aside, path)  # the new run could not start: the old one stays as it was
+            raise
+        finally:
+            if old_lock is not None:
+                old_lock.release()
+        import shutil
+
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        for stale in _abandoned_asides(path):  # an overwrite killed midway left the run it replaced
+            shutil.rmtree(stale, ignore_errors=True)
+        return writer
+
+    @classmethod
+    def _start(cls, path: Path, manifest: dict[str, Any], prompts_jsonl: str) -> RunWriter:
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            raise StoreError(f"{path} was created by another writer just now; pass --resume to continue it or "
+                             "--overwrite to replace it") from None
         except OSError as e:
             raise StoreError(f"cannot create {path}: {e.strerror}; choose a writable location") from None
-        manifest = {**manifest, "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "complete": False, "shards": []}
-        writer = cls(path, manifest)
-        atomic_write_text(path / PROMPTS, prompts_jsonl)
-        writer.write_manifest()
+        lock = RunLock.acquire(path)
+        try:
+            (path / SHARD_DIR).mkdir()
+            manifest = {**manifest, "schema_version": SCHEMA_VERSION,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False, "shards": []}
+            writer = cls(path, manifest, lock)
+            atomic_write_text(path / PROMPTS, prompts_jsonl)
+            writer.write_manifest()
+        except BaseException:
+            lock.release()
+            raise
         return writer
 
     @classmethod
@@ -253,21 +484,34 @@ class RunWriter:
         """Reopen an incomplete run. ``expected`` holds the settings that must match (model
         digest, prompts fingerprint, hooks, dtype...) so a resumed run equals a fresh one."""
         path = Path(path)
-        manifest = read_manifest(path)
-        for key, value in expected.items():
-            if manifest.get(key) != value:
-                raise StoreError(f"cannot resume {path}: its {key} differs from this invocation's "
-                                 f"({_short(manifest.get(key))} vs {_short(value)}); use the same settings, "
-                                 "or --overwrite to start again")
-        # Anything not named by the manifest is debris from a crash: a half-written .tmp,
-        # or a shard renamed into place just before the manifest could list it.
-        listed = {s["file"] for s in manifest["shards"]}
-        for f in (path / SHARD_DIR).iterdir():
-            if f"{SHARD_DIR}/{f.name}" not in listed:
-                f.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (path / (MANIFEST + ".tmp")).unlink()
-        return cls(path, manifest)
+        read_manifest(path)  # a clear error for what is not a run, before taking its lock
+        lock = RunLock.acquire(path)
+        try:
+            manifest = read_manifest(path)  # again, under the lock: the last writer may have just finished
+            for key, value in expected.items():
+                if manifest.get(key) != value:
+                    raise StoreError(f"cannot resume {path}: its {key} differs from this invocation's "
+                                     f"({_short(manifest.get(key))} vs {_short(value)}); use the same settings, "
+                                     "or --overwrite to start again")
+            # Anything not named by the manifest is debris from a crash: a half-written .tmp,
+            # or a shard renamed into place just before the manifest could list it. (Under
+            # the lock no other writer can be writing one.)
+            listed = {s["file"] for s in manifest["shards"]}
+            for f in (path / SHARD_DIR).iterdir():
+                if f"{SHARD_DIR}/{f.name}" not in listed:
+                    f.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (path / (MANIFEST + ".tmp")).unlink()
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, manifest, lock)
+
+    def close(self) -> None:
+        """Let other writers in (the OS does it too if this process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -------------------------------------------------------------- shards
     @property
@@ -286,6 +530,7 @@ class RunWriter:
         self.manifest["complete"] = True
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.write_manifest()
+        self.close()
 
     def write_manifest(self) -> None:
         atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=1))

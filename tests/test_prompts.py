@@ -10,6 +10,8 @@ from collections import Counter
 from importlib import resources
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from probe.prompts import (
     Prompt,
@@ -124,6 +126,9 @@ def test_jsonl_blank_lines_skipped_with_warning(tmp_path):
         ('{"text": ""}', '"text" is empty'),
         ('{"text": "   "}', '"text" is empty'),
         ('{"text": "a", "text": "b"}', "appears twice"),
+        ('{"text": "a", "n": ' + "1" * 5000 + "}", "invalid JSON (an integer of more than 4300 digits)"),
+        ('{"text": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON (nested too deeply)"),
+        ('{"text": "a \\ud800 b"}', "lone surrogate"),
     ],
 )
 def test_jsonl_bad_line_names_the_line(tmp_path, bad_line, problem):
@@ -454,3 +459,47 @@ def test_jsonl_records_need_their_string_fields(tmp_path):
         read_jsonl_records(broken, ("clean",))
     with pytest.raises(PromptSetError, match="no such file"):
         read_jsonl_records(tmp_path / "nope.jsonl", ("clean",))
+
+
+def test_jsonl_records_refuse_a_directory_and_bytes_that_are_not_utf8(tmp_path):
+    from probe.prompts import read_jsonl_records
+
+    with pytest.raises(PromptSetError, match=r"is a directory, not a JSONL file; give a JSONL file with the fields"):
+        read_jsonl_records(tmp_path, ("clean",))
+    latin1 = write(tmp_path, "latin1.jsonl", b'{"clean": "caf\xe9"}\n')
+    with pytest.raises(PromptSetError, match=r"latin1\.jsonl: line 1 is not valid UTF-8"):
+        read_jsonl_records(latin1, ("clean",))
+
+
+# --- any bytes at all: prompts or PromptSetError, nothing else ---------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+json_lines = st.one_of(
+    json_values.map(json.dumps),
+    st.dictionaries(st.sampled_from(["text", "label", "pair_id", "text "]), json_values, max_size=3).map(json.dumps),
+    st.text(max_size=20))
+file_contents = st.one_of(st.binary(max_size=200),
+                          st.lists(json_lines, max_size=5).map(lambda lines: "\n".join(lines).encode("utf-8")))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=file_contents, suffix=st.sampled_from([".jsonl", ".txt"]))
+@example(content=b'{"text": "a", "n": ' + b"9" * 5000 + b"}", suffix=".jsonl")
+@example(content=b'{"text": "a", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", suffix=".jsonl")
+@example(content=b'{"text": "\\udc00"}', suffix=".jsonl")
+@example(content=b"\xef\xbb\xbf\r\n\xed\xa0\x80", suffix=".txt")
+def test_any_file_gives_prompts_or_a_prompt_set_error(tmp_path, content, suffix):
+    path = tmp_path / f"arbitrary{suffix}"
+    path.write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptSetWarning)
+        try:
+            prompts = load_prompts(path)
+        except PromptSetError as e:
+            assert str(e) and "\n" not in str(e)
+            return
+    assert prompts and all(isinstance(p, Prompt) and isinstance(p.text, str) and p.text.strip() for p in prompts)
+    assert len(prompt_set_fingerprint(prompts)) == 64  # what a recording computes first

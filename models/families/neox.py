@@ -22,12 +22,20 @@ def config_from_hf(hf: dict) -> TransformerConfig:
         d_model=d, n_layers=hf["num_hidden_layers"], n_heads=h, d_vocab=hf["vocab_size"],
         n_ctx=hf.get("max_position_embeddings", 2048), d_mlp=hf["intermediate_size"], causal=True,
         norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5), positional="rotary",
-        rotary_dim=int((d // h) * frac), rotary_base=base, act_fn=acts[act],
+        rotary_dim=_rotary_dim(d, h, frac), rotary_base=base, act_fn=acts[act],
         parallel_attn_mlp=bool(hf.get("use_parallel_residual", True)),
         attn_qkv_bias=bool(hf.get("attention_bias", True)), attn_out_bias=bool(hf.get("attention_bias", True)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), bos_token_id=hf.get("bos_token_id"),
         eos_token_id=hf.get("eos_token_id"), family="gpt_neox",
     )
+
+
+def _rotary_dim(d_model, n_heads, frac: float) -> int | None:
+    """The rotary width of a head; None for sizes no model has (no heads), which
+    TransformerConfig then refuses by name instead of a division by zero here."""
+    if not (isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0):
+        return None
+    return int((d_model // n_heads) * frac)
 
 
 def _qkv(i: int):
