@@ -68,6 +68,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,14 +153,18 @@ def prompt_set_fingerprint(prompts: Sequence[Prompt]) -> str:
     same order; a resumed recording compares it with the one stored in the cache.
     """
     payload = [[p.text, p.labels] for p in prompts]
+    fix = "use strings, numbers, booleans, None, lists and dicts as label values"
     try:
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+        data = blob.encode("utf-8")
     except TypeError as err:
-        raise PromptSetError(
-            f"cannot fingerprint the prompts: a label is not JSON-serialisable ({err}); "
-            "use strings, numbers, booleans, None, lists and dicts as label values"
-        ) from None
-    return hashlib.sha256(b"probe-prompt-set-v1\n" + blob.encode("utf-8")).hexdigest()
+        raise PromptSetError(f"cannot fingerprint the prompts: a label is not JSON-serialisable ({err}); {fix}") from None
+    except RecursionError:
+        raise PromptSetError(f"cannot fingerprint the prompts: a label is nested too deeply; {fix}, a few levels deep") \
+            from None
+    except UnicodeEncodeError as err:
+        raise PromptSetError(f"cannot fingerprint the prompts: {_lone_surrogate(err)}") from None
+    return hashlib.sha256(b"probe-prompt-set-v1\n" + data).hexdigest()
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -309,6 +314,35 @@ def _reject_duplicate_keys(name: str, line_no: int) -> Callable[[list[tuple[str,
     return hook
 
 
+def _parse_json_line(line: str, name: str, line_no: int, fmt: str) -> Any:
+    """The JSON value on one line; PromptSetError naming the line for anything that is not JSON a
+    prompt set can hold, including what `json` raises other than JSONDecodeError."""
+    try:
+        value = json.loads(line, object_pairs_hook=_reject_duplicate_keys(name, line_no))
+    except PromptSetError:  # a repeated key, already worded by the hook
+        raise
+    except json.JSONDecodeError as err:
+        why = f"{err.msg} at column {err.colno}"
+    except ValueError:  # Python >= 3.11 refuses to convert integers past a digit limit
+        why = f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    except RecursionError:
+        why = "nested too deeply"
+    else:
+        # an escaped lone surrogate ("\ud800") parses into a string no file or tokenizer takes: refuse it by line
+        if "\\u" in line:
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise PromptSetError(f"{name}: line {line_no}: {_lone_surrogate(err)}") from None
+        return value
+    raise PromptSetError(f"{name}: line {line_no}: invalid JSON ({why}); write {fmt}")
+
+
+def _lone_surrogate(err: UnicodeEncodeError) -> str:
+    return (f"the escape \\u{ord(err.object[err.start]):04x} is a lone surrogate (half of a UTF-16 pair), not a "
+            "character; write the character itself, or both halves of its pair")
+
+
 def _json_objects(lines: list[str], name: str, fmt: str) -> tuple[list[tuple[int, dict]], list[int]]:
     """(line number, object) for every non-blank line, which must hold one JSON object with no
     repeated key; and the blank line numbers."""
@@ -317,12 +351,7 @@ def _json_objects(lines: list[str], name: str, fmt: str) -> tuple[list[tuple[int
         if not line.strip():
             blank.append(line_no)
             continue
-        try:
-            obj = json.loads(line, object_pairs_hook=_reject_duplicate_keys(name, line_no))
-        except json.JSONDecodeError as err:
-            raise PromptSetError(
-                f"{name}: line {line_no}: invalid JSON ({err.msg} at column {err.colno}); write {fmt}"
-            ) from None
+        obj = _parse_json_line(line, name, line_no, fmt)
         if not isinstance(obj, dict):
             raise PromptSetError(
                 f"{name}: line {line_no}: expected a JSON object, found {type(obj).__name__}; write {fmt}"
@@ -360,7 +389,10 @@ def read_jsonl_records(path: str | os.PathLike, fields: Sequence[str]) -> list[d
     carry ``fields`` as strings, e.g. patching pairs {clean, corrupt, answer, wrong}. Read and
     checked as prompt files are: UTF-8, one object per line, no repeated keys."""
     path = Path(path)
-    if path.is_dir() or not path.exists():
+    if path.is_dir():
+        raise PromptSetError(f"{path} is a directory, not a JSONL file; give a JSONL file with the fields "
+                             f"{', '.join(fields)}")
+    if not path.exists():
         raise PromptSetError(f"{path}: no such file; give a JSONL file with the fields {', '.join(fields)}")
     try:
         data = path.read_bytes()

@@ -20,7 +20,8 @@ import numpy as np
 
 from .errors import InputError, MissingHook, StoreError
 from .hook_names import is_attention_hook
-from .store import PROMPTS, SCHEMA_VERSION, iter_jsonl, read_manifest
+from .run_schema import read_prompt_records
+from .store import PROMPTS, SCHEMA_VERSION, read_manifest
 
 
 class Run:
@@ -87,7 +88,11 @@ class Run:
 
     @cached_property
     def prompt_records(self) -> list[dict[str, Any]]:
-        return list(iter_jsonl((self.path / PROMPTS).read_text(encoding="utf-8")))
+        records = read_prompt_records(self.path / PROMPTS)
+        if len(records) != self.n_prompts_total:
+            raise StoreError(f"{self.path / PROMPTS} holds {len(records)} prompts, the manifest {self.n_prompts_total}; "
+                             "the run is damaged")
+        return records
 
     @property
     def prompts(self) -> list[str]:

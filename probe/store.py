@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,7 @@ class ShardWriter:
         """Write, fsync and rename into place. Returns the manifest entry. A failed write
         (disk full, quota, I/O error) raises one plain OSError naming the file and leaves
         no file behind."""
-        sink = _ShardFile(self.tmp)
+        sink = _ShardFile(self.tmp, self.final)
         try:
             self._write(sink)
             sink.sync()  # raises the first write error HDF5 was shielded from, or fsync's own
@@ -198,8 +197,8 @@ class _ShardFile:
     The memory is only spent on that failure path, and at most one shard of it.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, name: Path):
+        self.name = name  # the shard's published name, for the error (the temp name means nothing to a user)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self.pos = 0
         self.error: OSError | None = None
@@ -276,7 +275,7 @@ class _ShardFile:
             except OSError as e:
                 self._fail(e)
         if self.error is not None:
-            raise OSError(self.error.errno, self.error.strerror, str(self.path))
+            raise OSError(self.error.errno, self.error.strerror, str(self.name))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -315,7 +314,10 @@ def write_failure(path: Path, e: OSError, published: int) -> StoreError:
 
     reason = e.strerror or str(e) or type(e).__name__
     reason = reason[0].lower() + reason[1:]
-    where = f" ({Path(e.filename).name})" if e.filename else ""
+    where = ""
+    if e.filename:
+        file = Path(e.filename)
+        where = f" ({file.relative_to(path) if file.is_relative_to(path) else file})"
     kept = f"prompts 0..{published - 1} are published intact" if published else "no prompt was published yet"
     fix = {errno.ENOSPC: "free space", errno.EDQUOT: "free space or raise the quota",
            errno.EFBIG: "raise the file-size limit", errno.EACCES: "make it writable",
@@ -549,8 +551,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise StoreError(f"{path} is not a probe run (a directory with {MANIFEST}); record one with `probe record`")
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path / MANIFEST} is corrupt ({e}); the run cannot be read") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, absurdly nested
+        raise StoreError(f"{path / MANIFEST} is corrupt ({str(e)[:80]}); the run cannot be read") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{path / MANIFEST} holds a JSON {type(manifest).__name__}, not an object; it is not a "
+                         "probe run")
     version = manifest.get("schema_version")
     if not isinstance(version, int):
         raise StoreError(f"{path / MANIFEST} has no schema_version; it is not a probe run")
@@ -560,13 +565,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise StoreError(f"{path / MANIFEST} lacks {', '.join(missing)}; the run is damaged and cannot be read")
-    return manifest
+    from .run_schema import validate_manifest
 
-
-def iter_jsonl(text: str) -> Iterator[dict]:
-    for line in text.splitlines():
-        if line.strip():
-            yield json.loads(line)
+    return validate_manifest(manifest, path / MANIFEST)
 
 
 def _short(x: Any) -> str:
