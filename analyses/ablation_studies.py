@@ -21,7 +21,7 @@ import torch
 
 import models
 from probe.errors import InputError
-from probe.head_labels import parse_heads
+from probe.head_labels import check_top, parse_heads
 
 from .ablation import ablate_together, head_ablation_sweep, logit_difference, next_token_loss
 
@@ -62,6 +62,9 @@ def ablation_study(model_name: str | None = None, *, task: str | None = None, pr
     """The sweep, or the set ablated together, for one source of data (see the module).
     ``has_output``: whether the caller has somewhere to put a sweep of ``task`` or ``prompts``
     (a run's sweep goes next to the run); without one, such a sweep is refused before it runs."""
+    check_top(top)
+    if n < 1:  # a tensor of no (or minus three) examples
+        raise InputError(f"n must be at least 1 (the --task examples), not {n}")
     together_heads, together_mlp = parse_heads(ablate_heads), list(ablate_mlp or [])
     if run is not None:
         return _on_run(run, model_name, metric, together_heads, together_mlp, parse_heads(heads), layer, query,

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from probe.errors import InputError
+from probe.head_labels import check_top
 
 from .run_checks import require_layer_hooks
 
@@ -299,6 +300,7 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
     with resid_post recorded, antecedent probes per layer; with ``model`` (the one the run was
     recorded with), the named heads ablated and patched (``coref_interventions``). Computes
     only: nothing is written."""
+    check_top(top)
     attn, gold, used = candidate_attention(run, query=query)
     baselines = positional_baselines(run, used, gold)
     heads = head_table(attn, gold, baselines, seed)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from probe.errors import one_line
+from probe.errors import StoreError, one_line, output_path_problem
 from probe.store import atomic_write_text, fsync_dir
 
 SIDECAR_SCHEMA = 1  # version of the NAME.json layout; a newer one is not read (upgrade probe)
@@ -137,10 +137,21 @@ def save_result(run_path: str | Path, name: str, table: pd.DataFrame, kind: str 
     if missing := result_kind.missing(table.columns):
         raise ValueError(f"result {name!r} is a {result_kind.name} table but lacks the columns {missing}")
     out = table_path(run_path, name)
+    if problem := output_path_problem(out):
+        raise StoreError(f"cannot save the result {name!r} next to the run: {problem}")
     _make_dir(out.parent, Path(run_path))
     atomic_write_text(out, table.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(out.with_suffix(".json"), json.dumps(_sidecar(result_kind, table, command), indent=1) + "\n")
     return out
+
+
+def check_results_dir(run_path: str | Path) -> Path:
+    """RUN/analyses, refused (StoreError) when results cannot be saved there (a file in its
+    place): what a command asks before its work, so the refusal comes before the wait."""
+    folder = Path(run_path, RESULTS_DIR)
+    if problem := output_path_problem(folder, folder=True):
+        raise StoreError(f"cannot save results next to the run: {problem}")
+    return folder
 
 
 def _sidecar(kind: ResultKind, table: pd.DataFrame, command: str | Sequence[str] | None) -> dict[str, Any]:

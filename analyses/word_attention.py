@@ -16,7 +16,7 @@ import torch
 
 from models import HookedTransformer
 from probe.errors import InputError
-from probe.head_labels import head_label
+from probe.head_labels import check_top, head_label
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,6 @@ def word_to_word_attention(model: HookedTransformer, text: str, query_word: str,
 
 def top_heads(scores: torch.Tensor, k: int = 3) -> list[HeadScore]:
     flat = scores.flatten()
-    top = torch.topk(flat, min(k, flat.numel()))
+    top = torch.topk(flat, min(check_top(k), flat.numel()))
     n_heads = scores.shape[1]
     return [HeadScore(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(top.values, top.indices)]

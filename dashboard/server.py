@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from probe.errors import StoreError
+from probe.errors import InputError, StoreError
 
 
 def check_runs(run_paths: list[str | Path]) -> None:
@@ -47,9 +47,11 @@ def serve(run_paths: list[str | Path], host: str = "127.0.0.1", port: int = 8050
 
 def check_port(host: str, port: int) -> None:
     """Fail with one line when the address cannot be bound (werkzeug would print a
-    paragraph and exit)."""
+    paragraph and exit), or the port is no port (getaddrinfo wraps 99999 to another one)."""
     import socket
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InputError(f"port {port!r} is not a port number from 1 to 65535; pick another --port")
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(info[0], socket.SOCK_STREAM) as s:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from probe.errors import InputError, StoreError, output_path_problem
+
 from .hooked_transformer import HookedTransformer
 from .loading import save
 from .tasks import SPECIALS, get_task
@@ -54,12 +56,31 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def check_output(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse to write a checkpoint into a non-empty directory unless told to replace it."""
-    from probe.errors import StoreError
-
+    """Refuse to write a checkpoint where no directory can be (a file there or above), or into
+    a non-empty directory unless told to replace it."""
     path = Path(out_dir)
+    check_checkpoint_path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise StoreError(f"{path} already exists and is not empty; pass --overwrite to replace its checkpoint")
+
+
+def check_checkpoint_path(out_dir: str | os.PathLike) -> None:
+    """Refuse, before any training, a checkpoint directory that cannot be made."""
+    if problem := output_path_problem(out_dir, folder=True):
+        raise StoreError(f"cannot write the checkpoint: {problem}")
+
+
+def check_hyperparameters(hp: dict[str, Any]) -> None:
+    """Refuse what cannot train a model, before the first step: 0 steps would save an untrained
+    checkpoint, a batch of 0 has no loss, and AdamW only fails on a NaN learning rate (an
+    infinite or zero one would train to garbage or not at all)."""
+    for name in ("steps", "batch_size"):
+        value = hp[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, not {value!r}")
+    lr = hp["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"lr must be a finite number above 0, not {lr!r}")
 
 
 def default_steps(task: str) -> int:
@@ -74,6 +95,8 @@ def train(task: str, out_dir: str | os.PathLike, steps: int | None = None, seed:
     mod = get_task(task)
     hp = {**mod.training_defaults}
     hp.update({k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr}.items() if v is not None})
+    check_hyperparameters(hp)
+    check_checkpoint_path(out_dir)
     vocab = mod.vocabulary()
     assert vocab[: len(SPECIALS)] == SPECIALS
     # One thread: these models are tiny (more threads only add synchronisation), and it

@@ -35,7 +35,15 @@ def heads_text(heads: Iterable[tuple[int, int]], sep: str = ", ") -> str:
     return sep.join(head_label(la, h) for la, h in heads)
 
 
+def check_top(top: int) -> int:
+    """How many heads to name or pick: a count of at least 1. Refused otherwise, because a
+    slice's -2 would silently mean "all heads but two" and topk's -1 is a traceback."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise InputError(f"top must be a positive integer (how many heads), not {top!r}")
+    return top
+
+
 def top_heads_text(table, column: str, top: int, fmt: str = ".3f", ascending: bool = False) -> str:
     """'L1H0 0.912, L2H3 0.871, ...': the ``top`` rows of a [layer, head, ...] table by ``column``."""
-    rows = table.sort_values(column, ascending=ascending).head(top)
+    rows = table.sort_values(column, ascending=ascending).head(check_top(top))
     return ", ".join(f"{head_label(r.layer, r['head'])} {r[column]:{fmt}}" for _, r in rows.iterrows())

@@ -127,18 +127,23 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         "shard_mb": shard_mb, "prompts_sha256": prompt_set_fingerprint(prompts), "n_prompts": len(prompts),
         "n_tokens": n_tokens, "truncated_prompts": truncated,
     }
-    # a directory killed before its first manifest holds nothing published: resume starts it anew
-    if resume and path.exists() and run_state(path) != "unstarted":
-        writer = RunWriter.resume(path, settings)
-        if writer.manifest["complete"]:
-            writer.close()
-            print(f"{path} is already complete", file=sys.stderr)
-            return open_run(path)
-    else:
-        labels = sorted({k for p in prompts for k in p.labels})
-        manifest = {**settings, "package_version": __version__, "label_fields": labels}
-        jsonl = "".join(json.dumps({"text": p.text, **p.labels}, ensure_ascii=False) + "\n" for p in prompts)
-        writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite or resume)
+    from .store import write_failure
+
+    try:
+        # a directory killed before its first manifest holds nothing published: resume starts it anew
+        if resume and path.exists() and run_state(path) != "unstarted":
+            writer = RunWriter.resume(path, settings)
+            if writer.manifest["complete"]:
+                writer.close()
+                print(f"{path} is already complete", file=sys.stderr)
+                return open_run(path)
+        else:
+            labels = sorted({k for p in prompts for k in p.labels})
+            manifest = {**settings, "package_version": __version__, "label_fields": labels}
+            jsonl = "".join(json.dumps({"text": p.text, **p.labels}, ensure_ascii=False) + "\n" for p in prompts)
+            writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite or resume)
+    except OSError as e:  # a full disk, a quota, permissions: before this call published anything
+        raise write_failure(path, e, published_prompts(path)) from None
 
     keep_freed_memory()
     start = writer.next_prompt
@@ -175,15 +180,9 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     except OSError as e:  # a full disk, a quota, an I/O error: one line and exit 2, not a traceback
         if shard is not None:
             shard.discard()
-        from .store import read_manifest, write_failure
-
         # What is published is what run.json on disk lists (the in-memory manifest may already
         # name a shard whose manifest write just failed).
-        try:
-            done = sum(s["n_prompts"] for s in read_manifest(path)["shards"])
-        except (OSError, StoreError):
-            done = writer.next_prompt
-        raise write_failure(path, e, done) from None
+        raise write_failure(path, e, published_prompts(path)) from None
     except BaseException:
         if shard is not None:
             shard.discard()
@@ -193,6 +192,16 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         if bar:
             bar.close()
     return open_run(path)
+
+
+def published_prompts(path: Path) -> int:
+    """How many prompts the run's manifest on disk lists as published (0 if it has none)."""
+    from .store import read_manifest
+
+    try:
+        return sum(s["n_prompts"] for s in read_manifest(path)["shards"])
+    except (OSError, StoreError):
+        return 0
 
 
 def char_spans(model: HookedTransformer, text: str, n_tokens: int) -> np.ndarray:

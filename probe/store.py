@@ -468,8 +468,9 @@ class RunWriter:
                              "--overwrite to replace it") from None
         except OSError as e:
             raise StoreError(f"cannot create {path}: {e.strerror}; choose a writable location") from None
-        lock = RunLock.acquire(path)
+        lock = None
         try:
+            lock = RunLock.acquire(path)
             (path / SHARD_DIR).mkdir()
             manifest = {**manifest, "schema_version": SCHEMA_VERSION,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False, "shards": []}
@@ -477,7 +478,13 @@ class RunWriter:
             atomic_write_text(path / PROMPTS, prompts_jsonl)
             writer.write_manifest()
         except BaseException:
-            lock.release()
+            # The directory is this call's own and holds nothing published: remove it, so a
+            # run it was replacing can come back (create) and nothing half-made is left.
+            import shutil
+
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(path, ignore_errors=True)
             raise
         return writer
 

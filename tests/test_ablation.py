@@ -147,6 +147,36 @@ def test_ablate_cli(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_ablate_refuses_an_output_it_cannot_write_before_the_sweep(tmp_path, capsys, monkeypatch, where):
+    import analyses.ablation_studies as studies
+    from probe.cli import main
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep ran before -o was checked")
+
+    monkeypatch.setattr(studies, "ablation_study", no_sweep)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("keep me")
+    out = tmp_path / "dir" if where == "a directory" else tmp_path / "file" / "sweep.csv"
+    assert main(["ablate", "--model", "toy-induction", "--task", "induction", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    problem = "is a directory; name a file to write" if where == "a directory" else "file is a file"
+    assert err.startswith(f"probe ablate: error: -o {out}") and problem in err and len(err.splitlines()) == 1
+    assert (tmp_path / "file").read_text() == "keep me" and not any((tmp_path / "dir").iterdir())
+
+
+@pytest.mark.parametrize("kwargs, problem", [({"n": 0}, "n must be at least 1 .*, not 0"),
+                                             ({"n": -3}, "n must be at least 1 .*, not -3"),
+                                             ({"top": -1}, "top must be a positive integer .*, not -1")])
+def test_ablation_study_refuses_counts_below_one(kwargs, problem):
+    from analyses.ablation_studies import ablation_study
+    from probe.errors import InputError
+
+    with pytest.raises(InputError, match=problem):
+        ablation_study("toy-induction", task="induction", **kwargs)
+
+
 def test_sweep_with_a_per_example_metric_on_toy_coref():
     model = models.load("toy-coref")
     vocab = {w: i for i, w in enumerate(coref.vocabulary())}

@@ -66,3 +66,58 @@ def test_help_lists_every_command_in_order(capsys):
     positions = [listed.index(name) for name in COMMANDS]
     assert positions == sorted(positions)
     assert len(COMMANDS) == len(set(COMMANDS)) == 10
+
+
+# --- a flag out of its range is refused by argparse, before any work ---------------------------------
+
+@pytest.mark.parametrize("argv, problem", [
+    (["attend", "a b", "--from", "a", "--to", "b", "--top", "-1"], "argument --top: must be a positive integer, not -1"),
+    (["heads", "RUN", "--top", "-2"], "argument --top: must be a positive integer, not -2"),
+    (["coref", "RUN", "--top", "0"], "argument --top: must be a positive integer, not 0"),
+    (["coref", "RUN", "--seed", "-1"], "argument --seed: must be 0 or more, not -1"),
+    (["probes", "RUN", "--label", "x", "--seed", "-1"], "argument --seed: must be 0 or more, not -1"),
+    (["ablate", "--task", "induction", "-n", "0"], "argument -n: must be a positive integer, not 0"),
+    (["ablate", "--task", "induction", "-n", "-3"], "argument -n: must be a positive integer, not -3"),
+    (["ablate", "--task", "induction", "--top", "-1"], "argument --top: must be a positive integer, not -1"),
+    (["patch", "--top", "-1"], "argument --top: must be a positive integer, not -1"),
+    (["train", "induction", "-o", "x", "--steps", "0"], "argument --steps: must be a positive integer, not 0"),
+    (["train", "induction", "-o", "x", "--steps", "-5"], "argument --steps: must be a positive integer, not -5"),
+    (["train", "induction", "-o", "x", "--batch-size", "0"], "argument --batch-size: must be a positive integer"),
+    (["train", "induction", "-o", "x", "--lr", "nan"], "argument --lr: must be a finite number above 0, not nan"),
+    (["train", "induction", "-o", "x", "--lr", "inf"], "argument --lr: must be a finite number above 0, not inf"),
+    (["train", "induction", "-o", "x", "--lr", "0"], "argument --lr: must be a finite number above 0, not 0"),
+    (["train", "induction", "-o", "x", "--lr", "fast"], "argument --lr: must be a number, not 'fast'"),
+    (["dashboard", "RUN", "--port", "99999"], "argument --port: must be a port number from 1 to 65535, not 99999"),
+    (["dashboard", "RUN", "--cache-mb", "-1"], "argument --cache-mb: must be 0 or more, not -1"),
+    (["demo", "-n", "-1580"], "argument -n: must be a positive integer, not -1580"),
+    (["demo", "--port", "0"], "argument --port: must be a port number from 1 to 65535, not 0"),
+    (["heads", "RUN", "--top", "three"], "argument --top: must be a whole number, not 'three'"),
+])
+def test_a_flag_out_of_range_is_refused_by_argparse(argv, problem, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"probe {argv[0]}: error: {problem}" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def run_with_a_file_for_analyses(tmp_path_factory):
+    from helpers import record_coref_run
+
+    run = record_coref_run(tmp_path_factory.mktemp("blocked") / "run", n=12, analyses=False)
+    (run / "analyses").write_text("someone's notes")
+    return run
+
+
+@pytest.mark.parametrize("command", [["heads", "--no-model"], ["probes", "--label", "answer"],
+                                     ["coref", "--no-interventions"], ["ablate", "--run"], ["patch", "--run"]])
+def test_a_command_that_saves_next_to_a_run_refuses_a_file_in_the_way_before_its_work(
+        run_with_a_file_for_analyses, command, capsys):
+    run = run_with_a_file_for_analyses
+    argv = [command[0], *command[1:], str(run)] if command[-1] == "--run" else [command[0], str(run), *command[1:]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"probe {command[0]}: error: cannot save results next to the run: {run / 'analyses'} is a file, "
+                   "not a directory; name a directory to write into, or move the file away\n")
+    assert (run / "analyses").read_text() == "someone's notes"

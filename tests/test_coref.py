@@ -88,6 +88,14 @@ def test_the_seed_study_as_data(seed_run, minilm):
     assert files_under(seed_run.path) == before
 
 
+@pytest.mark.parametrize("top", [0, -1])
+def test_the_study_refuses_a_top_below_one(seed_run, top):
+    from probe.errors import InputError
+
+    with pytest.raises(InputError, match=f"top must be a positive integer .*, not {top}"):
+        coref_study(seed_run, top=top)
+
+
 def test_positional_baselines_on_hand_made_prompts(minilm, tmp_path):
     """Prompts where the nearest and the first mention disagree, with the answers known by
     construction: nearest is right on 1 of 4, first on 2 of 4."""

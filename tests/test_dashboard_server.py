@@ -249,3 +249,12 @@ def test_port_in_use_is_a_user_error(coref_run):
         with pytest.raises(StoreError, match="cannot listen"):
             serve([coref_run], port=s.getsockname()[1])
 
+
+
+@pytest.mark.parametrize("port", [0, -1, 99999, True])
+def test_a_port_outside_1_to_65535_is_refused_before_binding(port):
+    from dashboard.server import check_port
+    from probe.errors import InputError
+
+    with pytest.raises(InputError, match=f"port {port!r} is not a port number from 1 to 65535"):
+        check_port("127.0.0.1", port)

@@ -23,6 +23,18 @@ def test_other_spellings_are_refused_with_the_expected_form(bad):
         parse_head(bad)
 
 
+@pytest.mark.parametrize("top", [0, -2, 1.5, True])
+def test_a_top_that_is_not_a_positive_count_is_refused(top):
+    """-2 would be a slice (all heads but two), 0 an empty line."""
+    from probe.head_labels import check_top
+
+    table = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "score": [0.1, 0.9, 0.5, 0.7]})
+    with pytest.raises(InputError, match=f"top must be a positive integer .*, not {top!r}"):
+        top_heads_text(table, "score", top)
+    with pytest.raises(InputError):
+        check_top(top)
+
+
 def test_top_heads_text_ranks_by_the_column():
     table = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "score": [0.1, 0.9, 0.5, 0.7]})
     assert top_heads_text(table, "score", 2) == "L0H1 0.900, L1H1 0.700"

@@ -117,6 +117,46 @@ def test_patch_cli(tmp_path):
     assert r.returncode == 2 and "different nouns" in r.stderr
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file", "a run whose analyses is a file"])
+def test_patch_refuses_an_output_it_cannot_write_before_patching(tmp_path, capsys, monkeypatch, where):
+    from probe.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before -o was checked")
+
+    monkeypatch.setattr(models, "load", no_model)
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    (tmp_path / "run" / "analyses").write_text("keep me")
+    out = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "sub",
+           "a run whose analyses is a file": tmp_path / "run" / "analyses"}[where]
+    assert main(["patch", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"probe patch: error: -o {out}") and len(err.splitlines()) == 1
+    assert " is a file" in err and "Errno" not in err
+    assert (tmp_path / "file").read_text() == (tmp_path / "run" / "analyses").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("pairs, problem", [
+    (None, "is a directory, not a JSONL file; give a JSONL file with the fields clean, corrupt, answer, wrong"),
+    (b'{"clean": "caf\xe9"}\n', "line 1 is not valid UTF-8"),
+    (b'{"clean": "a", "corrupt": "b", "answer": 3, "wrong": " y"}\n', "line 1: needs the string fields clean, corrupt, "
+                                                                     "answer, wrong (answer missing or not a string)"),
+])
+def test_patch_refuses_pairs_it_cannot_read_in_one_line(tmp_path, capsys, pairs, problem):
+    from probe.cli import main
+
+    source = tmp_path
+    if pairs is not None:
+        source = tmp_path / "pairs.jsonl"
+        source.write_bytes(pairs)
+    assert main(["patch", "--pairs", str(source), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe patch: error: ") and problem in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_patch_cli_on_text_pairs_equals_the_python_api(setup, tmp_path):
     """Pairs given as texts (a JSONL file) go through the same patching as the API on the same
     token ids; unequal lengths, multi-token answers and encoders are refused clearly."""

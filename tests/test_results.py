@@ -56,6 +56,24 @@ def test_the_kind_is_inferred_from_the_name(name, kind):
     assert kind_for_name(name).name == kind
 
 
+def test_results_where_a_file_blocks_them_are_refused_and_the_file_is_kept(run_dir):
+    from analyses.results import check_results_dir
+    from probe.errors import StoreError
+
+    (run_dir / "analyses").write_text("someone's notes")
+    with pytest.raises(StoreError, match=r"cannot save the result 'head_metrics' next to the run: .*analyses/"
+                                         r"head_metrics\.csv cannot be created: .*analyses is a file"):
+        save_result(run_dir, "head_metrics", heads_table())
+    with pytest.raises(StoreError, match=r"cannot save results next to the run: .*analyses is a file, not a dir"):
+        check_results_dir(run_dir)
+    assert (run_dir / "analyses").read_text() == "someone's notes"
+    (run_dir / "analyses").unlink()
+    (run_dir / "analyses" / "head_metrics.csv").mkdir(parents=True)
+    with pytest.raises(StoreError, match=r"head_metrics\.csv is a directory"):
+        save_result(run_dir, "head_metrics", heads_table())
+    assert check_results_dir(run_dir) == run_dir / "analyses"
+
+
 def test_a_name_that_means_no_kind_is_refused_and_nothing_is_written(run_dir):
     with pytest.raises(ValueError, match="matches no result kind"):
         save_result(run_dir, "my_scores", heads_table(score=[1, 2, 3, 4]))

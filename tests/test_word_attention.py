@@ -4,6 +4,7 @@ from transformers' BertModel on the same files."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from analyses.word_attention import top_heads, word_to_word_attention
@@ -41,3 +42,11 @@ def test_multi_token_words_sum_over_keys_and_average_over_queries(minilm):
     ours = word_to_word_attention(minilm, SEED, "it", "didn't")
     ref = hf_word_attention(["it"], ["didn", "'", "t"])
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_top_heads_refuses_a_count_below_one(k):
+    from probe.errors import InputError
+
+    with pytest.raises(InputError, match=f"top must be a positive integer .*, not {k}"):
+        top_heads(torch.rand(2, 3), k)

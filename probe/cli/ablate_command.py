@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from probe.cli.shared import nonnegative_int, positive_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="effect of ablating each head in turn ([layer, head] table), or a set together")
@@ -31,9 +33,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                              "default: the coreference study's best")
     p.add_argument("--query", default="pronoun_span", help="with --run: the span that attends / is probed")
     p.add_argument("--method", choices=["zero", "mean", "resample"], default="mean")
-    p.add_argument("-n", type=int, default=64, help="examples for --task")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("-n", type=positive_int, default=64, help="examples for --task")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--top", type=positive_int, default=5, help="heads to print (and, for antecedent-score, the "
+                                                               "study's best heads it averages)")
     p.add_argument("-o", "--output", help="CSV file to write (default with --run: RUN/analyses/ablation_METRIC.csv; "
                                           "with --ablate-heads/--ablate-mlp: optional, one row)")
     return p
@@ -41,12 +44,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from analyses.ablation_studies import ablation_study
-    from analyses.results import save_result
-    from probe.cli.shared import command_line, write_csv
+    from analyses.results import check_results_dir, save_result
+    from probe.cli.shared import command_line, output_file, write_csv
     from probe.head_labels import head_label, heads_text
     from probe.reader import open_run
 
+    if args.output:  # before the model loads and the sweep runs
+        output_file(args.output)
     run = open_run(args.run) if args.run else None
+    if run is not None and not args.output:
+        check_results_dir(run.path)
     study = ablation_study(args.model, task=args.task, prompts=args.prompts, run=run, metric=args.metric,
                            ablate_heads=args.ablate_heads, ablate_mlp=args.ablate_mlp, heads=args.heads,
                            layer=args.layer, query=args.query, method=args.method, n=args.n, seed=args.seed,

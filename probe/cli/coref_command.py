@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from probe.cli.shared import nonnegative_int, positive_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("coref", help="coreference study: which heads attend from the pronoun to its antecedent")
     p.add_argument("run", help="a run recorded on prompts with gold antecedents (seed, winobias, or JSONL)")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--top", type=positive_int, default=5, help="heads the report lists and intervenes on")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="bootstrap seed")
     p.add_argument("--query", default="pronoun_span",
                    help="label field of the span that attends (default pronoun_span; the toy task also has "
                         "question_span, where its model answers)")
@@ -23,12 +25,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from analyses.coref import write_report
+    from analyses.results import check_results_dir
     from analyses.run_inputs import load_run_model
     from probe.cli.shared import command_line
     from probe.errors import ModelNotFound
     from probe.reader import open_run
 
     run = open_run(args.run)
+    check_results_dir(run.path)
     model = None
     if not args.no_interventions:
         # a run whose model is not here (another machine's checkpoint) still gets its attention study

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from probe.cli.shared import port, positive_int
+
 SEED = "The animal didn't cross the street because it was tired."
 
 
@@ -17,11 +19,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                     "model")
     p.add_argument("--model", default="minilm", help="model name or checkpoint directory (default: minilm)")
     p.add_argument("-o", "--output", default="runs/demo", help="run directory to (re)create (default runs/demo)")
-    p.add_argument("-n", type=int, default=400, help="WinoBias dev prompts to record (default 400)")
+    p.add_argument("-n", type=positive_int, default=400, help="WinoBias dev prompts to record (default 400)")
     p.add_argument("--no-record", action="store_true", help="only print the seed sentence's heads")
     p.add_argument("--no-serve", action="store_true",
                    help="do not open the dashboard at the end (for scripts; it prints the command instead)")
-    p.add_argument("--port", type=int, default=8050, help="dashboard port (default 8050)")
+    p.add_argument("--port", type=port, default=8050, help="dashboard port (default 8050)")
     return p
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from probe.cli.shared import positive_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("heads", help="per-head attention metrics of a recorded run (saved next to it)")
     p.add_argument("run", help="run directory written by `probe record`")
-    p.add_argument("--top", type=int, default=3, help="heads to print per metric")
+    p.add_argument("--top", type=positive_int, default=3, help="heads to print per metric")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", help="model for induction_random (default: the one the run was recorded with)")
     which.add_argument("--no-model", action="store_true",
@@ -20,12 +22,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from analyses.head_metrics import head_metrics, induction_model, ranked_metrics
-    from analyses.results import save_result
+    from analyses.results import check_results_dir, save_result
     from probe.cli.shared import command_line
     from probe.head_labels import top_heads_text
     from probe.reader import open_run
 
     run = open_run(args.run)
+    check_results_dir(run.path)
     if not run.complete:
         print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
               file=sys.stderr)

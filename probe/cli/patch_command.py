@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from probe.cli.shared import positive_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("patch", help="activation patching of clean/corrupted prompt pairs ([layer, position], "
@@ -20,7 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=["denoise", "noise"], default="denoise",
                    help="denoise: patch clean activations into the corrupted run (sufficient?); noise: corrupted "
                         "into the clean run (necessary?); normalised 0 = corrupt, 1 = clean either way")
-    p.add_argument("--top", type=int, default=5, help="heads to print")
+    p.add_argument("--top", type=positive_int, default=5, help="heads to print")
     source.add_argument("--run", help="patch the twin prompts of a run with gold antecedents (works on encoders: an "
                                  "antecedent probe at --layer measures); saved next to the run")
     p.add_argument("--layer", type=int, help="with --run: the probe's layer (default: the last)")
@@ -37,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     import models
     from analyses.patching_studies import patch_inputs, text_patching
     from analyses.results import save_result
-    from probe.cli.shared import command_line
+    from probe.cli.shared import command_line, output_dir
     from probe.errors import InputError
     from probe.store import MANIFEST
 
+    if args.output:  # before the model loads and the patching runs
+        output_dir(args.output)
     model = models.load(args.model or "toy-coref")
     inputs = patch_inputs(model, pairs=args.pairs, clean_text=args.clean_text, corrupt_text=args.corrupt_text,
                           answer=args.answer, wrong=args.wrong, clean=args.clean, corrupt=args.corrupt)
@@ -79,12 +83,13 @@ def run_on_run(args: argparse.Namespace) -> int:
     """Patching on the twin prompts of a run with gold antecedents (same pair_id, flipped
     antecedent), measured by the model's answer or an antecedent probe: works on encoders."""
     from analyses.patching_studies import run_patching
-    from analyses.results import save_result
+    from analyses.results import check_results_dir, save_result
     from analyses.run_inputs import run_model
     from probe.cli.shared import command_line
     from probe.reader import open_run
 
     run = open_run(args.run)
+    check_results_dir(run.path)
     model = run_model(run, args.model)
     result = run_patching(model, run, args.layer, args.query, args.direction)
     heads = result.heads

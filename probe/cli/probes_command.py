@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from probe.cli.shared import nonnegative_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("probes", help="linear probes per layer: a prompt-level label, part of speech, or the "
@@ -31,7 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="stream feature rows from disk through the fit (automatic when they would not fit in RAM)")
     p.add_argument("--hook", default="hook_resid_post", help="per-layer hook to probe (default hook_resid_post)")
     p.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     return p
 
 
@@ -41,11 +43,12 @@ def print_streaming(rows: int, need: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from analyses.probe_studies import probe_study
-    from analyses.results import save_result
+    from analyses.results import check_results_dir, save_result
     from probe.cli.shared import command_line
     from probe.reader import open_run
 
     run = open_run(args.run)
+    check_results_dir(run.path)
     study = probe_study(run, label=args.label, task=args.task, control=args.control, target=args.target,
                         query=args.query, mdl=args.mdl, stream=args.stream, hook=args.hook, pool=args.pool,
                         seed=args.seed, on_stream=print_streaming)
