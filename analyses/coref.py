@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from probe.errors import InputError
+from probe.errors import InputError, StoreError
 from probe.head_labels import check_top
+from probe.paths import output_path_problem
 
+from .probe_features import QUERY_FIX, label_span, label_spans
 from .run_checks import require_layer_hooks
 
 if TYPE_CHECKING:  # coref_interventions imports torch; the attention study does not need it
@@ -34,6 +36,37 @@ if TYPE_CHECKING:  # coref_interventions imports torch; the attention study does
 
 REQUIRED = ("pronoun_span", "candidate_spans", "answer")
 MIN_PROMPTS_FOR_CLAIMS = 20  # below this a bootstrap interval is too coarse to say a head beats a baseline
+
+
+@dataclass(frozen=True)
+class CorefLabels:
+    """A prompt's gold labels for the study, checked: every span two whole numbers."""
+
+    query: tuple[int, int]  # the span that attends (the pronoun's, or --query's)
+    pronoun: tuple[int, int]
+    candidates: tuple[tuple[int, int], tuple[int, int]]  # the two candidate mentions, in order of appearance
+    answer: int  # 0 or 1: which candidate is the antecedent
+
+
+def coref_labels(run, i: int, query: str = "pronoun_span") -> CorefLabels | None:
+    """Prompt ``i``'s labels for the study: None when one is absent (the prompt is not labelled
+    for it), InputError naming the prompt, the field and the fix when one is malformed. The one
+    place the shape of these labels is checked; everything that reads them asks here."""
+    labels = run.labels(i)
+    if any(k not in labels for k in (*REQUIRED, query)):
+        return None
+    where = f"prompt {i} of {run.path}"
+    pronoun = label_span(labels["pronoun_span"], "pronoun_span", where)
+    candidates = label_spans(labels["candidate_spans"], "candidate_spans", where)
+    if len(candidates) != 2:
+        raise InputError(f"{where}: 'candidate_spans' holds {len(candidates)} span{'s' * (len(candidates) != 1)}; "
+                         "the study compares exactly two candidate mentions; fix the prompt file")
+    answer = labels["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, int) or answer not in (0, 1):
+        raise InputError(f"{where}: 'answer' is {answer!r}; it must be 0 or 1, the index of the antecedent in "
+                         "'candidate_spans'; fix the prompt file")
+    attends = label_span(labels[query], query, where, QUERY_FIX)
+    return CorefLabels(attends, pronoun, (candidates[0], candidates[1]), answer)
 
 
 def candidate_attention(run, prompts: list[int] | None = None, query: str = "pronoun_span"
@@ -46,19 +79,19 @@ def candidate_attention(run, prompts: list[int] | None = None, query: str = "pro
     prompts = list(range(run.n_prompts)) if prompts is None else prompts
     attn, gold, used = [], [], []
     for i in prompts:
-        labels = run.labels(i)
-        if any(k not in labels for k in REQUIRED) or query not in labels:
+        labels = coref_labels(run, i, query)
+        if labels is None:
             continue
-        q = run.tokens_in(i, *labels[query])
-        cands = [run.tokens_in(i, *span) for span in labels["candidate_spans"]]
-        if not q or any(not c for c in cands) or len(cands) != 2:
+        q = run.tokens_in(i, *labels.query)
+        cands = [run.tokens_in(i, *span) for span in labels.candidates]
+        if not q or any(not c for c in cands):
             continue
         per_layer = []
         for layer in range(n_layers):
             p = run.pattern(i, layer)  # [head, q, k]
             per_layer.append(np.stack([p[:, q][:, :, c].sum(-1).mean(-1) for c in cands], -1))  # [head, 2]
         attn.append(np.stack(per_layer))
-        gold.append(int(labels["answer"]))
+        gold.append(labels.answer)
         used.append(i)
     if not used:
         raise InputError(f"no prompt of this run has the labels the study needs ({', '.join(REQUIRED)}); "
@@ -80,9 +113,9 @@ def positional_baselines(run, used: list[int], gold: np.ndarray) -> dict[str, fl
     one), the first mention, and chance."""
     nearest, first = [], []
     for i, g in zip(used, gold):
-        labels = run.labels(i)
-        p0 = labels["pronoun_span"][0]
-        starts = [span[0] for span in labels["candidate_spans"]]
+        labels = coref_labels(run, i)
+        p0 = labels.pronoun[0]
+        starts = [span[0] for span in labels.candidates]
         before = [j for j, s in enumerate(starts) if s < p0]
         pool = before or [0, 1]
         near = max(pool, key=lambda j: starts[j]) if before else min(pool, key=lambda j: abs(starts[j] - p0))
@@ -233,7 +266,7 @@ def antecedent_probes(run, query: str, seed: int) -> tuple[pd.DataFrame | None, 
     if n_units < MIN_PROBE_PROMPTS or len(np.unique(labels)) < 2:
         return None, (f"{n_units} labelled prompts or twin pairs (at least {MIN_PROBE_PROMPTS}, with both answers, "
                       "are needed)")
-    return layer_probes(feats, labels, prompt_of, types=types, seed=seed), None
+    return layer_probes(feats, labels, prompt_of, types=types, seed=seed, hook="hook_resid_post"), None
 
 
 def layer_zero_caution(probes: pd.DataFrame) -> LayerZeroProbe | None:
@@ -337,6 +370,8 @@ def save_study(study: CorefStudy, out_dir: str | Path | None = None, command: st
     from .results import save_result
 
     out = Path(out_dir) if out_dir else study.run_path / "analyses" / "coref"
+    if problem := output_path_problem(out, folder=True):  # before any file is written
+        raise StoreError(f"cannot write the coreference study: {problem}")
     out.mkdir(parents=True, exist_ok=True)
     if out_dir:  # a folder the user named: the table alone
         study.heads.to_csv(out / "coref_heads.csv", index=False)

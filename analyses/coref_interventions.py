@@ -42,6 +42,7 @@ from .ablation import (
     probe_margin,
     reference_z,
 )
+from .coref import coref_labels
 from .patching import Direction, patch_heads, patch_residual
 from .probe_features import span_features, split_groups
 from .probes import LinearProbe, split_units
@@ -67,14 +68,17 @@ def coref_batch(model: HookedTransformer, run, prompts: list[int], query: str = 
     and candidate indicators from the stored character spans."""
     q_rows, c_rows, gold, answers = [], [], [], []
     for i in prompts:
-        labels = run.labels(i)
+        labels = coref_labels(run, i, query)
+        if labels is None:
+            raise InputError(f"prompt {i} of {run.path} lacks the labels the study needs (pronoun_span, "
+                             f"candidate_spans, answer, {query})")
         ids = run.tokens(i).tolist()
-        q = run.tokens_in(i, *labels[query])
-        cands = [run.tokens_in(i, *span) for span in labels["candidate_spans"]]
+        q = run.tokens_in(i, *labels.query)
+        cands = [run.tokens_in(i, *span) for span in labels.candidates]
         answers.append([ids[c[0]] for c in cands] if all(len(c) == 1 for c in cands) else None)
         q_rows.append(q)
         c_rows.append(cands)
-        gold.append(int(labels["answer"]))
+        gold.append(labels.answer)
     tok = run_batch(run, model, prompts)
     b, p = tok.ids.shape
     qw, cw = torch.zeros(b, p), torch.zeros(b, 2, p)
@@ -88,9 +92,9 @@ def coref_batch(model: HookedTransformer, run, prompts: list[int], query: str = 
 
 def answers_in_output(model: HookedTransformer, run, prompts: list[int]) -> bool:
     """Does the model itself answer (LM head, prompts ending in a question, one-token candidates)?"""
-    labels = run.labels(prompts[0])
-    return bool(model.cfg.has_unembed and "question_span" in labels
-                and all(len(run.tokens_in(prompts[0], *span)) == 1 for span in labels["candidate_spans"]))
+    labels = coref_labels(run, prompts[0])
+    return bool(model.cfg.has_unembed and labels is not None and "question_span" in run.labels(prompts[0])
+                and all(len(run.tokens_in(prompts[0], *span)) == 1 for span in labels.candidates))
 
 
 def answer_metric(batch: CorefBatch, kind: str = "accuracy"):

@@ -74,21 +74,57 @@ def default_chunk_rows(n_layers: int, d: int, budget_bytes: int = 128 * 2**20) -
     return max(1, budget_bytes // (n_layers * d * 4))
 
 
-def _as_spans(value) -> list:
-    """A label is either one span [start, end] or a list of them."""
-    return [value] if len(value) == 2 and all(isinstance(v, int) for v in value) else list(value)
+# How a span label is refused: the rule, and the fix for a label of the prompt file or for a
+# field named by --query (which the user can simply name differently).
+SPAN_RULE = ("a span is [start, end]: two whole numbers, character offsets into the prompt's \"text\" such that "
+             "text[start:end] is the labelled string")
+LABEL_FIX = "fix the prompt file"
+QUERY_FIX = "give --query a field that holds one span, e.g. pronoun_span"
+
+
+def is_span(value) -> bool:
+    """Two whole numbers (not bools, not floats: text[4.0:10.0] is no slice)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def label_span(value, field: str, where: str, fix: str = LABEL_FIX) -> tuple[int, int]:
+    """The label ``field`` (``value``) as one (start, end) character span; InputError naming
+    ``where`` (e.g. "prompt 3 of RUN") and ``fix`` otherwise. Whether the span lies inside
+    its text is `aligned_tokens`' question."""
+    if not is_span(value):
+        raise InputError(f"{where}: {field!r} is {_shown(value)}, not a [start, end] character span ({SPAN_RULE}); "
+                         f"{fix}")
+    return value[0], value[1]
+
+
+def label_spans(value, field: str, where: str, fix: str = LABEL_FIX) -> list[tuple[int, int]]:
+    """The label ``field`` as a list of spans ([[start, end], ...]; one bare span is a list of one)."""
+    if is_span(value):
+        return [label_span(value, field, where, fix)]
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {field!r} is {_shown(value)}, not a list of [start, end] character spans "
+                         f"({SPAN_RULE}); {fix}")
+    return [label_span(v, f"{field}[{k}]", where, fix) for k, v in enumerate(value)]
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def span_features(run, layers: Sequence[int], span_field: str, label_field: str, hook: str = "hook_resid_post",
-                  pool: str = "first", out: FeatureRows | None = None, prompts: Sequence[int] | None = None):
+                  pool: str = "first", out: FeatureRows | None = None, prompts: Sequence[int] | None = None,
+                  span_fix: str = LABEL_FIX):
     """One row per labelled span of each prompt: features [layers, rows, d] (the span's first
     token, or the mean over its tokens), labels [rows], prompt_of [rows] and types (the
     lower-cased span text). ``span_field`` holds one [start, end] character span per prompt
     (e.g. ``pronoun_span``, with a scalar ``label_field`` such as ``answer``) or a list of
     them (``words``, with a list ``upos``). Spans cut off by truncation at recording are
     skipped; any other span that does not align with the text's tokens is refused
-    (``aligned_tokens``), never silently dropped. With ``out`` the rows go to disk and ``out``
-    is returned in place of the array."""
+    (``aligned_tokens``), never silently dropped, and so is a label that is no span
+    (``label_span``; ``span_fix`` says how to fix it). With ``out`` the rows go to disk and
+    ``out`` is returned in place of the array."""
     layers = list(layers)
     require_layer_hooks(run, hook, "span features", layers)
     feats: list[list[np.ndarray]] = [[] for _ in layers]
@@ -99,8 +135,12 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
         if span_field not in lab or label_field not in lab:
             continue
         text = run.prompt_records[i]["text"]
-        spans = _as_spans(lab[span_field])
-        tags = lab[label_field] if len(spans) > 1 or isinstance(lab[label_field], list) else [lab[label_field]]
+        where = f"prompt {i} of {run.path}"
+        # a list label (upos) tags a list of spans (words); a single label (answer), one span
+        if isinstance(lab[label_field], list):
+            spans, tags = label_spans(lab[span_field], span_field, where, span_fix), lab[label_field]
+        else:
+            spans, tags = [label_span(lab[span_field], span_field, where, span_fix)], [lab[label_field]]
         if len(tags) != len(spans):
             raise InputError(f"prompt {i} of {run.path} has {len(spans)} {span_field!r} spans but {len(tags)} "
                              f"{label_field!r} labels; each span needs exactly one label (fix the prompt file)")
@@ -164,11 +204,13 @@ def antecedent_features(run, layers: Sequence[int], query: str = "pronoun_span",
     the second). The third value is the split unit (``split_groups``), not the prompt. The control task's type is the pronoun with the two candidate words
     ("he|physician|secretary"): a probe that only memorises which words are in the sentence
     learns the control task as well as the real one (selectivity ~0)."""
-    feats, labels, prompt_of, spans = span_features(run, layers, query, "answer", hook, "mean", out)
+    feats, labels, prompt_of, spans = span_features(run, layers, query, "answer", hook, "mean", out,
+                                                    span_fix=QUERY_FIX)
     types = []
     for i, pronoun in zip(prompt_of, spans):
         lab, text = run.labels(int(i)), run.prompt_records[int(i)]["text"]
-        types.append("|".join([pronoun] + [text[a:b].lower() for a, b in lab.get("candidate_spans", [])]))
+        candidates = label_spans(lab.get("candidate_spans", []), "candidate_spans", f"prompt {int(i)} of {run.path}")
+        types.append("|".join([pronoun] + [text[a:b].lower() for a, b in candidates]))
     return feats, labels, split_groups(run, prompt_of), types
 
 

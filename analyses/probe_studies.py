@@ -126,9 +126,9 @@ def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecede
     if stream and on_stream is not None:
         on_stream(len(labels), need)
     if real is not None:
-        table = layer_ridge_probes(feats, real, units, types=types, seed=seed)
+        table = layer_ridge_probes(feats, real, units, types=types, seed=seed, hook=hook)
     else:
-        table = layer_probes(feats, labels, units, types=types, seed=seed)
+        table = layer_probes(feats, labels, units, types=types, seed=seed, hook=hook)
     if mdl:
         table = table.merge(online_codelength(feats, labels, units, seed=seed), on="layer")
     return ProbeStudy(table, name, what, real is not None, len(labels), need if stream else None)

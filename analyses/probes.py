@@ -142,6 +142,32 @@ def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.einsum("lnd,lkdc->lknc", X, W) + b[:, :, None, :]).argmax(-1)
 
 
+NOT_FINITE_FIX = ("a probe cannot be fitted on them; re-record the run with --dtype float32 (float16 overflows "
+                  "past 65504), or probe another hook")
+
+
+def require_finite(features: np.ndarray | FeatureRows, hook: str | None = None, units: Sequence | None = None,
+                   chunk_rows: int | None = None, by_layer: bool = True) -> None:
+    """Refuse features that hold NaN or inf before a fit, which would otherwise fail inside
+    eigh or score NaN: InputError naming the first such layer (with its hook,
+    ``blocks.{layer}.{hook}``, when given) and row (with its split unit when given). One
+    streamed pass, one layer at a time, so memory stays at one chunk."""
+    for start, block in chunks(features, chunk_rows):
+        for layer in range(block.shape[0]):
+            finite = np.isfinite(block[layer]).all(axis=1)
+            if finite.all():
+                continue
+            row = start + int(np.flatnonzero(~finite)[0])
+            where = "" if not by_layer else f"layer {layer}" + (f" (blocks.{layer}.{hook})" if hook else "") + ": "
+            unit = "" if units is None else f" ({_unit_text(units[row])})"
+            raise InputError(f"{where}feature row {row}{unit} holds NaN or infinite values; {NOT_FINITE_FIX}")
+
+
+def _unit_text(unit) -> str:
+    """A split unit as the user knows it: an index is a prompt, a twin key speaks for itself."""
+    return f"prompt {int(unit)}" if isinstance(unit, (int, np.integer)) else str(unit)
+
+
 def standardizer(features: np.ndarray | FeatureRows, rows: np.ndarray, chunk_rows: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation [L, 1, d] of the selected rows, in one streamed pass."""
@@ -170,11 +196,12 @@ def standardized_chunks(features: np.ndarray | FeatureRows, rows: np.ndarray, mu
 
 def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_of: np.ndarray,
                  types: Sequence | None = None, lambdas: Sequence[float] = DEFAULT_LAMBDAS, seed: int = 0,
-                 standardize: bool = True, chunk_rows: int | None = None) -> pd.DataFrame:
+                 standardize: bool = True, chunk_rows: int | None = None, hook: str | None = None) -> pd.DataFrame:
     """Probe every layer. features: [layers, n, d] array, or a ``FeatureRows`` file
     streamed in chunks of ``chunk_rows``; labels: [n] (any hashable values); prompt_of: [n]
     the split unit of each row (its prompt, or a group of prompts such as a twin pair); types: [n] word types for the control task
-    (default: no control task). Returns one row per layer."""
+    (default: no control task); hook: the per-layer hook the features come from, named when
+    they are refused (``require_finite``). Returns one row per layer."""
     classes, y_all = np.unique(labels, return_inverse=True)
     C = len(classes)
     if C < 2:
@@ -183,6 +210,7 @@ def layer_probes(features: np.ndarray | FeatureRows, labels: np.ndarray, prompt_
     L, n, d = features.shape
     if len(labels) != n or len(prompt_of) != n:
         raise InputError(f"{n} feature rows but {len(labels)} labels and {len(prompt_of)} prompt ids; they must align")
+    require_finite(features, hook, prompt_of, chunk_rows)
     split = split_units(prompt_of, seed)
     if not all((split == s).any() for s in (0, 1, 2)):
         raise InputError("too few prompts to split into train, dev and test; give at least 10 prompts")
@@ -243,7 +271,9 @@ class LinearProbe:
         self.classes_, yi = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputError(f"every row has the label {str(self.classes_[0])!r}: a probe needs at least two classes")
-        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        X = np.asarray(X, dtype=np.float32)
+        require_finite(X[None], by_layer=False)
+        X = torch.as_tensor(X)
         self.mean_ = X.mean(0) if self.standardize else torch.zeros(X.shape[1])
         self.scale_ = X.std(0).clamp(min=1e-6) if self.standardize else torch.ones(X.shape[1])
         W, b = fit_logistic(((X - self.mean_) / self.scale_)[None], torch.as_tensor(yi), len(self.classes_),
@@ -276,6 +306,7 @@ def online_codelength(features: np.ndarray, labels: np.ndarray, prompt_of: np.nd
     codelength, and the compression uniform / online (1 = the features do not help)."""
     classes, y = np.unique(labels, return_inverse=True)
     C = len(classes)
+    require_finite(np.asarray(features), units=prompt_of)
     order_of_unit = {u: i for i, u in enumerate(np.random.default_rng(seed).permutation(np.unique(prompt_of)))}
     order = np.argsort([order_of_unit[u] for u in prompt_of], kind="stable")
     X = torch.as_tensor(np.asarray(features, dtype=np.float32)[:, order])

@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from probe.errors import StoreError, one_line, output_path_problem
+from probe.errors import StoreError, one_line
+from probe.paths import output_path_problem
 from probe.store import atomic_write_text, fsync_dir
 
 SIDECAR_SCHEMA = 1  # version of the NAME.json layout; a newer one is not read (upgrade probe)

@@ -37,7 +37,7 @@ import torch
 from probe.errors import InputError
 
 from .probe_features import FeatureRows
-from .probes import DEFAULT_LAMBDAS, control_labels, split_units, standardized_chunks, standardizer
+from .probes import DEFAULT_LAMBDAS, control_labels, require_finite, split_units, standardized_chunks, standardizer
 
 # The logistic grid extended upwards: with standardised features the eigenvalues of S average
 # 1, so strengths up to 100 reach "nearly the mean predictor", which noisy layers need. Extra
@@ -106,14 +106,17 @@ def _targets(values: np.ndarray, n: int) -> np.ndarray:
 
 def layer_ridge_probes(features: np.ndarray | FeatureRows, targets: np.ndarray, prompt_of: np.ndarray,
                        types: Sequence | None = None, lambdas: Sequence[float] = RIDGE_LAMBDAS, seed: int = 0,
-                       standardize: bool = True, chunk_rows: int | None = None) -> pd.DataFrame:
+                       standardize: bool = True, chunk_rows: int | None = None, hook: str | None = None
+                       ) -> pd.DataFrame:
     """Ridge probe on every layer. features: [layers, n, d] array or a ``FeatureRows`` file
     streamed in chunks of ``chunk_rows``; targets: [n] numbers; prompt_of: [n] split unit of
-    each row; types: [n] word types for the control task (default: none). One row per layer."""
+    each row; types: [n] word types for the control task (default: none); hook: the per-layer
+    hook of the features, named when they are refused (``require_finite``). One row per layer."""
     L, n, d = features.shape
     y = _targets(targets, n)
     if len(prompt_of) != n:
         raise InputError(f"{n} feature rows but {len(prompt_of)} prompt ids; they must align")
+    require_finite(features, hook, prompt_of, chunk_rows)
     split = split_units(prompt_of, seed)  # [n] 0 train, 1 dev, 2 test
     if not all((split == s).any() for s in (0, 1, 2)):
         raise InputError("too few prompts to split into train, dev and test; give at least 10 prompts")
@@ -217,7 +220,9 @@ class RidgeProbe:
         self.lam, self.standardize = lam, standardize
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeProbe:
-        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        X = np.asarray(X, dtype=np.float32)
+        require_finite(X[None], by_layer=False)
+        X = torch.as_tensor(X)
         y = _targets(y, X.shape[0])
         self.mean_ = X.mean(0) if self.standardize else torch.zeros(X.shape[1])
         self.scale_ = X.std(0).clamp(min=1e-6) if self.standardize else torch.ones(X.shape[1])

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from probe.errors import InputError, StoreError, output_path_problem
+from probe.errors import InputError, StoreError
+from probe.paths import output_path_problem
 
 from .hooked_transformer import HookedTransformer
 from .loading import save

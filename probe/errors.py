@@ -4,17 +4,13 @@ Every error a user can cause and fix (a bad argument, a missing file of theirs, 
 lacks what an analysis needs) is a `ProbeError`; the CLI prints such an error as one line and
 exits 2. Anything else is a bug and keeps its traceback. It imports nothing of ours and nothing
 heavy (a leaf of the import graph: docs/design.md) so any layer can raise these, and the CLI can
-name them without loading numpy or torch. `output_path_problem` is here for the same reason: every
-layer that writes a file the user named (a table, a checkpoint, a run's results) asks it first.
+name them without loading numpy or torch.
 
 Each class also derives from the builtin exception a Python caller would expect (ValueError
 for a bad value, KeyError for a missing key), so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 
 class ProbeError(Exception):
@@ -79,21 +75,3 @@ def one_line(e: BaseException) -> str:
     """The message of an error as one line for the terminal or the dashboard."""
     msg = e.args[0] if isinstance(e, KeyError) and not isinstance(e, MissingHook) and e.args else str(e)
     return str(msg) or type(e).__name__
-
-
-def output_path_problem(path: str | os.PathLike, folder: bool = False) -> str | None:
-    """Why ``path`` cannot be written as an output file (``folder``: made as an output
-    directory), in one line that starts with the path, or None when it can: it exists as the
-    other kind, or a folder above it is a file. Checked before the work, so the mistake costs
-    nothing and nothing already written is touched."""
-    out = Path(path)
-    if folder and out.exists() and not out.is_dir():
-        return f"{out} is a file, not a directory; name a directory to write into, or move the file away"
-    if not folder and out.is_dir():
-        return f"{out} is a directory; name a file to write (e.g. {out / 'table.csv'}), or move the directory away"
-    for parent in out.parents:  # the nearest that exists decides
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{out} cannot be created: {parent} is a file; choose a path outside it, or move the file away"
-            break
-    return None

@@ -93,7 +93,8 @@ def test_help_lists_every_command_in_order(capsys):
     (["demo", "--port", "0"], "argument --port: must be a port number from 1 to 65535, not 0"),
     (["heads", "RUN", "--top", "three"], "argument --top: must be a whole number, not 'three'"),
 ])
-def test_a_flag_out_of_range_is_refused_by_argparse(argv, problem, capsys):
+def test_a_flag_out_of_range_is_refused_by_argparse(argv, problem, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were a flag accepted, what the command writes (-o x, runs/demo) lands here
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2

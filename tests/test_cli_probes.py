@@ -215,3 +215,18 @@ def test_missing_hook_is_named_with_how_to_record_it(numeric_run, capsys):
     assert probes(numeric_run, "--label", "n_words", "--hook", "hook_mlp_out") == 2
     err = capsys.readouterr().err
     assert "lacks blocks.0.hook_mlp_out" in err and "--names 'blocks.*.hook_mlp_out'" in err
+
+
+@pytest.mark.parametrize("query, shown", [("answer", "0"), ("pronoun", "'it'"), ("words", r"\[\[0, 3\], \[4, 7\]\]")])
+def test_an_antecedent_query_that_is_no_span_field_is_refused(tmp_path, capsys, query, shown):
+    import models
+
+    rows = [{"text": p.text, **p.labels, "words": [[0, 3], [4, 7]]} for p in probe.load_prompts("toy-coref-test")[:12]]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = probe.record(models.load("toy-coref"), path, tmp_path / "run", names=RESID, progress=False)
+    assert probes(run, "--task", "antecedent", "--query", query) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"prompt 0 of .*run: {query!r} is {shown}, not a \[start, end\] character span .*; give --query "
+                     "a field that holds one span, e.g. pronoun_span", err), err
+    assert len(err.splitlines()) == 1 and not (run.path / "analyses").exists()

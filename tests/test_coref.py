@@ -120,6 +120,57 @@ def test_positional_baselines_on_hand_made_prompts(minilm, tmp_path):
     assert base == {"nearest mention": 0.25, "first mention": 0.5, "chance": 0.5}
 
 
+def record_toy_coref(tmp_path, second_prompt: dict | None = None):
+    """toy-coref on 12 of its test prompts, each with extra label fields that are no span
+    (``pronoun`` a string, ``answer`` an int, ``candidate_spans`` a list of spans); the second
+    prompt's labels changed by ``second_prompt``."""
+    import json
+
+    import models
+
+    rows = [{"text": p.text, **p.labels} for p in probe.load_prompts("toy-coref-test")[:12]]
+    rows[1].update(second_prompt or {})
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return probe.record(models.load("toy-coref"), path, tmp_path / "run", names=["blocks.*.attn.hook_pattern"],
+                        progress=False)
+
+
+@pytest.mark.parametrize("query, shown", [("answer", "0"), ("pronoun", "'it'"),
+                                          ("candidate_spans", r"\[\[4, 10\], \[28, 34\]\]")])
+def test_a_query_that_is_no_span_field_is_refused_by_name(tmp_path, capsys, query, shown):
+    from probe.cli import main
+    from probe.errors import InputError
+
+    run = record_toy_coref(tmp_path)
+    problem = (rf"prompt 0 of .*run: {query!r} is {shown}, not a \[start, end\] character span .*; give --query a "
+               "field that holds one span, e.g. pronoun_span")
+    with pytest.raises(InputError, match=problem):
+        candidate_attention(run, query=query)
+    assert main(["coref", str(run.path), "--no-interventions", "--query", query]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe coref: error: prompt 0 of ") and len(err.splitlines()) == 1
+    assert not (run.path / "analyses").exists()
+
+
+@pytest.mark.parametrize("labels, problem", [
+    ({"pronoun_span": "43-45"}, r"'pronoun_span' is '43-45', not a \[start, end\] character span"),
+    ({"pronoun_span": [43]}, r"'pronoun_span' is \[43\], not a \[start, end\] character span"),
+    ({"pronoun_span": [43.0, 45.0]}, r"'pronoun_span' is \[43.0, 45.0\], not a \[start, end\] character span"),
+    ({"candidate_spans": [[4, 10], [28]]}, r"'candidate_spans\[1\]' is \[28\], not a \[start, end\] character"),
+    ({"candidate_spans": "4-10"}, r"'candidate_spans' is '4-10', not a list of \[start, end\] character spans"),
+    ({"candidate_spans": [[4, 10]]}, r"'candidate_spans' holds 1 span; the study compares exactly two candidate"),
+    ({"answer": "first"}, r"'answer' is 'first'; it must be 0 or 1, the index of the antecedent"),
+    ({"answer": 2}, r"'answer' is 2; it must be 0 or 1"),
+])
+def test_malformed_span_labels_are_refused_with_the_prompt_named(tmp_path, labels, problem):
+    from probe.errors import InputError
+
+    run = record_toy_coref(tmp_path, labels)
+    with pytest.raises(InputError, match=rf"^prompt 1 of .*run: {problem}.*fix the prompt file"):
+        coref_study(run)
+
+
 def test_bootstrap_interval_covers_the_mean():
     correct = (np.random.default_rng(0).random((400, 3)) < [0.2, 0.5, 0.9]).astype(float)
     lo, hi = bootstrap_ci(correct)
@@ -342,3 +393,16 @@ def test_save_study_writes_the_report_and_tables(tmp_path):
     elsewhere = save_study(without, tmp_path / "out")
     assert elsewhere == tmp_path / "out" / "report.md"
     assert {"ablation.html", "patching.html"}.isdisjoint(files_under(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("blocked", ["analyses", "analyses/coref"])
+def test_save_study_refuses_a_file_where_its_folder_goes_and_writes_nothing(tmp_path, blocked):
+    from probe.errors import StoreError
+
+    study = hand_built_study(tmp_path / "run")
+    (tmp_path / "run" / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "run" / blocked).write_text("someone's notes")
+    with pytest.raises(StoreError, match=rf"cannot write the coreference study: .*{blocked} is a file"):
+        save_study(study)
+    assert (tmp_path / "run" / blocked).read_text() == "someone's notes"
+    assert files_under(tmp_path / "run") == {"analyses": ["analyses"], "analyses/coref": ["analyses", blocked]}[blocked]

@@ -251,3 +251,49 @@ def test_online_codelength_separates_signal_from_noise():
     assert np.allclose(table.uniform_bits, n * np.log2(3))
     assert table.compression[0] > 4 and table.compression[1] < 1.1
     assert np.allclose(table.compression, table.uniform_bits / table.mdl_bits)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_features_that_are_not_finite_are_refused_naming_the_layer_and_hook(tmp_path, bad):
+    """Not a crash inside eigh (or NaN scores): the layer, its hook and the row, before the fit."""
+    from analyses.probe_features import FeatureRows
+    from analyses.probes import LinearProbe
+    from probe.errors import InputError
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 60, 4)).astype(np.float32)
+    labels, prompt_of = np.arange(60) % 2, np.arange(60)
+    feats[1, 17, 2] = bad
+    problem = r"layer 1 \(blocks\.1\.hook_resid_post\): feature row 17 \(prompt 17\) holds NaN or infinite values"
+    with pytest.raises(InputError, match=problem):
+        layer_probes(feats, labels, prompt_of, hook="hook_resid_post")
+    rows = FeatureRows(tmp_path / "rows.f32", 3, 4)
+    rows.append(feats)
+    with pytest.raises(InputError, match=r"layer 1: feature row 17 \(prompt 17\) holds NaN or infinite values"):
+        layer_probes(rows.close(), labels, prompt_of, chunk_rows=7)
+    with pytest.raises(InputError, match="feature row 17 holds NaN or infinite values"):
+        LinearProbe().fit(feats[1], labels)
+
+
+def test_probe_study_names_the_hook_of_features_that_are_not_finite(tmp_path, monkeypatch):
+    """A run whose recorded activations hold an inf (as float16 overflow leaves) is refused by
+    probe_study with the hook named, before any fit."""
+    import models
+    from analyses.probe_studies import probe_study
+    from probe.errors import InputError
+
+    prompts = probe.load_prompts("toy-coref-test")[:40]
+    run = probe.record(models.load("toy-coref"), prompts, tmp_path / "run", names=["blocks.*.hook_resid_post"],
+                       progress=False)
+    recorded = run.prompt_activation
+
+    def overflowed(name, prompt, *args, **kwargs):
+        x = recorded(name, prompt, *args, **kwargs).copy()
+        if name == "blocks.1.hook_resid_post" and prompt == 3:
+            x[0, 0] = np.inf
+        return x
+
+    monkeypatch.setattr(run, "prompt_activation", overflowed)
+    twin = run.labels(3)["pair_id"]
+    with pytest.raises(InputError, match=rf"layer 1 \(blocks\.1\.hook_resid_post\): feature row 3 \(pair:{twin}\)"):
+        probe_study(run, label="adjective")

@@ -151,3 +151,14 @@ def test_ridge_probe_estimator_matches_sklearn():
     assert abs(probe_.score(X[200:], y[200:]) - r2_score(y[200:], ref.predict(Xs[200:]))) < 1e-5
     with pytest.raises(InputError, match="constant target"):
         RidgeProbe().fit(X, np.full(300, 2.0))
+
+
+def test_features_that_are_not_finite_are_refused_before_the_eigendecomposition():
+    from analyses.ridge_probes import RidgeProbe
+
+    feats, y, prompt_of = planted()
+    feats[2, 33, 0] = np.nan
+    with pytest.raises(InputError, match=r"layer 2 \(blocks\.2\.hook_mlp_out\): feature row 33 \(prompt 6\) holds NaN"):
+        layer_ridge_probes(feats, y, prompt_of, hook="hook_mlp_out")
+    with pytest.raises(InputError, match="feature row 33 holds NaN or infinite values"):
+        RidgeProbe().fit(feats[2], y)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from probe.reader import open_run
 
     run = open_run(args.run)
-    check_results_dir(run.path)
+    check_results_dir(args.run)  # where save_result writes
     if not run.complete:
         print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
               file=sys.stderr)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from probe.reader import open_run
 
     run = open_run(args.run)
-    check_results_dir(run.path)
+    check_results_dir(args.run)  # where save_result writes
     study = probe_study(run, label=args.label, task=args.task, control=args.control, target=args.target,
                         query=args.query, mdl=args.mdl, stream=args.stream, hook=args.hook, pool=args.pool,
                         seed=args.seed, on_stream=print_streaming)

@@ -11,7 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from probe.errors import InputError, output_path_problem
+from probe.errors import InputError
+from probe.paths import output_path_problem
 
 
 def command_line() -> str:

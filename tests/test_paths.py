@@ -1,9 +1,9 @@
-"""probe/errors.py: the output-path check every writer asks before its work (a directory where a
-file goes, a file where a folder goes, a file above the path) says what is wrong in one line."""
+"""probe/paths.py: an output path that cannot be written is named before any work
+(a folder where a file goes, a file where a folder goes, a file above the path), in one line."""
 
 from __future__ import annotations
 
-from probe.errors import output_path_problem
+from probe.paths import output_path_problem
 
 
 def test_an_output_path_that_can_be_made_has_no_problem(tmp_path):
