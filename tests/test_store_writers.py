@@ -191,3 +191,34 @@ def test_every_argument_is_checked_before_a_run_is_touched(setup, tmp_path, mini
         r = run_cli("record", "--model", setup[0], "--prompts", setup[1], "-o", tmp_path / "new", *flag)
         assert r.returncode == 2 and "--shard-mb must be a positive number" in r.stderr
         assert not (tmp_path / "new").exists()
+
+
+# Waits between renaming the second shard into place and listing it in the manifest.
+SLOW_LISTING = (
+    "import time, probe.store as s\n"
+    "_publish = s.RunWriter.publish\n"
+    "def slow(self, shard):\n"
+    "    if len(self.manifest['shards']) == 1:\n"
+    "        self.manifest['shards'].append(shard.publish())\n"
+    "        time.sleep(60)\n"
+    "        self.write_manifest()\n"
+    "    else:\n"
+    "        _publish(self, shard)\n"
+    "s.RunWriter.publish = slow\n"
+)
+
+
+def test_a_kill_between_renaming_a_shard_and_listing_it(setup, tmp_path):
+    """The shard is in place under its final name but the manifest does not list it yet:
+    the run reads as one shard, and --resume removes the unlisted one and redoes it."""
+    _, _, ref = setup
+    out = tmp_path / "run"
+    proc = start(setup, out, env_code=SLOW_LISTING)
+    wait_for(lambda: (out / "shards" / "00001.h5").exists(), proc)
+    kill(proc)
+    run = probe.open(out)
+    assert n_shards(out) == 1 and not run.complete and run.n_prompts < ref.n_prompts
+    run.close()
+    r = run_cli(*record_args(setup, out, "--resume"))
+    assert r.returncode == 0, r.stderr
+    assert_equal_to(out, ref)
