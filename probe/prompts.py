@@ -239,14 +239,19 @@ def _load_file(path: Path) -> list[Prompt]:
         raise PromptSetError(
             f"{path}: unknown prompt file type {path.suffix or '(no extension)'!r}; {_what_is_accepted()}"
         )
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise PromptSetError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+    data = _read_bytes(path)
     lines = _decode_lines(data, str(path))
     if suffix == ".txt":
         return _parse_txt(lines, str(path))
     return _parse_jsonl(lines, str(path))
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A user's file, or a PromptSetError saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise PromptSetError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
 
 
 def _decode_lines(data: bytes, name: str) -> list[str]:
@@ -394,10 +399,7 @@ def read_jsonl_records(path: str | os.PathLike, fields: Sequence[str]) -> list[d
                              f"{', '.join(fields)}")
     if not path.exists():
         raise PromptSetError(f"{path}: no such file; give a JSONL file with the fields {', '.join(fields)}")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise PromptSetError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+    data = _read_bytes(path)
     fmt = "one JSON object per line with the fields " + ", ".join(fields)
     objects, blank = _json_objects(_decode_lines(data, str(path)), str(path), fmt)
     for line_no, obj in objects:

@@ -370,7 +370,7 @@ def _first_axis(key: Any, n: int, axis: str) -> int | range | np.ndarray:
             raise TypeError(f"{axis} slice bounds must be ints or None; got {key!r}") from None
     if isinstance(key, (list, tuple, range, np.ndarray)):
         return _index_array(key, n, axis)
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+    if _plain_int(key):
         return _in_range(int(key), n, axis)
     raise TypeError(f"a {axis} index is {_KEY_FORMS}; got {key!r}")
 

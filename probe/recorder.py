@@ -19,7 +19,15 @@ import numpy as np
 
 from . import __version__
 from .hook_names import default_hook_names, is_attention_hook, name_matcher
-from .store import RunWriter, StoreError, run_state
+from .store import (
+    RunWriter,
+    StoreError,
+    check_run_target,
+    compression_options,
+    read_manifest,
+    run_state,
+    write_failure,
+)
 
 if TYPE_CHECKING:
     from models import HookedTransformer
@@ -97,7 +105,6 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
 
     from .prompts import load_prompts, prompt_set_fingerprint
     from .reader import open_run
-    from .store import check_run_target, compression_options
 
     # Every argument is checked before anything is loaded or any file is touched.
     check_run_target(path, resume, overwrite)
@@ -127,8 +134,6 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         "shard_mb": shard_mb, "prompts_sha256": prompt_set_fingerprint(prompts), "n_prompts": len(prompts),
         "n_tokens": n_tokens, "truncated_prompts": truncated,
     }
-    from .store import write_failure
-
     try:
         # a directory killed before its first manifest holds nothing published: resume starts it anew
         if resume and path.exists() and run_state(path) != "unstarted":
@@ -196,8 +201,6 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
 
 def published_prompts(path: Path) -> int:
     """How many prompts the run's manifest on disk lists as published (0 if it has none)."""
-    from .store import read_manifest
-
     try:
         return sum(s["n_prompts"] for s in read_manifest(path)["shards"])
     except (OSError, StoreError):
