@@ -405,13 +405,17 @@ class RunLock:
             self.fd = -1
 
 
+def _already_exists(path: str | os.PathLike) -> StoreError:
+    return StoreError(f"{path} already exists; pass --resume to continue it or --overwrite to replace it")
+
+
 def check_run_target(path: str | os.PathLike, resume: bool, overwrite: bool) -> None:
     """Refuse a request that contradicts itself or would replace a run nobody named as one to
     replace; called before anything is loaded or touched."""
     if resume and overwrite:
         raise StoreError("--resume and --overwrite contradict each other; pick one")
     if Path(path).exists() and not (resume or overwrite):
-        raise StoreError(f"{path} already exists; pass --resume to continue it or --overwrite to replace it")
+        raise _already_exists(path)
 
 
 class RunWriter:
@@ -434,7 +438,7 @@ class RunWriter:
         aside, old_lock = None, None
         if path.exists() or path.is_symlink():
             if not overwrite:
-                raise StoreError(f"{path} already exists; pass --resume to continue it or --overwrite to replace it")
+                raise _already_exists(path)
             if run_state(path) is None:
                 what = "a directory holding other files" if path.is_dir() else "a file"
                 raise StoreError(f"{path} is not a run directory ({what}); refusing to overwrite it: choose another "
