@@ -57,6 +57,9 @@ PRE_TOKENIZERS = {
     "qwen2": (False, _QWEN2_SPLIT),
 }
 INSTALL_GGUF = "pip install gguf"
+# Part of the cache key: bump it whenever the conversion's output changes, so a cache written by
+# an older converter is not read as if this one had written it.
+CONVERSION_VERSION = 1
 
 
 @dataclass
@@ -154,7 +157,9 @@ def hf_config(meta: dict[str, Any], tensor_names: set[str], path: Path) -> dict[
         "vocab_size": vocab,
         "hidden_act": "silu",
         "tie_word_embeddings": "output.weight" not in tensor_names,
-        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        # Qwen2 always has q/k/v biases (its model_type says so) and no output bias; a Llama with
+        # attention_bias has all four.
+        "attention_bias": model_type != "qwen2" and "blk.0.attn_q.bias" in tensor_names,
         "mlp_bias": False,
         "torch_dtype": "float32",
     }
@@ -184,6 +189,7 @@ _TENSOR_NAMES = {
     "blk.{l}.attn_q.bias": "model.layers.{l}.self_attn.q_proj.bias",
     "blk.{l}.attn_k.bias": "model.layers.{l}.self_attn.k_proj.bias",
     "blk.{l}.attn_v.bias": "model.layers.{l}.self_attn.v_proj.bias",
+    "blk.{l}.attn_output.bias": "model.layers.{l}.self_attn.o_proj.bias",
     "blk.{l}.ffn_gate.weight": "model.layers.{l}.mlp.gate_proj.weight",
     "blk.{l}.ffn_up.weight": "model.layers.{l}.mlp.up_proj.weight",
     "blk.{l}.ffn_down.weight": "model.layers.{l}.mlp.down_proj.weight",
@@ -318,6 +324,23 @@ def tokenizer_files(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, An
     return tok.to_str(), config
 
 
+def hf_tokenizer(tokenizer_json: str, config: dict[str, Any]) -> Any:
+    """The tokenizer as transformers' fast tokenizer, built from our tokenizer.json as it is.
+    Not through AutoTokenizer: transformers 5 picks a class from config.json's model_type (e.g.
+    Qwen2Tokenizer) that replaces the pre-tokenizer the GGUF's metadata asked for."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = {k: v for k, v in config.items() if k != "tokenizer_class"}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **kwargs)
+
+
+def tokenizer_from_dir(folder: Path) -> Any:
+    """`hf_tokenizer` of a cached conversion's tokenizer files."""
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return hf_tokenizer((folder / "tokenizer.json").read_text(encoding="utf-8"), config)
+
+
 # ---------------------------------------------------------------------------- the cache
 
 
@@ -340,7 +363,7 @@ def digest(path: Path) -> str:
 
 def cached_dir(path: Path) -> Path:
     """The cache directory of this file's conversion (it may not exist yet)."""
-    return cache_root() / "gguf" / f"{path.stem}-{digest(path)[:20]}"
+    return cache_root() / "gguf" / f"{path.stem}-{digest(path)[:20]}-v{CONVERSION_VERSION}"
 
 
 def write_checkpoint(converted: Converted, target: Path) -> Path:

@@ -117,18 +117,17 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def load_gguf(path: Path, display: str | None = None) -> HookedTransformer:
-    """A Llama-family GGUF file: its cached Hugging Face conversion, made on first use."""
+    """A Llama-family GGUF file: its cached Hugging Face conversion, made on first use (or the
+    conversion in memory where the cache cannot be written)."""
     display = display or str(path)
     source = gguf.checkpoint(path)
     if isinstance(source, Path):
-        model = load_dir(source, display)
-    else:  # the cache could not be written: the same steps on the conversion in memory
-        from tokenizers import Tokenizer
-        from transformers import PreTrainedTokenizerFast
-
-        config = {k: v for k, v in source.tokenizer_config.items() if k not in ("tokenizer_class", "chat_template")}
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(source.tokenizer_json), **config)
-        model = hf_model(source.hf_config, lambda: source.state, lambda: tokenizer, display)
+        hf = read_json_object(source / "config.json")
+        model = hf_model(hf, lambda: read_weights(source), lambda: gguf.tokenizer_from_dir(source), display,
+                         f"{source}/config.json")
+    else:
+        model = hf_model(source.hf_config, lambda: source.state,
+                         lambda: gguf.hf_tokenizer(source.tokenizer_json, source.tokenizer_config), display)
     model.cfg.extra["gguf"] = str(path)
     return model
 

@@ -213,3 +213,113 @@ def decode(obj):
     if isinstance(obj, list):
         return [decode(v) for v in obj]
     return obj
+
+
+# ------------------------------------------------------------ tiny GGUF files
+# A byte-level BPE vocabulary as llama.cpp stores it: three control tokens, the 256 byte
+# symbols (GPT-2's bytes-to-unicode map), then the tokens of a few merges.
+GGUF_MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "Ġa n", "Ġan d", "e r", "Ġ 1", "1 2"]
+
+
+def gguf_vocab() -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token types, merges) of the tiny GGUF tokenizer (type 3 = control, 1 = normal)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    symbols = list(bytes_to_unicode().values())
+    merged = [m.replace(" ", "") for m in GGUF_MERGES]
+    tokens = specials + symbols + merged
+    return tokens, [3] * len(specials) + [1] * (len(symbols) + len(merged)), list(GGUF_MERGES)
+
+
+def tiny_gguf_source(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A random-weight Hugging Face model (llama: 4 heads, 2 key/value heads; qwen2: q/k/v
+    biases, tied embeddings) whose vocabulary is `gguf_vocab`'s: the ground truth a GGUF
+    written from it must load back to."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    n_vocab = len(gguf_vocab()[0])
+    common = dict(vocab_size=n_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = (LlamaConfig(**common, rope_theta=500.0, tie_word_embeddings=False) if arch == "llama"
+           else Qwen2Config(**common, rope_theta=10000.0, tie_word_embeddings=True))
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    randomize(model, seed)
+    return model.eval()
+
+
+def _llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf `permute` of a query/key projection (written out here,
+    independently of the loader's inverse)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path: Path, model: torch.nn.Module, arch: str = "llama", *, qtype: str = "F32",
+               add_bos: bool = False, arch_name: str | None = None, raw_tensor: tuple[str, str] | None = None,
+               pre: str = "default") -> Path:
+    """Write ``model`` (a `tiny_gguf_source`) as llama.cpp would: its metadata keys, its tensor
+    names, q/k rows permuted for llama, 2-D weights quantized as ``qtype`` (``F32``, ``Q8_0``...).
+    ``arch_name`` overrides general.architecture (an unsupported one); ``raw_tensor`` = (name,
+    type) writes that tensor as zero bytes of a type (one the dequantizer lacks)."""
+    import gguf
+
+    cfg = model.config
+    tokens, types, merges = gguf_vocab()
+    w = gguf.GGUFWriter(str(path), arch_name or arch)
+    w.add_name("tiny")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_add_bos_token(add_bos)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+                 "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+                 "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+                 "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+                 "self_attn.v_proj.bias": "attn_v.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
+                 "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+    state = model.state_dict()
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    for hf, t in state.items():
+        if hf.startswith("model.layers."):
+            layer, rest = hf[len("model.layers."):].split(".", 1)
+            name = f"blk.{layer}.{per_layer[rest]}"
+        else:
+            name = names[hf]
+        a = t.detach().float().numpy().copy()
+        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = cfg.num_attention_heads if "attn_q" in name else cfg.num_key_value_heads
+            a = _llama_cpp_permute(a, heads)
+        if raw_tensor is not None and name == raw_tensor[0]:
+            kind = gguf.GGMLQuantizationType[raw_tensor[1]]
+            block, size = gguf.GGML_QUANT_SIZES[kind]
+            raw = np.zeros((a.shape[0], a.shape[1] // block * size), dtype=np.uint8)
+            w.add_tensor(name, raw, raw_dtype=kind)
+        elif a.ndim == 2 and qtype != "F32":
+            kind = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(name, gguf.quants.quantize(a, kind), raw_dtype=kind)
+        else:
+            w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
