@@ -9,6 +9,11 @@ Methods (as the literature names them):
   *is* the inputs, as on the CLI) the pairing is a derangement: example i never gets its own
   activation back, which would be no ablation at all.
 
+A set of heads ablated together is judged against random sets of as many heads *of the same
+layers* (``same_layer_random_heads``, ``ablate_against_random``): as many heads in each layer as
+the set has there, drawn from that layer's other heads, several draws. Ablating any k heads of
+layers 17-23 of a 30-layer model does something; the question is whether these k do more.
+
 A sweep ablates each head in turn and reports the change in a metric as a [layer, head]
 table. It is batched: one forward pass per layer runs the batch once per head of that layer,
 each copy with a different head ablated, so a full sweep costs n_layers passes (times
@@ -24,6 +29,8 @@ examples that have a real token there.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -288,6 +295,82 @@ def ablate_together(model: HookedTransformer, tokens: torch.Tensor, metric: Metr
     return pd.DataFrame([{"method": method, "heads": heads_text(heads, " "),
                           "mlp": " ".join(str(layer) for layer in mlp_layers), "clean": clean, "ablated": ablated,
                           "effect": ablated - clean}])
+
+
+def same_layer_random_heads(heads: list[tuple[int, int]], n_heads: int, rng: np.random.Generator
+                            ) -> list[tuple[int, int]]:
+    """As many heads in each layer as ``heads`` has there, drawn uniformly without replacement
+    from that layer's heads outside ``heads``."""
+    chosen = set(heads)
+    out = []
+    for layer, k in sorted(Counter(layer for layer, _ in heads).items()):
+        pool = [h for h in range(n_heads) if (layer, h) not in chosen]
+        if len(pool) < k:
+            raise InputError(f"layer {layer} has {len(pool)} head(s) besides the {k} of the set there, too few for "
+                             f"a random set of as many heads of the same layers; ablate fewer heads")
+        out += [(layer, pool[i]) for i in sorted(rng.choice(len(pool), size=k, replace=False))]
+    return out
+
+
+def same_layer_sets(heads: list[tuple[int, int]], n_heads: int) -> int:
+    """How many distinct sets ``same_layer_random_heads`` can draw."""
+    counts = Counter(layer for layer, _ in set(heads))
+    return math.prod(math.comb(n_heads - k, k) for k in counts.values())
+
+
+@torch.no_grad()
+def ablate_against_random(model: HookedTransformer, tokens: torch.Tensor, metrics: dict[str, Metric],
+                          heads: list[tuple[int, int]], draws: int = 20, method: Method = "mean",
+                          reference: torch.Tensor | dict[int, torch.Tensor] | None = None, seed: int = 0,
+                          attention_mask: torch.Tensor | None = None,
+                          reference_mask: torch.Tensor | None = None) -> pd.DataFrame:
+    """Each metric (mean over examples) clean, with ``heads`` ablated together, and with each of
+    ``draws`` independent random sets of as many heads of the same layers
+    (``same_layer_random_heads``, numpy generator seeded ``seed``) ablated together. One row per
+    condition: ``condition`` (clean, heads, random), ``draw`` (the random set's index, -1
+    otherwise), ``heads``, then per metric its value and ``effect_<metric>`` (value - clean).
+
+    The metrics must read only the output. Exact shortcut: every ablated forward pass starts
+    at the first layer of ``heads`` from the clean residual stream (nothing earlier changes)."""
+    if not heads:
+        raise InputError("nothing to ablate: name heads (e.g. L1H0)")
+    if draws < 1:
+        raise InputError(f"draws must be at least 1 (random sets to compare with), not {draws}")
+    for name, metric in metrics.items():
+        if getattr(metric, "reads", ()) or not getattr(metric, "uses_output", True):
+            raise InputError(f"ablate_against_random compares metrics of the output; {name} reads activations")
+    heads = [(int(layer), int(h)) for layer, h in heads]
+    check_heads(model, heads)
+    first = min(layer for layer, _ in heads)
+    names = list(metrics)
+
+    def joint(out, tokens, cache=None):  # [b, n_metrics]
+        return torch.stack([metrics[name](out, tokens, cache) for name in names], -1)
+
+    keep: dict[str, torch.Tensor] = {}
+    start = f"blocks.{first}.hook_resid_pre"
+    clean = evaluate(model, tokens, _Capturing(joint, [start], keep), attention_mask=attention_mask)[0].mean(0)
+    if isinstance(reference, dict) or method == "zero" or reference is None:
+        refs = reference if isinstance(reference, dict) else {}
+    else:
+        refs = reference_z(model, reference, reference_mask)
+
+    def measure(ablated: list[tuple[int, int]]) -> torch.Tensor:
+        hooks = ablate_heads_hooks(model, ablated, method, refs, seed)
+        return evaluate(model, tokens, joint, hooks, attention_mask, resume=(first, keep[start]))[0].mean(0)
+
+    rng = np.random.default_rng(seed)
+    conditions = [("clean", -1, [], clean), ("heads", -1, heads, measure(heads))]
+    for draw in range(draws):
+        other = same_layer_random_heads(heads, model.cfg.n_heads, rng)
+        conditions.append(("random", draw, other, measure(other)))
+    rows = []
+    for condition, draw, ablated, values in conditions:
+        row = {"condition": condition, "draw": draw, "method": method, "heads": heads_text(ablated, " ")}
+        row |= {name: float(v) for name, v in zip(names, values)}
+        row |= {f"effect_{name}": float(v - c) for name, v, c in zip(names, values, clean)}
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @torch.no_grad()

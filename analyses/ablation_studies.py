@@ -10,20 +10,48 @@ Three sources of data, each with the metrics it can measure:
   next-token loss on all its prompts, right-padded with a mask.
 Either every head is ablated in turn (the sweep, a [layer, head] table) or ``ablate_heads`` /
 ``ablate_mlp`` are ablated together (one row: clean vs ablated).
+
+``top_induction=K`` (``induction_ablation``) asks whether induction heads carry the repeat: the K
+heads with the highest induction score on repeated random tokens (``analyses.head_metrics.
+random_repeat_scores``, the induction mosaic's score) are mean-ablated together, against
+``draws`` random sets of as many heads of the same layers, and the model's next-token loss is
+reported on the first half (unpredictable) and on the repeated half (predictable by copying).
+Three independent sets of ``n`` repeated random sequences, drawn in this order from one
+generator seeded ``seed``: the detection set that picks the heads, the reference set of the
+mean, and the measured set; the heads are not chosen on the data they are judged on.
+
+Mean ablation as Wang et al. (2022, the IOI circuit) use it, the mean over a reference
+distribution of inputs like the measured ones: the head's output z is replaced, at each
+position, by its mean over the reference set of fresh repeated random sequences of the same
+length and framing (resample ablation, Chan et al. 2022, is ``method="resample"``). The head keeps its average, position-dependent
+contribution (what it writes at the 5th token of a repeated half on average) and loses
+everything that depends on this sequence's tokens, which is what copying needs. (Zero ablation
+also removes the average, and knocks the residual stream off its distribution: see
+tests/test_ablation.py on toy-induction.) Under grouped-query attention each query head still
+has its own z, so ablating one leaves the other query heads of its key/value group untouched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
 import models
 from probe.errors import InputError
-from probe.head_labels import check_top, parse_heads
+from probe.head_labels import check_top, heads_text, parse_heads
 
-from .ablation import ablate_together, head_ablation_sweep, logit_difference, next_token_loss
+from .ablation import (
+    ablate_against_random,
+    ablate_together,
+    head_ablation_sweep,
+    logit_difference,
+    next_token_loss,
+    same_layer_sets,
+)
+from .head_metrics import random_repeat_scores, random_repeat_tokens
 
 
 @dataclass(frozen=True)
@@ -58,14 +86,20 @@ def ablation_study(model_name: str | None = None, *, task: str | None = None, pr
                    run=None, metric: str | None = None, ablate_heads: list[str] | None = None,
                    ablate_mlp: list[int] | None = None, heads: list[str] | None = None, layer: int | None = None,
                    query: str = "pronoun_span", method: str = "mean", n: int = 64, seed: int = 0,
-                   top: int = 5, has_output: bool = True) -> AblationStudy:
-    """The sweep, or the set ablated together, for one source of data (see the module).
+                   top: int = 5, has_output: bool = True, top_induction: int | None = None,
+                   draws: int | None = None) -> AblationStudy | InductionAblation:
+    """The sweep, or the set ablated together, for one source of data (see the module); with
+    ``top_induction`` the top induction heads against random heads of the same layers
+    (``induction_ablation``, ``draws`` random sets, default 20).
     ``has_output``: whether the caller has somewhere to put a sweep of ``task`` or ``prompts``
     (a run's sweep goes next to the run); without one, such a sweep is refused before it runs."""
     check_top(top)
     if n < 1:  # a tensor of no (or minus three) examples
         raise InputError(f"n must be at least 1 (the --task examples), not {n}")
     together_heads, together_mlp = parse_heads(ablate_heads), list(ablate_mlp or [])
+    if top_induction is not None or draws is not None:
+        return _top_induction(model_name, top_induction, draws, task, prompts, run, metric, together_heads,
+                              together_mlp, method, n, seed)
     if run is not None:
         return _on_run(run, model_name, metric, together_heads, together_mlp, parse_heads(heads), layer, query,
                        method, seed, top)
@@ -102,18 +136,23 @@ def check_metric_without_run(metric: str | None) -> None:
                          "--prompts use --metric loss or logit-diff")
 
 
-def task_inputs(model, n: int, seed: int, metric: str | None = None) -> AblationInputs:
-    """Repeated random tokens: next-token loss on the repeated half of ``n`` sequences."""
-    from models.tasks import induction
-
+def check_loss_metric(metric: str | None) -> None:
     check_metric_without_run(metric)
     if (metric or "loss") != "loss":
         raise InputError("--task induction measures next-token loss; --metric logit-diff needs --prompts JSONL "
                          "with answer and wrong fields")
+
+
+def task_inputs(model, n: int, seed: int, metric: str | None = None) -> AblationInputs:
+    """Repeated random tokens of the model's vocabulary (``random_repeat_tokens``): next-token
+    loss on the repeated half of ``n`` sequences; the reference set (for mean and resample) is
+    ``n`` more, drawn after them from the generator seeded ``seed``."""
+    check_loss_metric(metric)
     g = torch.Generator().manual_seed(seed)
-    tokens, reference = induction.repeated_tokens(g, n), induction.repeated_tokens(g, n)
-    return AblationInputs(tokens, reference, next_token_loss(induction.repeated_positions()[1]),
-                          f"next-token loss on the repeated half of {n} repeated random sequences")
+    tokens, reference = random_repeat_tokens(model, n, generator=g), random_repeat_tokens(model, n, generator=g)
+    return AblationInputs(tokens.ids, reference.ids, next_token_loss(tokens.loss_positions()[1]),
+                          f"next-token loss on the repeated half of {n} repeated random sequences "
+                          f"(2 x {tokens.half} tokens)")
 
 
 def prompt_inputs(model, source: str | None, metric: str | None = None) -> AblationInputs:
@@ -211,3 +250,122 @@ def _run_loss(model, run, method: str, seed: int, together_heads, together_mlp, 
                             f"next-token loss on the {run.n_prompts} prompts of {run.path}", mask, mask)
     return _ablate(model, inputs, method, seed, together_heads, together_mlp, f"of {model.cfg.model_name}",
                    "ablation_loss", metric_label="next-token loss")
+
+
+@dataclass(frozen=True)
+class InductionAblation:
+    """The top induction heads mean-ablated together vs random sets of as many heads of the
+    same layers, measured by next-token loss on repeated random tokens (see the module)."""
+
+    model_name: str
+    method: str
+    n: int  # sequences in each of the detection, reference and measured sets
+    half: int  # random tokens per half
+    heads: tuple[tuple[int, int], ...]  # the ablated set: the top induction_random on the detection set
+    scores: tuple[float, ...]  # their induction_random there
+    table: pd.DataFrame  # analyses.ablation.ablate_against_random's rows (metrics first_half, repeated_half)
+    n_sets: int  # distinct random sets of as many heads of the same layers
+
+    def _rows(self, condition: str) -> pd.DataFrame:
+        return self.table[self.table.condition == condition]
+
+    def loss(self, condition: str, part: str = "repeated_half") -> float:
+        """Loss of ``part`` (first_half, repeated_half) for clean or heads."""
+        return float(self._rows(condition)[part].iloc[0])
+
+    def effect(self, part: str = "repeated_half") -> float:
+        """How much ablating ``heads`` raises the loss of ``part``."""
+        return float(self._rows("heads")[f"effect_{part}"].iloc[0])
+
+    def random_effects(self, part: str = "repeated_half") -> np.ndarray:
+        """[draws] the same for each random set."""
+        return self._rows("random")[f"effect_{part}"].to_numpy()
+
+    @property
+    def beats_every_draw(self) -> bool:
+        """Does ablating ``heads`` raise the repeated half's loss more than every random set?"""
+        return self.effect() > self.random_effects().max()
+
+    @property
+    def share_below(self) -> float:
+        """The fraction of random sets whose repeated-half effect is below the heads': the
+        heads' percentile among the draws."""
+        return float((self.random_effects() < self.effect()).mean())
+
+
+def induction_ablation(model, k: int = 5, draws: int = 20, n: int = 16, half: int = 20, seed: int = 0,
+                       method: str = "mean") -> InductionAblation:
+    """The ``k`` heads with the highest ``induction_random`` on the detection set ablated
+    together vs ``draws`` random sets of as many heads of the same layers; next-token loss on
+    each half of the measured set (see the module). ``model``: a model or its name."""
+    model = models.load(model) if isinstance(model, str) else model
+    if not model.cfg.has_unembed:
+        raise encoder_refusal(model.cfg.model_name)
+    check_top(k)
+    if n < 1:
+        raise InputError(f"n must be at least 1 (sequences per set), not {n}")
+    g = torch.Generator().manual_seed(seed)
+    detect, reference, data = (random_repeat_tokens(model, n, half, generator=g) for _ in range(3))
+    scores = random_repeat_scores(model, data=detect)["induction_random"]
+    if k >= scores.size:
+        raise InputError(f"{k} top induction heads leave no other heads to compare with: {model.cfg.model_name} "
+                         f"has {scores.size} heads")
+    order = np.argsort(-scores, axis=None, kind="stable")[:k]
+    heads = [(int(i // scores.shape[1]), int(i % scores.shape[1])) for i in order]
+    first, repeated = data.loss_positions()
+    metrics = {"first_half": next_token_loss(first), "repeated_half": next_token_loss(repeated)}
+    table = ablate_against_random(model, data.ids, metrics, heads, draws, method, reference.ids, seed)
+    return InductionAblation(model.cfg.model_name, method, n, data.half, tuple(heads),
+                             tuple(float(scores[layer, h]) for layer, h in heads), table,
+                             same_layer_sets(heads, model.cfg.n_heads))
+
+
+def _top_induction(model_name, top_induction, draws, task, prompts, run, metric, together_heads, together_mlp,
+                   method, n, seed) -> InductionAblation:
+    if top_induction is None:
+        raise InputError("--draws compares the top induction heads with random heads of the same layers; give "
+                         "--top-induction K")
+    if run is not None or prompts or (task not in (None, "induction")):
+        raise InputError("--top-induction measures repeated random tokens (--task induction); it takes no --run "
+                         "or --prompts")
+    if together_heads or together_mlp:
+        raise InputError("--top-induction picks the heads to ablate; give it or --ablate-heads/--ablate-mlp")
+    if not model_name:
+        raise InputError("give --model for --top-induction")
+    check_loss_metric(metric)
+    return induction_ablation(model_name, top_induction, 20 if draws is None else draws, n, seed=seed,
+                              method=method)
+
+
+def render_induction_ablation(study: InductionAblation) -> str:
+    """The comparison in a few lines: the heads, the losses clean and ablated on each half,
+    the random sets' mean, spread and range, and where the heads fall among them."""
+    def stats(part: str) -> str:
+        e = study.random_effects(part)
+        return f"{e.mean():+.3f} +- {e.std(ddof=1) if len(e) > 1 else 0.0:.3f} (min {e.min():+.3f}, max {e.max():+.3f})"
+
+    draws = len(study.random_effects())
+    k = len(study.heads)
+    which = "the top induction head" if k == 1 else f"the {k} top induction heads"
+    lines = [
+        f"{study.method}-ablating {which} of {study.model_name}{' together' if k > 1 else ''} vs {draws} random "
+        "sets of as many heads of the same layers",
+        f"  heads (induction score on {study.n} other repeated random sequences): "
+        + ", ".join(f"{heads_text([h])} {s:.2f}" for h, s in zip(study.heads, study.scores)),
+        f"  next-token loss (nats) on {study.n} sequences of 2 x {study.half} random tokens:",
+        f"    {'':<22}{'first half':>12}{'repeated half':>16}",
+        f"    {'clean':<22}{study.loss('clean', 'first_half'):>12.3f}{study.loss('clean'):>16.3f}",
+        f"    {'top induction heads':<22}{study.loss('heads', 'first_half'):>12.3f}{study.loss('heads'):>16.3f}"
+        f"   effect {study.effect('first_half'):+.3f} / {study.effect():+.3f}",
+        f"  random heads, effect mean +- sd over {draws} draws:",
+        f"    first half    {stats('first_half')}",
+        f"    repeated half {stats('repeated_half')}",
+    ]
+    few = f" (only {study.n_sets} distinct random sets exist)" if study.n_sets < draws else ""
+    subject = "the top head raises" if k == 1 else "the top heads raise"
+    if study.beats_every_draw:
+        lines.append(f"  {subject} the repeated half's loss more than all {draws} random sets{few}")
+    else:
+        lines.append(f"  {subject} the repeated half's loss more than {study.share_below:.0%} of the {draws} random "
+                     f"sets, not all{few}")
+    return "\n".join(lines)

@@ -16,9 +16,24 @@ position of the run; the detector scores (below) are per-prompt scores averaged 
 detector (``transformer_lens.head_detector``, ``error_measure="mul"``): the attention that falls
 on the detection pattern's cells over all attention (so over every query, including those with
 no target), per prompt, then averaged over prompts as ``detect_head`` does for a list. A test
-compares them with TransformerLens's own functions. ``induction_random`` (``random_repeat_scores``,
-``probe heads`` adds it when it can load the run's model) is the induction score on repeated
-random tokens, the input the detector's induction score is meant for.
+compares them with TransformerLens's own functions.
+
+With the run's model (``probe heads`` loads it when it can), two scores on fresh repeated
+random tokens (``random_repeat_scores``), the input induction and previous-token heads are
+defined on, computed as TransformerLens's induction mosaic computes them (the attention
+pattern's offset diagonal, averaged over the queries that have a target), so 1 means all of
+the query's attention is on the target:
+- ``induction_random``: from each query of the repeated half to the token after its earlier
+  occurrence (q - half + 1);
+- ``prev_token_random``: from each random token to the one before it (q - 1).
+
+The sequences are framed as the model's tokenizer frames a text: SmolLM2's GGUF says to add no
+BOS, so its sequences start with the first random token. Measured on SmolLM2 (2 x 20 random
+tokens): its top five induction heads (scored on 8 sequences) are the same with nothing, with
+<|im_start|> (its BOS id) and with <|endoftext|> in front; the clean repeated-half loss (16
+sequences) is 3.8, 4.8 and 2.0 nats.
+
+From the run again, where its prompts allow:
 - ``antecedent`` (only for runs whose prompts carry coreference labels, e.g. seed or
   WinoBias): attention mass from the pronoun to the gold antecedent minus the mass to the
   other candidate, aggregated as Clark et al. (2019) do (sum over a mention's tokens, mean
@@ -27,15 +42,19 @@ random tokens, the input the detector's induction score is meant for.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import torch
 
 from .run_checks import require_layer_hooks
 
 METRICS = ("entropy", "prev_token", "first_token", "self", "duplicate_token", "induction")
 
 
-OPTIONAL = ("induction_random", "antecedent")  # present when a model, or gold antecedents, allow them
+RANDOM_REPEAT = ("induction_random", "prev_token_random")  # on repeated random tokens: need the model
+OPTIONAL = (*RANDOM_REPEAT, "antecedent")  # present when a model, or gold antecedents, allow them
 LOWER_IS_STRONGER = ("entropy",)  # a sharp head has low entropy; every other metric: higher is stronger
 
 
@@ -77,12 +96,43 @@ def pattern_metrics(pattern: np.ndarray, tokens: np.ndarray) -> dict[str, tuple[
     return out
 
 
-def random_repeat_tokens(model, n: int = 16, half: int = 20, seed: int = 0):
-    """[n, specials + 2 * half] token ids: ``half`` random non-special tokens repeated once,
-    framed by the special tokens the model's tokenizer puts around a text ([CLS] ... [SEP],
-    <bos> ...). ``half`` shrinks to fit a short context."""
-    import torch
+@dataclass(frozen=True)
+class RepeatedRandomTokens:
+    """Sequences of ``half`` random tokens repeated once (TransformerLens's
+    ``generate_repeated_tokens``, the input of the induction mosaic), framed by the special
+    tokens the model's tokenizer puts around a text: [n, start + 2 * half + suffix] ids, the
+    random tokens at positions ``start`` .. ``start + 2 * half - 1``."""
 
+    ids: torch.Tensor  # [n, pos]
+    start: int  # position of the first random token (0 where the tokenizer adds nothing in front)
+    half: int  # random tokens per half
+
+    @property
+    def repeated(self) -> torch.Tensor:
+        """Positions of the repeated half: the queries the induction score averages."""
+        return torch.arange(self.start + self.half, self.start + 2 * self.half)
+
+    @property
+    def after_previous(self) -> torch.Tensor:
+        """Random-token positions whose previous token is random too: the queries the
+        previous-token score averages."""
+        return torch.arange(self.start + 1, self.start + 2 * self.half)
+
+    def loss_positions(self) -> tuple[slice, slice]:
+        """(first half, repeated half) as slices of the [p-1] next-token loss: the
+        predictions of the first half's tokens (those with a token before them), and of the
+        repeated half's tokens after its first (the first is not predictable: nothing says
+        the repeat starts there)."""
+        s, h = self.start, self.half
+        return slice(max(s, 1) - 1, s + h - 1), slice(s + h, s + 2 * h - 1)
+
+
+def random_repeat_tokens(model, n: int = 16, half: int = 20, seed: int = 0,
+                         generator: torch.Generator | None = None) -> RepeatedRandomTokens:
+    """``n`` sequences of ``half`` random non-special tokens, uniform over the vocabulary and
+    repeated once, framed as the model's tokenizer frames a text ([CLS] ... [SEP], <bos> ...,
+    nothing for SmolLM2, whose GGUF says to add no BOS). ``half`` shrinks to fit a short
+    context. Drawn from ``generator`` when given, else from one seeded with ``seed``."""
     from probe.errors import InputError
 
     framed = model.tokenize("a").ids[0].tolist()
@@ -97,34 +147,39 @@ def random_repeat_tokens(model, n: int = 16, half: int = 20, seed: int = 0):
     vocab = getattr(model.tokenizer, "get_vocab", dict)()
     bracketed = {i for t, i in vocab.items() if t.startswith("[") and t.endswith("]")}  # BERT's [unused..]
     allowed = torch.tensor(sorted(set(range(model.cfg.d_vocab)) - specials - bracketed - set(prefix + suffix)))
-    g = torch.Generator().manual_seed(seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     first = allowed[torch.randint(0, len(allowed), (n, half), generator=g)]
     frame = [torch.tensor([prefix] * n, dtype=torch.long).reshape(n, -1),
              torch.tensor([suffix] * n, dtype=torch.long).reshape(n, -1)]
-    return torch.cat([frame[0], first, first, frame[1]], dim=1)
+    return RepeatedRandomTokens(torch.cat([frame[0], first, first, frame[1]], dim=1), len(prefix), half)
 
 
-def random_repeat_scores(model, n: int = 16, half: int = 20, seed: int = 0) -> np.ndarray:
-    """[layer, head] TransformerLens's induction-head detector score on repeated random
-    tokens (``random_repeat_tokens``), averaged over the ``n`` sequences."""
-    import torch
-
-    ids = random_repeat_tokens(model, n, half, seed)
+def random_repeat_scores(model, n: int = 16, half: int = 20, seed: int = 0,
+                         data: RepeatedRandomTokens | None = None) -> dict[str, np.ndarray]:
+    """{"induction_random", "prev_token_random"}: [layer, head] scores on repeated random
+    tokens (``data``, else ``random_repeat_tokens(model, n, half, seed)``), as the induction
+    mosaic measures them: the mean over the repeated half's queries q of the attention to
+    q - half + 1 (the token after q's earlier occurrence), and the mean over the random
+    tokens' queries of the attention to q - 1; both averaged over the sequences. A head of a
+    grouped-query model (several query heads sharing a key/value head) has its own pattern
+    and so its own scores."""
+    data = data if data is not None else random_repeat_tokens(model, n, half, seed)
     device = next(model.parameters()).device
     with torch.no_grad():
-        _, cache = model.run_with_cache(ids.to(device), names_filter="blocks.*.attn.hook_pattern")
-    scores = np.zeros((model.cfg.n_layers, model.cfg.n_heads))
+        _, cache = model.run_with_cache(data.ids.to(device), names_filter="blocks.*.attn.hook_pattern")
+    q_ind, q_prev = data.repeated, data.after_previous
+    scores = {name: np.zeros((model.cfg.n_layers, model.cfg.n_heads)) for name in RANDOM_REPEAT}
     for layer in range(model.cfg.n_layers):
-        patterns = cache["pattern", layer].float().cpu().numpy()  # [n, head, q, k]
-        for row, pattern in zip(ids.numpy(), patterns):
-            scores[layer] += pattern_metrics(pattern, row)["induction"][0] / n
+        p = cache["pattern", layer].float().cpu()  # [n, head, q, k]
+        scores["induction_random"][layer] = p[:, :, q_ind, q_ind - data.half + 1].mean((0, 2)).numpy()
+        scores["prev_token_random"][layer] = p[:, :, q_prev, q_prev - 1].mean((0, 2)).numpy()
     return scores
 
 
 def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFrame:
     """A tidy table, one row per (layer, head), one column per metric, over the run's
-    published prompts (or the given ones); with ``model`` (the run's) also
-    ``induction_random``."""
+    published prompts (or the given ones); with ``model`` (the run's) also the scores on
+    repeated random tokens (``induction_random``, ``prev_token_random``)."""
     cfg = run.config
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     require_layer_hooks(run, "attn.hook_pattern", "head metrics")
@@ -138,15 +193,15 @@ def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFr
                 sums[m][layer] += s
                 counts[m][layer] += c
     antecedent = antecedent_scores(run, prompts)
-    induction_random = random_repeat_scores(model) if model is not None else None
+    on_random = random_repeat_scores(model) if model is not None else {}
     rows = []
     for layer in range(n_layers):
         for head in range(n_heads):
             row = {"layer": layer, "head": head}
             for m in METRICS:
                 row[m] = sums[m][layer, head] / counts[m][layer] if counts[m][layer] else float("nan")
-            if induction_random is not None:
-                row["induction_random"] = induction_random[layer, head]
+            for m, score in on_random.items():
+                row[m] = score[layer, head]
             if antecedent is not None:
                 row["antecedent"] = antecedent[layer, head]
             rows.append(row)
@@ -172,7 +227,7 @@ def antecedent_scores(run, prompts: list[int] | None = None) -> np.ndarray | Non
 
 def induction_model(run, name: str | None = None):
     """(model, None): the run's own model (or ``name``, which must be the run's) for
-    ``induction_random``; (None, reason) when the run's model cannot be loaded or cannot take
+    the scores on repeated random tokens; (None, reason) when the run's model cannot be loaded or cannot take
     repeated random tokens: the cache alone answers every other metric. A model the user
     named that cannot serve is a mistake, and its error propagates."""
     from probe.errors import InputError

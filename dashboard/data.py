@@ -191,7 +191,8 @@ class RunData:
         cfg = run.config
         state = "complete" if run.complete else \
             f"still being recorded: {run.n_prompts} of {run.n_prompts_total} prompts published (Refresh to see more)"
-        return (f"{self.label}: {run.model_name}, {cfg['n_layers']} layers x {cfg['n_heads']} heads, "
+        kv = f" ({run.n_kv_heads} key/value heads)" if run.n_kv_heads != run.n_heads else ""
+        return (f"{self.label}: {run.model_name}, {cfg['n_layers']} layers x {cfg['n_heads']} heads{kv}, "
                 f"{run.n_prompts} prompts, {run.n_tokens} tokens; {state}")
 
     # -------------------------------------------------------------- small things, cached
@@ -202,6 +203,24 @@ class RunData:
     @property
     def n_heads(self) -> int:
         return int(self.run.config["n_heads"])
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (fewer than `n_heads` under grouped-query attention)."""
+        return self.run.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head ``head`` attends with (`probe.reader.Run.kv_head`)."""
+        return self.run.kv_head(head)
+
+    def query_heads(self, kv_head: int) -> range:
+        """The query heads sharing key/value head ``kv_head``."""
+        return self.run.query_heads(kv_head)
+
+    @property
+    def rotary(self) -> bool:
+        """Whether the model applies rotary positions to queries and keys (after hook_q/hook_k)."""
+        return self.run.config.get("positional") == "rotary"
 
     @property
     def n_prompts(self) -> int:
@@ -289,11 +308,13 @@ class RunData:
 
     def qk_vectors(self, layer: int, head: int, max_tokens: int = 3000, include: int | None = None
                    ) -> dict[str, Any] | None:
-        """Query and key vectors of one head over the run's prompts (all of them, or prompts
-        spread evenly over the run up to about ``max_tokens`` tokens, ``include`` among
-        them), with each token's string and prompt. None when the run lacks hook_q/hook_k
-        for the layer. The spread-out sample is cached apart from ``include`` (the
-        selected prompt), so switching prompt reads that one prompt at most."""
+        """Query vectors of query head ``head`` and key vectors of the key/value head it attends
+        with (`kv_head`: under grouped-query attention several query heads share it) over the
+        run's prompts (all of them, or prompts spread evenly over the run up to about
+        ``max_tokens`` tokens, ``include`` among them), with each token's string and prompt.
+        None when the run lacks hook_q/hook_k for the layer. The spread-out sample is cached
+        apart from ``include`` (the selected prompt), so switching prompt reads that one
+        prompt at most."""
         self._check_head(layer, head)
         if not (self.has_hook(f"blocks.{layer}.attn.hook_q") and self.has_hook(f"blocks.{layer}.attn.hook_k")):
             return None
@@ -311,8 +332,7 @@ class RunData:
     def _qk_of(self, layer: int, head: int, prompts: tuple[int, ...]) -> dict[str, Any]:
         """One head's query and key vectors over ``prompts``, with tokens and prompt ids."""
         q_name, k_name = f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
-        n_kv = self.run.manifest["hooks"][k_name]["shape"][0]
-        kv_head = head * n_kv // self.n_heads  # grouped-query models share a key head
+        kv_head = self.kv_head(head)  # never the query head's own index: k has n_kv_heads heads
         qs, ks, toks, prompt_of = [], [], [], []
         for p in prompts:
             qs.append(self._head_rows(q_name, p, head))

@@ -268,13 +268,19 @@ def panels(n: int, cols: int, titles: list[str], hgap: float = 0.02, vgap: float
 
 
 def layer_view(patterns: np.ndarray, tokens: list[str], layer: int, selected: int | None = None,
-               size: int = 48) -> go.Figure:
+               size: int = 48, kv_heads: list[int] | None = None) -> go.Figure:
     """Every head of one layer side by side (pooled to ``size`` positions for long prompts).
-    Clicking a panel selects that head (the trace's customdata holds it)."""
+    Clicking a panel selects that head (the trace's customdata holds it). ``kv_heads``: the
+    key/value head of each head, named in its panel's title when heads share them
+    (grouped-query attention)."""
     H = patterns.shape[0]
-    cols = min(H, 6)
+    kv = list(kv_heads) if kv_heads is not None else list(range(H))
+    n_kv = len(set(kv))
+    shared = n_kv < H
+    cols = _group_columns(H, n_kv) if shared else min(H, 6)
     rows = -(-H // cols)
-    titles = [f"<b>H{h} (selected)</b>" if h == selected else f"H{h}" for h in range(H)]
+    names = [f"H{h} (K/V {kv[h]})" if shared else f"H{h}" for h in range(H)]
+    titles = [f"<b>{names[h]} (selected)</b>" if h == selected else names[h] for h in range(H)]
     layout, refs = panels(H, cols, titles)
     if selected is not None and 0 <= selected < H:
         layout["annotations"][selected]["font"] = dict(color=SELECTED, size=14)
@@ -286,19 +292,56 @@ def layer_view(patterns: np.ndarray, tokens: list[str], layer: int, selected: in
     for key in layout:
         if key.startswith(("xaxis", "yaxis")):
             layout[key]["showticklabels"] = False
-    return figure(traces, dict(layout, title={"text": f"layer {layer}: all {H} heads"},
-                               coloraxis=dict(colorscale="Blues", cmin=0), height=230 * rows + 60))
+    groups = f"<br><sub>{n_kv} K/V heads, each shared by {H // n_kv} heads: (K/V n) names the keys and values " \
+        "a head attends with</sub>" if shared else ""
+    return figure(traces, dict(layout, title={"text": f"layer {layer}: all {H} heads{groups}"},
+                               coloraxis=dict(colorscale="Blues", cmin=0), height=230 * rows + 60,
+                               margin=dict(LAYOUT["margin"], t=100 if shared else 40)))
+
+
+def _group_columns(n_heads: int, n_kv: int, most: int = 6) -> int:
+    """Panels per row that keep each row to whole K/V groups: the group size times the
+    largest divisor k of the group count with group * k <= ``most`` (SmolLM2's 9 heads in 3
+    groups: 3 per row, a row per K/V head)."""
+    group = n_heads // n_kv
+    if group > most:
+        return most
+    return group * max(k for k in range(1, n_kv + 1) if n_kv % k == 0 and group * k <= most)
+
+
+OUTLIER = 10.0  # a norm this many times the median is off the colour scale (residual_norms)
+
+
+def colour_cap(values: np.ndarray, factor: float = OUTLIER) -> float | None:
+    """The top of a colour scale that leaves out outliers: the largest value at most ``factor``
+    times the median, or None when nothing exceeds it. Real language models have a few
+    "massive activations" (SmolLM2's first position reaches ~20,000 where the others are
+    ~100-700): scaled to them, every other cell would be one colour."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return None
+    inside = finite[finite <= factor * np.median(finite)]
+    return float(inside.max()) if inside.size and inside.size < finite.size else None
 
 
 def residual_norms(norms: np.ndarray, tokens: list[str], hook: str) -> go.Figure:
-    """[layer, position] L2 norm of the residual stream."""
+    """[layer, position] L2 norm of the residual stream. Outlying norms (`colour_cap`) are
+    drawn in the top colour and named in the title; hover shows every value."""
     L, n = norms.shape
+    cap = colour_cap(norms)
+    note = ""
+    if cap is not None:
+        layer, pos = np.unravel_index(int(np.nanargmax(norms)), norms.shape)
+        note = (f"<br><sub>colours end at {cap:,.0f}; larger norms (up to {float(norms[layer, pos]):,.0f}, layer "
+                f"{layer} position {pos} {tokens[pos]!r}) are drawn in the top colour</sub>")
     return figure([dict(type="heatmap", z=_round(norms, 3), x=list(range(n)), y=list(range(L)), colorscale="Viridis",
+                        zmin=float(np.nanmin(norms)) if cap is not None else None, zmax=cap,
                         hovertemplate="layer %{y} position %{x}: %{z:.2f}<extra></extra>",
                         colorbar={"title": {"text": "norm"}})],
-                  dict(title={"text": f"residual stream norm ({hook}) per layer and position"},
+                  dict(title={"text": f"residual stream norm ({hook}) per layer and position{note}"},
                        xaxis=dict(tickmode="array", tickvals=list(range(n)), ticktext=tokens, tickangle=-60),
-                       yaxis=dict(title={"text": "layer"}, autorange="reversed", dtick=1), height=120 + 30 * L))
+                       yaxis=dict(title={"text": "layer"}, autorange="reversed", dtick=1), height=120 + 30 * L,
+                       margin=dict(LAYOUT["margin"], t=75 if note else 40)))
 
 
 # ----------------------------------------------------------------------- analyses
@@ -418,11 +461,27 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centered @ vt[:2].T, var[:2]
 
 
+def kv_head_text(kv_head: int, shared_by: range | list[int]) -> str:
+    """How a view names the key/value head a query head attends with: "K/V head 1 (shared by
+    heads 3-5)" under grouped-query attention, "K/V head 4" when each head has its own."""
+    heads = list(shared_by)
+    if len(heads) <= 1:
+        return f"K/V head {kv_head}"
+    return f"K/V head {kv_head} (shared by heads {heads[0]}-{heads[-1]})"
+
+
+# one colour per token, the same for its queries and its keys (Plotly's D3 palette and two more)
+TOKEN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                 "#17becf", "#393b79", "#637939")
+
+
 def qk_pca(q: np.ndarray, k: np.ndarray, tokens: list[str], prompt_of: np.ndarray, layer: int, head: int,
-           highlight_prompt: int | None = None, n_colours: int = 12) -> go.Figure:
-    """Queries (circles) and keys (crosses) of one head in the plane of their joint first
-    two principal components, coloured by token (the ``n_colours`` commonest tokens; the
-    rest grey). Points of ``highlight_prompt`` are drawn larger."""
+           highlight_prompt: int | None = None, n_colours: int = 12, kv_label: str | None = None) -> go.Figure:
+    """Queries (circles) of one head and the keys (crosses) it attends with, in the plane of
+    their joint first two principal components, coloured by token (the ``n_colours``
+    commonest tokens; the rest grey). Points of ``highlight_prompt`` are drawn larger.
+    ``kv_label`` names the key/value head the keys are from (`kv_head_text`), in the title
+    and in each key's hover text."""
     xy, var = pca_2d(np.concatenate([q, k]))
     n = len(q)
     common = [t for t, _ in Counter(tokens).most_common(n_colours)]
@@ -438,12 +497,16 @@ def qk_pca(q: np.ndarray, k: np.ndarray, tokens: list[str], prompt_of: np.ndarra
                 x=_round(pts[mask, 0], 3), y=_round(pts[mask, 1], 3), mode="markers",
                 name=f"{kind} {tok!r}" if tok is not None else f"{kind} (other tokens)",
                 legendgroup=str(tok), marker=dict(symbol=symbol, size=np.where(big, 11, 5),
-                                                  color=None if tok is not None else "lightgrey", opacity=0.7),
-                hovertext=[f"{kind} {t!r} (prompt {p})" for t, p in zip(np.asarray(tokens)[mask], prompt_of[mask])],
+                                                  color=TOKEN_COLOURS[common.index(tok) % len(TOKEN_COLOURS)]
+                                                  if tok is not None else "lightgrey", opacity=0.7),
+                hovertext=[f"{kind} {t!r} (prompt {p})" + (f", {kv_label}" if kind == "key" and kv_label else "")
+                           for t, p in zip(np.asarray(tokens)[mask], prompt_of[mask])],
                 hovertemplate="%{hovertext}<extra></extra>"))
+    keys = f"<br><sub>keys (crosses) of {kv_label}</sub>" if kv_label else ""
     fig.update_layout(title=f"{head_label(layer, head)}: PCA of query and key vectors over {n} tokens "
-                      f"(PC1 {var[0]:.0%}, PC2 {var[1] if len(var) > 1 else 0:.0%} of variance)",
-                      xaxis_title="PC1", yaxis_title="PC2", height=520, **LAYOUT)
+                      f"(PC1 {var[0]:.0%}, PC2 {var[1] if len(var) > 1 else 0:.0%} of variance){keys}",
+                      xaxis_title="PC1", yaxis_title="PC2", height=520,
+                      **{**LAYOUT, "margin": dict(LAYOUT["margin"], t=75 if kv_label else 40)})
     return fig
 
 

@@ -42,9 +42,24 @@ def head_card(data: RunData, layer: int, head: int) -> html.Div:
     """The selected head's numbers from every per-head analysis table."""
     values = data.head_values(layer, head)
     if not data.head_columns():
-        return _missing(HEAD_METRICS)
+        kv = _kv_note(data, head)
+        return html.Div([html.B(head_label(layer, head)), *kv, _missing(HEAD_METRICS)]) if kv else \
+            _missing(HEAD_METRICS)
     rows = [html.Tr([html.Td(name), html.Td(f"{v:.3f}")]) for name, v in values.items() if np.isfinite(v)]
-    return html.Div([html.B(head_label(layer, head)), html.Table(rows, className="card")])
+    return html.Div([html.B(head_label(layer, head)), *_kv_note(data, head), html.Table(rows, className="card")])
+
+
+def kv_label(data: RunData, head: int) -> str:
+    """The key/value head query head ``head`` attends with, and the heads sharing it."""
+    kv = data.kv_head(head)
+    return figures.kv_head_text(kv, data.query_heads(kv))
+
+
+def _kv_note(data: RunData, head: int) -> list:
+    """Under grouped-query attention, which K/V head the selected head uses; nothing otherwise."""
+    if data.n_kv_heads == data.n_heads:
+        return []
+    return [html.Span(f" uses {kv_label(data, head)}", className="kv-head")]
 
 
 def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
@@ -63,7 +78,9 @@ def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
 
 def view_layer(data: RunData, s: ViewState) -> dict[str, Any]:
     tokens = data.str_tokens(s.prompt)
-    out = {"layer-view": figures.layer_view(data.layer_patterns(s.prompt, s.layer), tokens, s.layer, s.head)}
+    kv_heads = [data.kv_head(h) for h in range(data.n_heads)]
+    out = {"layer-view": figures.layer_view(data.layer_patterns(s.prompt, s.layer), tokens, s.layer, s.head,
+                                            kv_heads=kv_heads)}
     norms = data.residual_norms(s.prompt)
     out["resid-norm"] = figures.residual_norms(norms[0], tokens, norms[1]) if norms else figures.message_figure(
         "no residual stream recorded; record it with `probe record ... --names 'blocks.*.hook_resid_post'`")
@@ -133,11 +150,22 @@ def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
                 "qk-msg": html.Div(["Record them with ", html.Code(
                     "probe record --model MODEL --prompts PROMPTS -o RUN --names 'blocks.*.attn.hook_q' "
                     "'blocks.*.attn.hook_k' 'blocks.*.attn.hook_pattern'"), "."], className="missing")}
+    label = kv_label(data, s.head)
     fig = figures.qk_pca(vectors["q"], vectors["k"], vectors["tokens"], vectors["prompt"], s.layer, s.head,
-                         highlight_prompt=s.prompt)
+                         highlight_prompt=s.prompt, kv_label=label)
     n_prompts = len(set(vectors["prompt"].tolist()))
-    return {"qk": fig, "qk-msg": html.Div(f"{len(vectors['q'])} tokens of {n_prompts} prompts spread over the run "
-                                          "(all of them for a small run); the selected prompt's points are larger")}
+    notes = [f"{len(vectors['q'])} tokens of {n_prompts} prompts spread over the run (all of them for a small run); "
+             "the selected prompt's points are larger."]
+    if data.n_kv_heads != data.n_heads:
+        kv = data.kv_head(s.head)
+        heads = data.query_heads(kv)
+        notes.append(f"Grouped-query attention ({data.n_heads} query heads, {data.n_kv_heads} key/value heads): "
+                     f"the queries of head {s.head} (hook_q[:, {s.head}]) with the keys of K/V head {kv} "
+                     f"(hook_k[:, {kv}]), which heads {heads[0]}-{heads[-1]} share.")
+    if data.rotary:
+        notes.append("hook_q and hook_k are before rotary positions are applied; the attention scores are "
+                     "dot products of their rotated versions (hook_rot_q, hook_rot_k).")
+    return {"qk": fig, "qk-msg": html.Div([html.Div(n) for n in notes])}
 
 
 def default_compare(data: RunData, prompt: int) -> int:

@@ -73,6 +73,41 @@ class Run:
         return self.manifest["model"]["config"]
 
     @property
+    def n_heads(self) -> int:
+        """Query heads per layer: the head axis of hook_q, hook_z and the attention hooks."""
+        return int(self.config["n_heads"])
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer: the head axis of hook_k, hook_v and hook_rot_k. Fewer than
+        `n_heads` under grouped-query attention. From the model config; a manifest without it
+        (another tool's) says it through the shape of a recorded key or value hook."""
+        n = self.config.get("n_kv_heads")
+        if n is None:
+            shapes = [info["shape"] for name, info in self.manifest["hooks"].items()
+                      if name.endswith(("attn.hook_k", "attn.hook_v")) and info["shape"]]
+            n = shapes[0][0] if shapes else self.n_heads
+        return int(n)
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head query head ``head`` attends with: ``head // (n_heads // n_kv_heads)``
+        (consecutive query heads share one, as the model's ``repeat_interleave`` of keys and
+        values makes them, and as Hugging Face's ``repeat_kv`` does). The index of ``head``'s keys
+        and values on the head axis of hook_k / hook_v / hook_rot_k; equal to ``head`` without
+        grouped-query attention."""
+        if isinstance(head, bool) or not isinstance(head, int | np.integer) or not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head!r} is out of range: the model has {self.n_heads} query heads")
+        return int(head) // (self.n_heads // self.n_kv_heads)
+
+    def query_heads(self, kv_head: int) -> range:
+        """The query heads that share key/value head ``kv_head`` (the inverse of `kv_head`)."""
+        if isinstance(kv_head, bool) or not isinstance(kv_head, int | np.integer) or \
+                not 0 <= kv_head < self.n_kv_heads:
+            raise IndexError(f"key/value head {kv_head!r} is out of range: the model has {self.n_kv_heads}")
+        group = self.n_heads // self.n_kv_heads
+        return range(int(kv_head) * group, (int(kv_head) + 1) * group)
+
+    @property
     def n_prompts_total(self) -> int:
         """Prompts in the run's prompt set, recorded or not yet."""
         return self.manifest["n_prompts"]
@@ -219,8 +254,8 @@ class Run:
         that head's values."""
         name = f"blocks.{layer}.attn.hook_pattern"
         self._check(name)
-        if head is not None and not 0 <= head < self.config["n_heads"]:
-            raise IndexError(f"head {head} out of range: the model has {self.config['n_heads']} heads")
+        if head is not None and not 0 <= head < self.n_heads:
+            raise IndexError(f"head {head} out of range: the model has {self.n_heads} heads")
         return self.prompt_activation(name, prompt, head)
 
     def activations(self, name: str, prompts: list[int] | np.ndarray | range | None = None) -> np.ndarray:

@@ -39,9 +39,13 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
             model.get("config"), dict):
         raise bad("'model' must be an object with a 'name' string and a 'config' object")
     config = model["config"]
-    for key in ("n_layers", "n_heads", "d_model"):
-        if key in config and not (_whole(config[key]) and config[key] > 0):
+    for key in ("n_layers", "n_heads", "d_model", "n_kv_heads"):
+        if key in config and not (_whole(config[key]) and config[key] > 0) and not (
+                key == "n_kv_heads" and config[key] is None):  # None: as many as n_heads
             raise bad(f"model config {key!r} is {config[key]!r}, not a positive whole number")
+    if config.get("n_kv_heads") and "n_heads" in config and config["n_heads"] % config["n_kv_heads"]:
+        raise bad(f"model config 'n_heads' ({config['n_heads']}) is not a multiple of 'n_kv_heads' "
+                  f"({config['n_kv_heads']}); grouped-query heads share key/value heads in equal groups")
     hooks = manifest["hooks"]
     if not isinstance(hooks, dict):
         raise bad("'hooks' must be an object of hook name -> {kind, shape}")

@@ -323,3 +323,20 @@ def write_gguf(path: Path, model: torch.nn.Module, arch: str = "llama", *, qtype
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def tiny_gqa_model(n_heads: int = 6, n_kv: int = 2, seed: int = 7, rotary_base: float = 10000.0,
+                   norm_eps: float = 1e-5):
+    """A random-weight Llama-shaped HookedTransformer (RMSNorm, rotary, SwiGLU, no biases, d_head 8)
+    with grouped-query attention, n_kv_heads < n_heads: the GQA record and dashboard tests' model."""
+    from models import HookedTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=48, n_layers=2, n_heads=n_heads, n_kv_heads=n_kv, d_head=8, d_vocab=64,
+                            n_ctx=64, d_mlp=64, norm="rmsnorm", norm_eps=norm_eps, positional="rotary",
+                            rotary_base=rotary_base, act_fn="silu", gated_mlp=True, attn_qkv_bias=False,
+                            attn_out_bias=False, mlp_bias=False, bos_token_id=4, eos_token_id=5, pad_token_id=0,
+                            model_name="tiny-gqa", family="llama")
+    model = HookedTransformer(cfg, make_tokenizer("llama")).eval()
+    randomize(model, seed=seed)
+    return model

@@ -1,5 +1,6 @@
 """Ablation: the sweep equals ablating heads one at a time, mean/resample use the reference
-set, and on toy-induction the induction heads matter while other heads do not."""
+set, on toy-induction the induction heads matter while other heads do not, and random sets
+of as many heads of the same layers are drawn as documented and measured exactly."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from helpers import run_cli
 
 import models
 from analyses.ablation import (
+    ablate_against_random,
     ablate_heads_hooks,
     ablate_mlp_hooks,
     head_ablation_sweep,
@@ -16,6 +18,8 @@ from analyses.ablation import (
     next_token_loss,
     replacement,
     resample_pairing,
+    same_layer_random_heads,
+    same_layer_sets,
 )
 from models.tasks import coref, induction
 
@@ -209,9 +213,11 @@ def test_ablate_cli_ablates_a_set_of_heads_on_toy_induction(tmp_path):
     assert rows["induction"].effect > 1.0
     assert abs(rows["other"].effect) < 0.2
     # the same data built here (the CLI draws inputs then reference from one generator seeded --seed)
+    from analyses.head_metrics import random_repeat_tokens
+
     model = models.load("toy-induction")
     g = torch.Generator().manual_seed(3)
-    tokens, reference = induction.repeated_tokens(g, 32), induction.repeated_tokens(g, 32)
+    tokens, reference = random_repeat_tokens(model, 32, generator=g).ids, random_repeat_tokens(model, 32, generator=g).ids
     loss = next_token_loss(induction.repeated_positions()[1])
     with torch.no_grad():
         _, ref = model.run_with_cache(reference, names_filter="blocks.1.attn.hook_z")
@@ -303,3 +309,67 @@ def test_ablate_run_without_gold_antecedents_sweeps_loss(tmp_path, minilm):
                        progress=False)
     r = run_cli("ablate", "--run", str(enc.path))
     assert r.returncode == 2 and "encoder without an LM head" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_same_layer_random_heads_match_the_layers_and_cover_every_set():
+    """As many heads per layer as the set has there, never one of the set; over many draws
+    every such set turns up, and same_layer_sets counts them (checked by enumeration)."""
+    import itertools
+
+    import numpy as np
+
+    from probe.errors import InputError
+
+    heads = [(1, 0), (1, 2), (0, 3), (3, 1), (3, 2)]
+    n_heads = 5
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(3000):
+        drawn = same_layer_random_heads(heads, n_heads, rng)
+        assert sorted(layer for layer, _ in drawn) == sorted(layer for layer, _ in heads)
+        assert not set(drawn) & set(heads) and len(set(drawn)) == len(drawn)
+        seen.add(tuple(sorted(drawn)))
+    others = {layer: [h for h in range(n_heads) if (layer, h) not in heads] for layer in (0, 1, 3)}
+    every = {tuple(sorted([(0, a), *((1, b) for b in bs), *((3, c) for c in cs)]))
+             for a in others[0] for bs in itertools.combinations(others[1], 2)
+             for cs in itertools.combinations(others[3], 2)}
+    assert seen == every and same_layer_sets(heads, n_heads) == len(every) == 4 * 3 * 3
+    with pytest.raises(InputError, match="layer 1 has 1 head"):
+        same_layer_random_heads([(1, 0), (1, 1), (1, 2)], 4, rng)
+
+
+def test_ablate_against_random_equals_hand_built_mean_ablation(toy, data):
+    """Every row of the comparison (clean, the set, each random set) equals mean ablation
+    written here: z of the row's heads replaced by its per-position mean over the reference,
+    the whole forward pass run (the comparison starts at the set's first layer)."""
+    import numpy as np
+
+    from probe.head_labels import parse_heads
+
+    tokens, reference = data
+    first, repeated = induction.repeated_positions()
+    metrics = {"first_half": next_token_loss(first), "repeated_half": next_token_loss(repeated)}
+    table = ablate_against_random(toy, tokens, metrics, [(1, 2)], draws=3, reference=reference, seed=4)
+    assert list(table.condition) == ["clean", "heads", "random", "random", "random"]
+    assert list(table.draw) == [-1, -1, 0, 1, 2]
+    with torch.no_grad():
+        _, ref = toy.run_with_cache(reference, names_filter=lambda name: name.endswith("hook_z"))
+        for _, row in table.iterrows():
+            ablated = parse_heads(row.heads.split()) if row.heads else []
+            if row.condition == "random":
+                assert len(ablated) == 1 and ablated[0][0] == 1 and ablated[0][1] != 2
+
+            def hook(z, hook, ablated=ablated):
+                z = z.clone()
+                for layer, head in ablated:
+                    if hook.name == f"blocks.{layer}.attn.hook_z":
+                        z[:, :, head] = ref["z", layer][:, :, head].mean(0)
+                return z
+
+            logits = toy.run_with_hooks(tokens, [("blocks.*.attn.hook_z", hook)])
+            for name, metric in metrics.items():
+                expected = metric(logits, tokens).mean().item()
+                assert abs(row[name] - expected) < 1e-4, (row.condition, row.draw, name)
+                clean = table[name].iloc[0]
+                assert np.isclose(row[f"effect_{name}"], row[name] - clean)
+    assert table.heads.iloc[1] == "L1H2"

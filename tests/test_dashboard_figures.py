@@ -85,3 +85,33 @@ def test_late_queries_keep_their_far_top_keys_and_the_window_moves(tmp_path):
     assert apply_event(s, "window", 40).window == 40 and apply_event(s, "window", None).window is None
     assert apply_event(s, "prompt", 3).window is None  # a new prompt: the automatic window again
 
+
+
+def test_residual_norm_colours_leave_out_massive_activations():
+    """A real LM's first position can have a residual norm ~30x the rest (SmolLM2: ~22,000
+    against 100-900): the colour scale ends below it and the title names it."""
+    norms = np.array([[50.0, 40.0, 60.0], [22000.0, 300.0, 900.0]])
+    assert figures.colour_cap(norms) == 900.0
+    assert figures.colour_cap(np.array([[1.0, 2.0], [3.0, 4.0]])) is None  # nothing to leave out
+    fig = figure_dict(figures.residual_norms(norms, ["The", " cat", " sat"], "hook_resid_post"))
+    trace = fig["data"][0]
+    assert (trace["zmin"], trace["zmax"]) == (40.0, 900.0)
+    assert np.allclose(np.asarray(trace["z"], dtype=float), norms)  # hover still shows every value
+    assert "up to 22,000, layer 1 position 0 'The'" in fig["layout"]["title"]["text"]
+    plain = figure_dict(figures.residual_norms(norms[:1], ["The", " cat", " sat"], "hook_resid_post"))
+    assert "zmax" not in plain["data"][0] and "colours end" not in plain["layout"]["title"]["text"]
+
+
+def test_layer_view_puts_each_key_value_group_on_its_own_row():
+    patterns = np.random.default_rng(0).random((9, 5, 5))
+    fig = figure_dict(figures.layer_view(patterns, list("abcde"), 3, selected=4, kv_heads=[h // 3 for h in range(9)]))
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert titles[4] == "<b>H4 (K/V 1) (selected)</b>" and titles[8] == "H8 (K/V 2)"
+    rows = [tuple(fig["layout"][f"yaxis{'' if h == 0 else h + 1}"]["domain"]) for h in range(9)]
+    assert [rows.index(r) for r in rows] == [0, 0, 0, 3, 3, 3, 6, 6, 6]  # 3 panels a row: a row per K/V head
+    # without grouped-query attention: no K/V names, six panels a row as before
+    fig = figure_dict(figures.layer_view(patterns, list("abcde"), 3, kv_heads=list(range(9))))
+    assert [a["text"] for a in fig["layout"]["annotations"]] == [f"H{h}" for h in range(9)]
+    assert fig["layout"]["yaxis6"]["domain"] == fig["layout"]["yaxis"]["domain"] != fig["layout"]["yaxis7"]["domain"]
+    assert figures.kv_head_text(1, range(3, 6)) == "K/V head 1 (shared by heads 3-5)"
+    assert figures.kv_head_text(4, [4]) == "K/V head 4"

@@ -1,5 +1,6 @@
-"""Head metrics: definitions checked on hand-made patterns, and the planted heads of
-toy-induction found from a recorded run."""
+"""Head metrics: definitions checked on hand-made patterns (also planted in a model's
+forward pass), the planted heads of toy-induction found from a recorded run and on repeated
+random tokens, and SmolLM2's induction and previous-token heads found both ways."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 import models
 import probe
-from analyses.head_metrics import head_metrics, pattern_metrics
+from analyses.head_metrics import head_metrics, pattern_metrics, random_repeat_scores, random_repeat_tokens
 from models.tasks import induction
 
 
@@ -88,23 +89,95 @@ def test_planted_heads_are_found(induction_run):
     assert np.allclose(table.induction.to_numpy().reshape(2, 4), ref, atol=1e-6)
 
 
+def test_random_repeat_scores_on_planted_patterns():
+    """The scores on repeated random tokens read the pattern as the induction mosaic does:
+    patterns written into toy-induction's layer 1 by a hook (a perfect induction head, a
+    perfect previous-token head, uniform causal attention, attention to <bos>) score what
+    their construction says."""
+    model = models.load("toy-induction")
+    data = random_repeat_tokens(model, 3, 10)
+    assert data.start == 1 and data.half == 10 and data.ids.shape == (3, 21)
+    assert data.ids[:, 0].eq(model.cfg.bos_token_id).all() and torch.equal(data.ids[:, 1:11], data.ids[:, 11:21])
+    n = 21
+    planted = torch.zeros(4, n, n)
+    for q in range(n):
+        planted[0, q, q - 9 if q >= 11 else q] = 1  # repeated half: the token after the earlier occurrence
+        planted[1, q, max(q - 1, 0)] = 1
+        planted[2, q, :q + 1] = 1 / (q + 1)
+        planted[3, q, 0] = 1
+
+    def plant(pattern, hook):
+        return planted.expand_as(pattern).clone()
+
+    with model.hooks([("blocks.1.attn.hook_pattern", plant)]):
+        scores = random_repeat_scores(model, data=data)
+    repeated, after_first = np.arange(11, 21), np.arange(2, 21)  # queries with a target; q - 1 a random token
+    assert np.allclose(scores["induction_random"][1], [1, 0, (1 / (repeated + 1)).mean(), 0])
+    assert np.allclose(scores["prev_token_random"][1], [0, 1, (1 / (after_first + 1)).mean(), 0])
+    assert data.loss_positions() == (slice(0, 10), slice(11, 20))  # predictions of tokens 1-10 and 12-20
+
+
 def test_induction_on_random_repeats_finds_the_planted_heads(induction_run):
-    """``probe heads`` adds the detector's induction score on fresh repeated random tokens
-    when it can load the run's model; on toy-induction it ranks the planted heads first."""
+    """``probe heads`` adds the induction and previous-token scores on fresh repeated random
+    tokens when it can load the run's model; on toy-induction they rank the planted heads
+    first (induction: L1H0, L1H2, L1H3; previous token: L0H0, L0H2)."""
     import pandas as pd
 
-    from analyses.head_metrics import random_repeat_tokens
     from probe.cli import main
 
-    model = models.load("toy-induction")
-    ids = random_repeat_tokens(model, 4, 10)
-    assert ids[:, 0].eq(model.cfg.bos_token_id).all() and torch.equal(ids[:, 1:11], ids[:, 11:21])
     assert main(["heads", str(induction_run.path)]) == 0
     table = pd.read_csv(induction_run.path / "analyses" / "head_metrics.csv")
     top3 = {(int(r.layer), int(r["head"])) for _, r in table.nlargest(3, "induction_random").iterrows()}
     assert top3 == {(1, 0), (1, 2), (1, 3)}
     others = table[(table.layer == 0) | (table["head"] == 1)].induction_random.max()
-    assert table.induction_random.nlargest(3).min() > 2 * others
+    assert table.induction_random.nlargest(3).min() > 1.5 * others
+    top2 = {(int(r.layer), int(r["head"])) for _, r in table.nlargest(2, "prev_token_random").iterrows()}
+    assert top2 == {(0, 0), (0, 2)}
+    assert table.prev_token_random.nlargest(2).min() > 2 * table.prev_token_random.nlargest(3).iloc[-1]
+
+
+def test_smollm2_induction_and_previous_token_heads_on_random_tokens(smollm2):
+    """SmolLM2 (GQA: 9 query heads, 3 key/value heads) on repeated random tokens: one head
+    puts most of the repeated half's attention on the induction target, far above the typical
+    head, in a later layer than the strongest previous-token head (which it can compose with).
+    Query heads sharing a key/value head have their own patterns, so their own scores."""
+    data = random_repeat_tokens(smollm2, 4, 16, seed=1)
+    assert data.start == 0  # SmolLM2's GGUF says to add no BOS
+    scores = random_repeat_scores(smollm2, data=data)
+    ind, prev = scores["induction_random"], scores["prev_token_random"]
+    assert ind.shape == prev.shape == (30, 9)
+    best_ind = np.unravel_index(ind.argmax(), ind.shape)
+    best_prev = np.unravel_index(prev.argmax(), prev.shape)
+    assert ind.max() > 0.6 and ind.max() > 10 * np.median(ind)
+    assert prev.max() > 0.7 and prev.max() > 5 * np.median(prev)
+    assert best_prev[0] < best_ind[0]
+    group = best_ind[1] // 3  # the query heads of its key/value head
+    assert np.ptp(ind[best_ind[0], 3 * group:3 * group + 3]) > 0.3
+
+
+def test_smollm2_run_detector_agrees_with_random_tokens(smollm2, tmp_path):
+    """`probe heads` on a SmolLM2 run of sentences said twice: the detector's induction score
+    on the run's own tokens picks mostly the heads the random-token score picks (3 of the top
+    5 at least), and the strongest previous-token head is the same on both."""
+    import pandas as pd
+
+    from probe.cli import main
+
+    texts = ["The old lighthouse keeper walked slowly down to the harbour.",
+             "Seven purple kites drifted over the quiet village square.",
+             "A committee of engineers rejected the bridge design twice.",
+             "Margaret sold her bicycle to a student from Lisbon."]
+    run = probe.record(smollm2, [f"{t} {t}" for t in texts], tmp_path / "run", names=["blocks.*.attn.hook_pattern"],
+                       progress=False)
+    assert main(["heads", str(run.path)]) == 0
+    table = pd.read_csv(run.path / "analyses" / "head_metrics.csv")
+    assert len(table) == 270
+
+    def top(metric, k):
+        return {(int(r.layer), int(r["head"])) for _, r in table.nlargest(k, metric).iterrows()}
+
+    assert len(top("induction", 5) & top("induction_random", 5)) >= 3
+    assert top("prev_token", 1) == top("prev_token_random", 1)
 
 
 def test_heads_cli_on_a_short_context_model_and_a_wrong_model(tmp_path, capsys):

@@ -48,6 +48,12 @@ MANIFEST_DEFECTS = {
     "hooks a list": (lambda m: {**m, "hooks": ["x"]}, "'hooks' must be an object"),
     "model a string": (lambda m: {**m, "model": "gpt2"}, "'model' must be an object"),
     "n_prompts text": (lambda m: {**m, "n_prompts": "6"}, "'n_prompts' is '6'"),
+    "key/value heads not dividing the heads": (
+        lambda m: {**m, "model": {**m["model"], "config": {**m["model"]["config"], "n_kv_heads": 3}}},
+        "model config 'n_heads' (4) is not a multiple of 'n_kv_heads' (3)"),
+    "key/value heads zero": (
+        lambda m: {**m, "model": {**m["model"], "config": {**m["model"]["config"], "n_kv_heads": 0}}},
+        "model config 'n_kv_heads' is 0, not a positive whole number"),
 }
 
 

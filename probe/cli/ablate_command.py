@@ -23,9 +23,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(default accuracy): accuracy = the model's own answer where it gives one (toy-coref), else "
                         "an antecedent probe at --layer; antecedent-score = attention from the pronoun to the gold "
                         "minus the other candidate, averaged over --heads")
-    p.add_argument("--ablate-heads", nargs="+", metavar="LxHy",
-                   help="instead of the sweep, ablate these heads together (e.g. L1H0 L1H2) and print the metric "
-                        "clean vs ablated")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--ablate-heads", nargs="+", metavar="LxHy",
+                       help="instead of the sweep, ablate these heads together (e.g. L1H0 L1H2) and print the "
+                            "metric clean vs ablated")
+    which.add_argument("--top-induction", type=positive_int, metavar="K",
+                       help="with --task induction: ablate the K heads with the highest induction score on repeated "
+                            "random tokens together, against --draws random sets of K heads of the same layers; "
+                            "next-token loss on the first and the repeated half")
+    p.add_argument("--draws", type=positive_int, help="random head sets for --top-induction (default 20)")
     p.add_argument("--ablate-mlp", nargs="+", type=int, metavar="LAYER",
                    help="ablate these MLP layers (their hook_mlp_out) together, with --ablate-heads if given")
     p.add_argument("--layer", type=int, help="with --run: the probe's layer (default: the last)")
@@ -33,7 +39,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                              "default: the coreference study's best")
     p.add_argument("--query", default="pronoun_span", help="with --run: the span that attends / is probed")
     p.add_argument("--method", choices=["zero", "mean", "resample"], default="mean")
-    p.add_argument("-n", type=positive_int, default=64, help="examples for --task")
+    p.add_argument("-n", type=positive_int, default=64,
+                   help="sequences for --task (with --top-induction: in each of the detection, reference and "
+                        "measured sets)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--top", type=positive_int, default=5, help="heads to print (and, for antecedent-score, the "
                                                                "study's best heads it averages)")
@@ -43,7 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyses.ablation_studies import ablation_study
+    from analyses.ablation_studies import InductionAblation, ablation_study, render_induction_ablation
     from analyses.results import check_results_dir, save_result
     from probe.cli.shared import command_line, output_file, write_csv
     from probe.head_labels import head_label, heads_text
@@ -57,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     study = ablation_study(args.model, task=args.task, prompts=args.prompts, run=run, metric=args.metric,
                            ablate_heads=args.ablate_heads, ablate_mlp=args.ablate_mlp, heads=args.heads,
                            layer=args.layer, query=args.query, method=args.method, n=args.n, seed=args.seed,
-                           top=args.top, has_output=bool(args.output))
+                           top=args.top, has_output=bool(args.output), top_induction=args.top_induction,
+                           draws=args.draws)
+    if isinstance(study, InductionAblation):
+        print(render_induction_ablation(study))
+        if args.output:
+            print(f"wrote {write_csv(study.table, args.output)}")
+        return 0
     if study.heads_measured:
         print("heads measured (the coreference study's best): " + heads_text(study.heads_measured))
     table = study.table

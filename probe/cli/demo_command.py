@@ -1,8 +1,15 @@
 """`probe demo`: the seed question, then the pipeline on the default model.
 
-record -> head metrics -> coreference study -> a gender probe with a control task -> a
-part-of-speech probe -> the dashboard. Each step is the library call the matching command
-makes (`probe record`, `heads`, `coref`, `probes`), so the demo shows what they print.
+The seed question ("The animal didn't cross the street because it was tired / wide"), asked of
+``--model`` (default minilm, an encoder) and then of ``--decoder`` (default smollm2, a language
+model; ``--decoder none`` skips it): the heads attending most from *it*, both twins side by side
+(`analyses.seed_question`), and, for the language model, its own answer as a logit difference after
+a continuation that asks for the referent. The decoder only answers here; it records nothing.
+
+Then the pipeline on ``--model``: record -> head metrics -> coreference study -> a gender probe
+with a control task -> a part-of-speech probe -> the dashboard. Each step is the library call the
+matching command makes (`probe record`, `heads`, `coref`, `probes`), so the demo shows what they
+print.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ SEED = "The animal didn't cross the street because it was tired."
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", help="the seed sentence's heads, then record -> analyse -> dashboard on the default "
-                                    "model")
+    p = sub.add_parser("demo", help="the seed question asked of minilm and of a language model (its heads, its "
+                                    "answer), then record -> analyse -> dashboard on the default model")
     p.add_argument("--model", default="minilm", help="model name or checkpoint directory (default: minilm)")
+    p.add_argument("--decoder", default="smollm2",
+                   help="language model asked the seed question after --model, by its own answer (default smollm2; "
+                        "'none' skips it, as does naming --model); it records nothing")
     p.add_argument("-o", "--output", default="runs/demo", help="run directory to (re)create (default runs/demo)")
     p.add_argument("-n", type=positive_int, default=400, help="WinoBias dev prompts to record (default 400)")
-    p.add_argument("--no-record", action="store_true", help="only print the seed sentence's heads")
+    p.add_argument("--no-record", action="store_true", help="only ask the seed question (of --model and --decoder)")
     p.add_argument("--no-serve", action="store_true",
                    help="do not open the dashboard at the end (for scripts; it prints the command instead)")
     p.add_argument("--port", type=port, default=8050, help="dashboard port (default 8050)")
@@ -29,10 +39,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import models
+    from analyses.seed_question import render_seed_question, seed_question
     from probe.cli.shared import print_attention
 
     model = models.load(args.model)
+    decoder = None if args.decoder in ("none", args.model) else load_decoder(args.decoder)  # refused before any work
     print_attention(model, args.model, SEED, "it", ["animal", "street"], 3)
+    print("\n" + render_seed_question(seed_question(model)))
+    if decoder is not None:
+        question = seed_question(decoder)
+        print(f"\n\nthe seed question asked of a language model: {args.decoder}")
+        for twin in question.twins:
+            print(f"tokens: {decoder.to_str_tokens(twin.prompt or twin.sentence)}")
+        print("\n" + render_seed_question(question))
     if args.no_record:
         return 0
     from analyses.coref import write_report
@@ -78,6 +97,17 @@ def run(args: argparse.Namespace) -> int:
     print()
     serve(runs, port=args.port)  # prints its URL; Ctrl-C stops it
     return 0
+
+
+def load_decoder(name: str):
+    """The --decoder model; one that is not installed is refused with the way out."""
+    import models
+    from probe.errors import ModelNotFound
+
+    try:
+        return models.load(name)
+    except ModelNotFound as e:
+        raise ModelNotFound(f"{e} (or skip the language model with --decoder none)") from None
 
 
 def per_layer(table) -> str:

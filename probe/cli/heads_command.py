@@ -13,10 +13,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory written by `probe record`")
     p.add_argument("--top", type=positive_int, default=3, help="heads to print per metric")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", help="model for induction_random (default: the one the run was recorded with)")
+    which.add_argument("--model", help="model for induction_random and prev_token_random (default: the one the "
+                                       "run was recorded with)")
     which.add_argument("--no-model", action="store_true",
-                       help="leave out induction_random (TransformerLens's induction score on repeated random "
-                            "tokens), which runs the model")
+                       help="leave out induction_random and prev_token_random (the induction and previous-token "
+                            "scores on repeated random tokens, as TransformerLens's induction mosaic), which run "
+                            "the model")
     return p
 
 
@@ -33,15 +35,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
               file=sys.stderr)
     model = None
-    if not args.no_model:  # for induction_random, the detector's score on repeated random tokens
+    if not args.no_model:  # for the scores on repeated random tokens
         model, why = induction_model(run, args.model)
         if why is not None:
-            print(f"note: induction_random left out: the run's model {run.model_name!r} cannot provide it ({why})",
-                  file=sys.stderr)
+            print(f"note: induction_random and prev_token_random left out: the run's model {run.model_name!r} "
+                  f"cannot provide them ({why})", file=sys.stderr)
     table = head_metrics(run, model=model)
     out = save_result(args.run, "head_metrics", table, kind="head_metrics", command=command_line())
     print(f"head metrics over {run.n_prompts} prompts -> {out}")
     for metric, lowest in ranked_metrics(table):
-        print(f"  {metric:<16} {'lowest' if lowest else 'highest'}: "
+        values = table[metric].dropna()
+        if len(values) and values.min() == values.max():  # no ranking to print (e.g. no prompt repeats a token)
+            print(f"  {metric:<17} {values.iloc[0]:.3f} for every head")
+            continue
+        print(f"  {metric:<17} {'lowest' if lowest else 'highest'}: "
               f"{top_heads_text(table, metric, args.top, ascending=lowest)}")
     return 0
