@@ -414,8 +414,19 @@ def check_run_target(path: str | os.PathLike, resume: bool, overwrite: bool) -> 
     replace; called before anything is loaded or touched."""
     if resume and overwrite:
         raise StoreError("--resume and --overwrite contradict each other; pick one")
-    if Path(path).exists() and not (resume or overwrite):
+    path = Path(path)
+    if path.exists() and not (resume or overwrite):
         raise _already_exists(path)
+    if overwrite and (path.exists() or path.is_symlink()):
+        _refuse_if_not_a_run(path)
+
+
+def _refuse_if_not_a_run(path: Path) -> None:
+    """An --overwrite replaces runs only: anything else at ``path`` is refused, untouched."""
+    if run_state(path) is None:
+        what = "a directory holding other files" if path.is_dir() else "a file"
+        raise StoreError(f"{path} is not a run directory ({what}); refusing to overwrite it: choose another "
+                         "-o, or remove it yourself")
 
 
 class RunWriter:
@@ -439,10 +450,7 @@ class RunWriter:
         if path.exists() or path.is_symlink():
             if not overwrite:
                 raise _already_exists(path)
-            if run_state(path) is None:
-                what = "a directory holding other files" if path.is_dir() else "a file"
-                raise StoreError(f"{path} is not a run directory ({what}); refusing to overwrite it: choose another "
-                                 "-o, or remove it yourself")
+            _refuse_if_not_a_run(path)
             old_lock = RunLock.acquire(path)  # refuses a run another writer is writing
             aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
             os.rename(path, aside)

@@ -41,6 +41,18 @@ SLOW_SHARDS = (
 )
 
 
+def gated_shards(gate: Path) -> str:
+    """Code that makes the recorder wait after its first shard until ``gate`` exists: however
+    loaded the machine, the recording is still running when the test's second writer arrives."""
+    return ("import os, time, probe.store as s\n"
+            "_publish = s.RunWriter.publish\n"
+            "def gated(self, shard):\n"
+            "    _publish(self, shard)\n"
+            f"    while not os.path.exists({str(gate)!r}):\n"
+            "        time.sleep(0.01)\n"
+            "s.RunWriter.publish = gated\n")
+
+
 @pytest.fixture(scope="module")
 def setup(hf_checkpoints, tmp_path_factory):
     """A tiny model, 60 prompts, and the uninterrupted reference run."""
@@ -150,9 +162,11 @@ def test_two_resumes_at_once_never_damage_a_run(setup, tmp_path):
 def test_an_overwrite_while_recording_is_refused_and_the_recording_finishes(setup, tmp_path):
     _, _, ref = setup
     out = tmp_path / "run"
-    proc = start(setup, out, env_code=SLOW_SHARDS)
+    gate = tmp_path / "go-on"
+    proc = start(setup, out, env_code=gated_shards(gate))
     wait_for(lambda: n_shards(out) >= 1, proc)
     r = run_cli(*record_args(setup, out, "--overwrite"))
+    gate.touch()
     assert r.returncode == 2 and "is being written by process" in r.stderr and "Traceback" not in r.stderr
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert_equal_to(out, ref)

@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from analyses.seed_question import render_seed_question, seed_question
     from probe.cli.shared import print_attention
 
+    if not args.no_record:  # the demo replaces its own runs, never anything else: refused before any work
+        from probe.store import check_run_target
+
+        for target in (args.output, str(args.output) + "-pos"):
+            check_run_target(target, resume=False, overwrite=True)
     model = models.load(args.model)
     decoder = None if args.decoder in ("none", args.model) else load_decoder(args.decoder)  # refused before any work
     print_attention(model, args.model, SEED, "it", ["animal", "street"], 3)
