@@ -10,6 +10,14 @@ to the other candidate, against the baselines of always choosing the nearest men
 first mention, and chance. A head is said to beat the positional baselines only when the
 lower end of its interval is above the better of them.
 
+With a decoder language model (an LM head, causal attention, a tokenizer that can write the
+question), the study also asks the model itself: every prompt is followed by a question about
+the pronoun (`DEFAULT_QUESTION`, " The pronoun 'he' refers to"), and each candidate's
+continuation (" the developer", a definite reference to its mention) is scored by the sum of
+its tokens' log-probabilities; the model answers the candidate with the higher one. That
+answer (accuracy, and the log-prob difference antecedent - other per prompt) is what the
+study's ablation and patching measure there (`coref_interventions`).
+
 The study is data: `coref_study` computes a `CorefStudy` (no files, no prose), `save_study`
 writes its files, `analyses.coref_report.render_report` words it; `write_report`, what
 `probe coref` calls, does all three.
@@ -17,6 +25,7 @@ writes its files, `analyses.coref_report.render_report` words it; `write_report`
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +45,9 @@ if TYPE_CHECKING:  # coref_interventions imports torch; the attention study does
 
 REQUIRED = ("pronoun_span", "candidate_spans", "answer")
 MIN_PROMPTS_FOR_CLAIMS = 20  # below this a bootstrap interval is too coarse to say a head beats a baseline
+# What a decoder is asked after each prompt; {pronoun} is the prompt's pronoun as written.
+DEFAULT_QUESTION = " The pronoun '{pronoun}' refers to"
+DETERMINERS = ("the ", "a ", "an ")
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,54 @@ def coref_labels(run, i: int, query: str = "pronoun_span") -> CorefLabels | None
                          "'candidate_spans'; fix the prompt file")
     attends = label_span(labels[query], query, where, QUERY_FIX)
     return CorefLabels(attends, pronoun, (candidates[0], candidates[1]), answer)
+
+
+def check_question(question: str) -> str:
+    """The question template a decoder answers, checked: a string whose only replacement
+    field is ``{pronoun}`` and that ends without a space (each candidate's continuation
+    brings its own leading space, as " the developer")."""
+    fix = f"write it like {DEFAULT_QUESTION!r}"
+    if not isinstance(question, str) or not question.strip():
+        raise InputError(f"the question must be a non-empty text with {{pronoun}} in it; {fix}")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(question) if name is not None}
+    except ValueError as e:  # an unbalanced brace
+        raise InputError(f"the question {question!r} is not a template ({e}); {fix}") from None
+    if fields != {"pronoun"}:
+        raise InputError(f"the question {question!r} must name the pronoun as {{pronoun}} and no other field "
+                         f"(it has {sorted(fields) or 'none'}); {fix}")
+    if question != question.rstrip():
+        raise InputError(f"the question {question!r} ends in a space; end it with the last word (each candidate "
+                         "follows with its own leading space)")
+    return question
+
+
+def candidate_phrase(text: str, span: tuple[int, int]) -> str:
+    """A candidate as the answer names it: a definite reference to the mention, "the" and its
+    words ("The developer" -> "the developer", "a student" -> "the student"; a bare mention
+    with a determiner just before it in the sentence, as the seed set's "animal", likewise ->
+    "the animal"), so that both candidates start alike and only their words differ; a mention
+    with no determiner ("someone") stays as the sentence writes it."""
+    start, end = span
+    mention = text[start:end]
+    for det in DETERMINERS:
+        if mention.lower().startswith(det):
+            return "the " + mention[len(det):]
+    before = text[:start].lower()
+    for det in DETERMINERS:
+        if before.endswith(det) and (len(before) == len(det) or not before[-len(det) - 1].isalnum()):
+            return "the " + mention
+    return mention
+
+
+def answer_texts(run, i: int, question: str = DEFAULT_QUESTION) -> tuple[str, tuple[str, str]]:
+    """Prompt ``i``'s question (the template with its pronoun) and the continuation of each
+    candidate, in the order of ``candidate_spans`` (" the developer", " the designer")."""
+    labels = coref_labels(run, i)
+    text = run.prompt_records[i]["text"]
+    asked = question.format(pronoun=text[slice(*labels.pronoun)])
+    first, second = (" " + candidate_phrase(text, span) for span in labels.candidates)
+    return asked, (first, second)
 
 
 def candidate_attention(run, prompts: list[int] | None = None, query: str = "pronoun_span"
@@ -205,6 +265,31 @@ Caution = TooFewPrompts | LayerZeroProbe | NearMajority
 
 
 @dataclass(frozen=True)
+class ModelAnswers:
+    """The model's own answer on every labelled prompt (a decoder, asked ``question`` after
+    the prompt): which candidate's continuation it finds more probable."""
+
+    question: str  # the template, e.g. DEFAULT_QUESTION
+    table: pd.DataFrame  # one row per prompt: prompt, question, gold, other, logp_gold, logp_other, difference, correct
+    ci_low: float  # 95% bootstrap interval of the accuracy over prompts
+    ci_high: float
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.table)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of prompts whose antecedent's continuation is the more probable one."""
+        return float(self.table.correct.mean())
+
+    @property
+    def mean_difference(self) -> float:
+        """Mean log-prob difference antecedent - other (nats)."""
+        return float(self.table.difference.mean())
+
+
+@dataclass(frozen=True)
 class CorefStudy:
     """Everything the coreference report says, computed (`coref_study`); `save_study` writes
     it, `coref_report.render_report` words it."""
@@ -226,6 +311,7 @@ class CorefStudy:
     patch_resid: pd.DataFrame | None  # per [layer, position] of resid_pre (patch_resid_antecedent.csv)
     patching_not_run: str | None  # NO_TWIN_PAIRS or the patching's error; None when patched or not attempted
     notes: tuple[Caution, ...] = ()
+    answers: ModelAnswers | None = None  # the model's own answer (decoders); None when not asked
 
     @property
     def best_positional(self) -> float:
@@ -295,24 +381,29 @@ class Interventions:
     patching_not_run: str | None = None
 
 
-def interventions(model, run, used: list[int], named: tuple[tuple[int, int], ...], probes: pd.DataFrame,
-                  query: str, seed: int) -> Interventions:
-    """Ablate the named heads (together, and every head alone) on held-out prompts, measured
-    by the model's answer or the antecedent probe at the probes' best dev layer; patch them
-    between twin prompts."""
+def interventions(model, run, used: list[int], named: tuple[tuple[int, int], ...], probes: pd.DataFrame | None,
+                  query: str, seed: int, question: str | None = None) -> Interventions:
+    """Ablate the named heads (together, and every head alone) and patch them between twin
+    prompts, measured by the model's answer where it gives one (``question``: the decoder is
+    asked it after each prompt; all prompts are measured, their own mean is the ablation's
+    reference), else by the antecedent probe at the probes' best dev layer on held-out prompts."""
     from .coref_interventions import ablation_setup, ablation_tests, sweep
     from .run_checks import check_model_matches
 
     check_model_matches(model, run)
-    # ties go to the later layer: more of the sentence has been read there
-    layer = int(probes.sort_values(["dev_acc", "layer"], ascending=[False, False]).layer.iloc[0])
-    setup = ablation_setup(model, run, used, layer, query, seed)
+    if probes is None:  # no probe to read: the model answers (the layer is not used)
+        layer = run.config["n_layers"] - 1
+    else:  # ties go to the later layer: more of the sentence has been read there
+        layer = int(probes.sort_values(["dev_acc", "layer"], ascending=[False, False]).layer.iloc[0])
+    setup = ablation_setup(model, run, used, layer, query, seed, question=question)
     summary = ablation_tests(model, setup, list(named), seed)
-    per_head = sweep(model, setup)
-    return Interventions(summary, per_head, *twin_patching(model, run, used, layer, query))
+    # asked a question, the model's log-prob difference shows each head's partial effect (its
+    # accuracy over a few prompts moves in steps of 1/n); elsewhere the accuracy, as always
+    per_head = sweep(model, setup, "difference" if setup.data.continuation is not None else "accuracy")
+    return Interventions(summary, per_head, *twin_patching(model, run, used, layer, query, question))
 
 
-def twin_patching(model, run, used: list[int], layer: int, query: str
+def twin_patching(model, run, used: list[int], layer: int, query: str, question: str | None = None
                   ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
     """(heads, resid, None) patched between the run's twin pairs, or (None, None, why not)."""
     from .coref_interventions import fit_antecedent_probe, patching_tests, twin_pairs
@@ -320,20 +411,38 @@ def twin_patching(model, run, used: list[int], layer: int, query: str
     pairs = twin_pairs(run, used)
     if not pairs:
         return None, None, NO_TWIN_PAIRS
-    probe = fit_antecedent_probe(run, used, layer, query)
+    # a decoder asked the question needs no probe (and its run may lack the resid_post one reads)
+    probe = None if question is not None else fit_antecedent_probe(run, used, layer, query)
     try:
-        heads, resid = patching_tests(model, run, pairs, probe, query)
-    except InputError as e:  # e.g. the probe scores the twins the same: nothing to normalise
+        heads, resid = patching_tests(model, run, pairs, probe, query, question=question)
+    except InputError as e:  # e.g. the metric scores the twins the same: nothing to normalise
         return None, None, str(e)
     return heads, resid, None
 
 
-def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pronoun_span") -> CorefStudy:
+def model_answers(model, run, used: list[int], question: str, seed: int = 0) -> ModelAnswers:
+    """The decoder's answer on every labelled prompt, asked ``question`` after it, with a 95%
+    bootstrap interval of its accuracy over prompts."""
+    from .coref_interventions import answer_table
+
+    table = answer_table(model, run, used, question)
+    lo, hi = bootstrap_ci(table.correct.to_numpy(float), seed=seed)
+    return ModelAnswers(question, table, float(lo), float(hi))
+
+
+def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pronoun_span",
+                question: str | None = None) -> CorefStudy:
     """The coreference study of ``run``: per-head attention accuracy against the baselines;
     with resid_post recorded, antecedent probes per layer; with ``model`` (the one the run was
-    recorded with), the named heads ablated and patched (``coref_interventions``). Computes
-    only: nothing is written."""
+    recorded with), the named heads ablated and patched (``coref_interventions``). A decoder
+    language model is also asked ``question`` (default `DEFAULT_QUESTION`) after every prompt,
+    and its answer measures the interventions. Computes only: nothing is written."""
     check_top(top)
+    if question is not None:
+        check_question(question)
+        if model is None:
+            raise InputError("a question is asked of the model, and no model is given (drop --no-interventions, or "
+                             "the question)")
     attn, gold, used = candidate_attention(run, query=query)
     baselines = positional_baselines(run, used, gold)
     heads = head_table(attn, gold, baselines, seed)
@@ -343,9 +452,20 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
     notes: list[Caution] = [TooFewPrompts(n)] if n < MIN_PROMPTS_FOR_CLAIMS else []
     if probes is not None and (caution := layer_zero_caution(probes)):
         notes.append(caution)
-    done, not_run = Interventions(), None
+    done, not_run, answers = Interventions(), None, None
     if model is None:
         not_run = NO_MODEL
+    elif asks_the_model(model, run, used, question):
+        from .run_checks import check_model_matches
+
+        question = question or DEFAULT_QUESTION
+        check_model_matches(model, run)
+        answers = model_answers(model, run, used, question, seed)
+        done = interventions(model, run, used, named, probes, query, seed, question)
+    elif question is not None:
+        raise InputError(f"{model.cfg.model_name} is not asked a question: it is no decoder language model whose "
+                         "tokenizer can write one (an encoder is measured by a probe, toy-coref by the question "
+                         "its prompts end in); drop the question")
     elif probes is None or n < MIN_PROMPTS_FOR_CLAIMS:
         not_run = INTERVENTIONS_NEED_PROBE
     else:
@@ -356,16 +476,26 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
         run_path=Path(run.path), model_name=run.model_name, query=query, top=top, heads=heads, baselines=baselines,
         n_prompts=n, probes=probes, probes_not_run=probes_not_run, named_heads=named, interventions_not_run=not_run,
         ablation=done.ablation, ablation_sweep=done.sweep, patch_heads=done.patch_heads, patch_resid=done.patch_resid,
-        patching_not_run=done.patching_not_run, notes=tuple(notes))
+        patching_not_run=done.patching_not_run, notes=tuple(notes), answers=answers)
+
+
+def asks_the_model(model, run, used: list[int], question: str | None = None) -> bool:
+    """Is ``model`` a decoder language model that is asked ``question`` after each prompt
+    (`coref_interventions.answers_by_continuation`)?"""
+    from .coref_interventions import answers_by_continuation
+
+    return answers_by_continuation(model, run, used, question or DEFAULT_QUESTION)
 
 
 # ------------------------------------------------------------------ the study's files
 def save_study(study: CorefStudy, out_dir: str | Path | None = None, command: str | None = None) -> Path:
-    """Write the study: OUT/{coref_heads.csv, heads.html, ablation.html, patching.html,
-    report.md} (OUT defaults to RUN/analyses/coref; the figures only for what was computed)
+    """Write the study: OUT/{coref_heads.csv, answers.csv, heads.html, ablation.html,
+    patching.html, report.md} (OUT defaults to RUN/analyses/coref; the figures only for what was computed)
     and its tables next to the run (RUN/analyses/NAME.csv, each with its sidecar naming
     ``command``). Returns report.md's path."""
-    from .coref_report import render_report  # here: coref_report imports this module's dataclasses
+    from probe.store import atomic_write_text
+
+    from .coref_report import render_report, sweep_metric  # here: coref_report imports this module's dataclasses
     from .probe_studies import antecedent_probes_name
     from .results import save_result
 
@@ -383,17 +513,26 @@ def save_study(study: CorefStudy, out_dir: str | Path | None = None, command: st
                  out / "heads.html", study.best_positional, "accuracy")
     if study.probes is not None:
         save_result(study.run_path, antecedent_probes_name(study.query), study.probes, command=command)
+    if study.answers is not None:  # no result kind: the table lies with the report
+        atomic_write_text(out / "answers.csv", study.answers.table.to_csv(index=False, lineterminator="\n"))
     if study.ablation is not None:
-        save_result(study.run_path, "ablation_accuracy", study.ablation_sweep, command=command)
+        save_result(study.run_path, sweep_name(study), study.ablation_sweep, command=command)
+        measured = f"{study.ablation.n_held_out} {'held-out ' if study.ablation.held_out else ''}prompts"
         heatmap_html(grid_of(study.ablation_sweep, "effect"), heads_x, layers_y,
-                     f"Change in {study.ablation.measure} when each head is mean-ablated ({study.ablation.n_held_out} "
-                     "held-out prompts)", out / "ablation.html", 0.0, "effect")
+                     f"Change in {sweep_metric(study)} when each head is mean-ablated ({measured})",
+                     out / "ablation.html", 0.0, "effect")
     if study.patch_resid is not None:
         save_result(study.run_path, "patch_heads_antecedent", study.patch_heads, command=command)
         save_result(study.run_path, "patch_resid_antecedent", study.patch_resid, command=command)
         save_patching_figure(study.patch_resid, layers_y, out / "patching.html")
     (out / "report.md").write_text(render_report(study))
     return out / "report.md"
+
+
+def sweep_name(study: CorefStudy) -> str:
+    """The per-head sweep's name next to the run: ablation_difference where it measures the
+    log-prob difference of a decoder asked the question, else ablation_accuracy."""
+    return "ablation_difference" if study.answers is not None else "ablation_accuracy"
 
 
 def head_axes(table: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -416,8 +555,11 @@ def save_patching_figure(resid: pd.DataFrame, layers_y: list[str], path: Path) -
 
 
 def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5,
-                 query: str = "pronoun_span", model=None, command: str | None = None) -> Path:
+                 query: str = "pronoun_span", model=None, command: str | None = None,
+                 question: str | None = None) -> Path:
     """Run the study and write RUN/analyses/coref/{coref_heads.csv, heads.html, report.md}.
     With resid_post recorded, antecedent probes per layer are added; with ``model`` (the one
-    the run was recorded with), the heads are ablated and patched (``coref_interventions``)."""
-    return save_study(coref_study(run, model=model, seed=seed, top=top, query=query), out_dir, command)
+    the run was recorded with), the heads are ablated and patched (``coref_interventions``),
+    and a decoder is asked ``question`` (default `DEFAULT_QUESTION`), whose answer measures them."""
+    return save_study(coref_study(run, model=model, seed=seed, top=top, query=query, question=question), out_dir,
+                      command)

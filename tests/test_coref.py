@@ -375,6 +375,27 @@ def test_render_report_words_a_hand_built_study(tmp_path):
                              "length) in this run, so nothing to patch; the seed set and toy-coref-test have them.\n")
 
 
+def test_heads_after_the_layer_the_probe_reads_are_not_measurable(tmp_path):
+    """A probe at layer 0 cannot see a layer-1 head (ablating or patching it changes nothing
+    there, by construction): such a head gets "not measurable", never "no evidence", and is
+    left out of the largest single-head drops; with every named head after it, no verdict."""
+    study = hand_built_study(tmp_path / "run")
+    probe_at_0 = dataclasses.replace(study.ablation, measure="antecedent probe accuracy (layer 0)", metric_layer=0)
+    lines = render_report(dataclasses.replace(study, ablation=probe_at_0)).splitlines()
+    assert ("Ablating them lowers accuracy by 0.320, more than any random set of as many heads: they matter. (L1H0: "
+            "not measurable with this metric, after layer 0, which the probe reads.)") in lines
+    assert ("The probe reads layer 0: heads of later layers cannot change it, so they are not measurable with this "
+            "metric and are left out below.") in lines
+    assert "Largest drops from one head: L0H1 -0.250, L0H0 +0.000." in lines
+    assert any(line.endswith("the study's heads: L1H0 not measurable (after the probe's layer), L0H1 0.80.")
+               for line in lines)
+    later = dataclasses.replace(probe_at_0, heads=((1, 0), (1, 1)), mean_ablated=0.62, zero_ablated=0.62)
+    report = render_report(dataclasses.replace(study, ablation=later, named_heads=((1, 0), (1, 1))))
+    assert ("Not measurable with this metric: every one of these heads sits after layer 0, which the probe reads, so "
+            "ablating them cannot change it (this is no evidence either way).") in report.splitlines()
+    assert "no evidence that they matter" not in report
+
+
 def test_save_study_writes_the_report_and_tables(tmp_path):
     """save_study writes the rendered report, the figures and every table, the run's tables
     through save_result next to the run."""

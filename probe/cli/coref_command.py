@@ -1,4 +1,5 @@
-"""`probe coref RUN`: the coreference study (attention, antecedent probes, ablation, patching)."""
+"""`probe coref RUN`: the coreference study (attention, antecedent probes, a decoder's own
+answer, ablation, patching)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--query", default="pronoun_span",
                    help="label field of the span that attends (default pronoun_span; the toy task also has "
                         "question_span, where its model answers)")
+    p.add_argument("--question", metavar="TEMPLATE",
+                   help="what a decoder language model is asked after each prompt, {pronoun} its pronoun; it answers "
+                        "the candidate whose continuation it finds more probable, and that answer measures the "
+                        "ablation and patching (default \" The pronoun '{pronoun}' refers to\")")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", help="the model the run was recorded with, for the ablation and patching tests "
                                        "(default: the name recorded in the run)")
@@ -40,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"note: cannot load the run's model {run.model_name!r} ({why}); give --model to ablate and patch "
                   "its heads", file=sys.stderr)
-    report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model, command=command_line())
+    report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model, command=command_line(),
+                          question=args.question)
     print(report.read_text())
     print(f"report: {report}")
     return 0
