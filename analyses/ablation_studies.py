@@ -71,7 +71,7 @@ class AblationStudy:
     model_name: str
     method: str
     what: str  # the metric on what data
-    subject: str  # whose sweep: "of MODEL" or "on N held-out prompts of RUN"
+    subject: str  # whose sweep: "of MODEL" or "on N [held-out] prompts of RUN"
     result_name: str | None = None  # for a sweep on a run: its name next to the run
     heads_measured: tuple[tuple[int, int], ...] = ()  # antecedent-score heads chosen from the study
 
@@ -218,8 +218,9 @@ def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer,
                   .head(top).iterrows()]
     setup = ablation_setup(model, run, used, layer, query, seed)
     fn, what = setup_metric(setup, metric, heads or chosen or None)
-    n_held_out = len(setup.data.prompts)
-    inputs = AblationInputs(setup.data.tokens, setup.reference, fn, f"{what} on {n_held_out} held-out prompts",
+    # a decoder asked for its answer is measured on every prompt (no probe is fitted, nothing held out)
+    measured = f"{len(setup.data.prompts)} {'held-out ' if setup.held_out else ''}prompts"
+    inputs = AblationInputs(setup.data.tokens, setup.reference, fn, f"{what} on {measured}",
                             setup.data.mask, setup.reference_mask)
     if together_heads or together_mlp:
         return _ablate(model, inputs, method, seed, together_heads, together_mlp, "", heads_measured=chosen)
@@ -227,7 +228,7 @@ def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer,
 
     table = sweep(model, setup, metric, heads or chosen or None, method)
     return AblationStudy(table, False, model.cfg.model_name, method, table.metric.iloc[0],
-                         f"on {n_held_out} held-out prompts of {run.path}", f"ablation_{metric.replace('-', '_')}",
+                         f"on {measured} of {run.path}", f"ablation_{metric.replace('-', '_')}",
                          tuple(chosen))
 
 
