@@ -194,7 +194,9 @@ def test_patching_by_the_models_answer_has_the_layer_zero_ground_truth(tiny):
     layer0 = resid[resid.layer == 0].set_index("position").normalized
     assert len(layer0) > len(clean)  # the question and the candidate are patched too
     assert layer0[differ[0]] == pytest.approx(1.0, abs=1e-4)
-    assert layer0.drop(differ[0]).abs().max() < 1e-5
+    # exactly 0 in exact arithmetic; float32 noise of the batched patch reached 1.15e-5 in one clean-clone run
+    # (1e-5 had no margin), so the same 1e-4 as the restoring position's check, on a scale of 1
+    assert layer0.drop(differ[0]).abs().max() < 1e-4
     assert resid.token.iloc[len(clean)] == "it"  # positions after the sentence are the question's tokens
 
 
