@@ -213,7 +213,7 @@ def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer,
     chosen: list[tuple[int, int]] = []
     if metric == "antecedent-score" and not heads:
         table, _, _ = coref_heads(run, query=query)
-        best = table[table.beats_positional] if table.beats_positional.any() else table
+        best = table[table.beats_baselines] if table.beats_baselines.any() else table
         chosen = [(int(r.layer), int(r["head"])) for _, r in best.sort_values("accuracy", ascending=False)
                   .head(top).iterrows()]
     setup = ablation_setup(model, run, used, layer, query, seed)

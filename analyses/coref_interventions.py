@@ -11,8 +11,8 @@ Attention from the pronoun to its antecedent is a correlation; these tests inter
   otherwise a probe for the antecedent (``analyses.probes``, from the pronoun's
   representation at the best layer, fitted on the train prompts), so the tests work on an
   encoder without an LM head (MiniLM) too;
-- ablation: the study's heads mean-ablated together vs as many random other heads (several
-  draws), and the per-head sweep on held-out prompts (probe accuracy; and the antecedent
+- ablation: the study's heads mean-ablated together vs random sets of as many other heads in
+  the same layers (several draws), and the per-head sweep on held-out prompts (probe accuracy; and the antecedent
   attention score of the study's heads, i.e. which earlier heads feed them);
 - patching: for prompt pairs of the run that share a ``pair_id`` but not the antecedent (the
   tired/wide twins), each head's output and each [layer, position] of the residual stream is
@@ -36,6 +36,7 @@ is the share of prompts where it is positive.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ from .ablation import (
     probe_accuracy,
     probe_margin,
     reference_z,
+    same_layer_random_heads,
+    same_layer_sets,
 )
 from .coref import DEFAULT_QUESTION, answer_texts, check_question, coref_labels
 from .patching import Direction, patch_heads, patch_residual
@@ -453,6 +456,7 @@ class AblationSummary:
     logit_diff: LogitDifferences | None  # None where a probe measures (the model does not answer)
     held_out: bool = True  # the measured prompts are not the reference ones (False: all prompts, their own mean)
     metric_layer: int | None = None  # the last layer whose heads can move the measure (None: the output, every one)
+    same_layers: bool = True  # the random sets have as many heads in each layer as ``heads`` (else: any heads)
 
     def measurable(self, layer: int) -> bool:
         """Can ablating a head of ``layer`` change the measure at all?"""
@@ -493,8 +497,13 @@ def ablation_tests(model: HookedTransformer, setup: AblationSetup, heads: list[t
         return (value > 0).float().mean().item(), value.mean().item()
 
     rng = np.random.default_rng(seed)
-    random = [measure(random_heads(model.cfg.n_layers, model.cfg.n_heads, len(heads), heads, rng))
-              for _ in range(n_random)]
+    cfg = model.cfg
+    # random sets of the same size and layer distribution (a later layer's heads do more, or less,
+    # by position alone); where a layer has too few other heads for that, any other heads
+    same_layers = all(cfg.n_heads - k >= k for k in Counter(layer for layer, _ in heads).values())
+    draw = ((lambda: same_layer_random_heads(heads, cfg.n_heads, rng)) if same_layers
+            else (lambda: random_heads(cfg.n_layers, cfg.n_heads, len(heads), heads, rng)))
+    random = [measure(draw()) for _ in range(n_random)]
     clean, mean, zero = measure([]), measure(heads), measure(heads, "zero")
     random_acc = [acc for acc, _ in random]
     logit_diff = None
@@ -507,9 +516,10 @@ def ablation_tests(model: HookedTransformer, setup: AblationSetup, heads: list[t
         n_held_out=len(d.prompts), clean=clean[0], mean_ablated=mean[0], zero_ablated=zero[0],
         random_mean=float(np.mean(random_acc)), random_min=float(np.min(random_acc)),
         random_max=float(np.max(random_acc)), n_random=n_random,
-        n_random_sets=math.comb(model.cfg.n_layers * model.cfg.n_heads - len(heads), len(heads)),
+        n_random_sets=(same_layer_sets(heads, cfg.n_heads) if same_layers
+                       else math.comb(cfg.n_layers * cfg.n_heads - len(heads), len(heads))),
         logit_diff=logit_diff, held_out=setup.held_out,
-        metric_layer=setup.probe.layer if setup.probe is not None else None)
+        metric_layer=setup.probe.layer if setup.probe is not None else None, same_layers=same_layers)
 
 
 def twin_pairs(run, used: list[int]) -> list[tuple[int, int]]:

@@ -10,12 +10,14 @@ from probe.head_labels import head_label, heads_text
 
 from .coref import (
     MIN_PROMPTS_FOR_CLAIMS,
+    NO_MEDIATION_PAIRS,
     NO_MODEL,
     NO_TWIN_PAIRS,
     CorefStudy,
     LayerZeroProbe,
     NearMajority,
     TooFewPrompts,
+    rank_column,
     sweep_name,
 )
 
@@ -25,46 +27,137 @@ if TYPE_CHECKING:
 
 def render_report(study: CorefStudy) -> str:
     """The study's report (markdown, ending in a newline)."""
-    lines = attention_section(study) + answers_section(study) + probe_section(study)
+    lines = (attention_section(study) + subsets_section(study) + mention_section(study) + answers_section(study)
+             + probe_section(study))
     if study.interventions_not_run is not None:
         lines += ["", interventions_not_run(study.interventions_not_run)]
     else:
-        lines += ablation_section(study) + patching_section(study)
+        lines += ablation_section(study) + patching_section(study) + mediation_section(study)
     return "\n".join(lines) + "\n"
 
 
+TEST = ("the whole 95% interval of its accuracy on the balanced set (a bootstrap over twin groups) lies above the "
+        "binding baseline, and a one-sided sign-flip permutation test against that baseline (head and baseline "
+        "exchanged within each twin group) is below 0.05 after Holm's correction over every head")
+
+
+def how_to_read(study: CorefStudy) -> str:
+    """The paragraph up front: what was found, on which subset, against which baseline, by which test."""
+    name, value = study.binding
+    if not study.n_balanced:
+        where = ("This run has no balanced set (no subset of its prompts holds every subset of the data set in "
+                 "equal numbers with twins whole), so no head is claimed to beat the baselines; record a balanced "
+                 "sample (`probe record --prompts winobias-dev --sample 400`).")
+        return f"**How to read this.** {where}"
+    found = (f"{study.n_beating} of {len(study.heads)} heads beat the baselines" if study.n_beating
+             else f"no head of {len(study.heads)} beats the baselines")
+    best = study.top_heads.iloc[0]
+    few = (f" With only {study.n_balanced} balanced prompts no claim is made (at least {MIN_PROMPTS_FOR_CLAIMS})."
+           if study.n_balanced < MIN_PROMPTS_FOR_CLAIMS else "")
+    return (f"**How to read this.** Claims are made on the balanced set ({study.n_balanced} of {study.n_prompts} "
+            f"prompts, {study.n_balanced_groups} twin groups), against the best baseline there, which binds: "
+            f"{name} ({value:.3f}). A head beats the baselines when {TEST}. Found: {found}; the best head, "
+            f"{head_label(int(best.layer), int(best['head']))}, is right on {best.balanced_accuracy:.3f} "
+            f"[{best.balanced_ci_low:.3f}, {best.balanced_ci_high:.3f}] of the balanced set (Holm p "
+            f"{best.p_holm:.3g}).{few} Per-subset accuracies below show what a head follows: one that follows the "
+            "gender stereotype is right on the pro-stereotyped sentences and wrong on their anti-stereotyped twins.")
+
+
 def attention_section(study: CorefStudy) -> list[str]:
-    """Title, what was measured, the baselines, the top heads with their verdicts."""
-    lines = [f"# Coreference study: {study.model_name}", "",
-             f"{study.n_prompts} prompts with gold antecedents from `{study.run_path}`. For each head, attention from "
-             f"the {study.query.removesuffix('_span')} to "
-             "each candidate (sum over a mention's tokens, mean over the pronoun's tokens); the head picks the "
-             "candidate it attends to more. 95% bootstrap intervals over prompts.", "",
-             "| baseline | accuracy |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in study.baselines.items()]
-    lines += ["", f"Top {study.top} heads:", "", "| head | accuracy | 95% CI | attn to gold | attn to other | verdict |",
-              "|---|---|---|---|---|---|"]
+    """Title, how to read it, what was measured, the baselines, the top heads with their verdicts."""
+    lines = [f"# Coreference study: {study.model_name}", "", how_to_read(study), "",
+             f"{study.n_prompts} prompts with gold antecedents from `{study.run_path}` ({study.n_groups} twin "
+             f"groups). For each head, attention from the {study.query.removesuffix('_span')} to each candidate "
+             f"({MENTION_WORDS[study.mention]}; sum over a mention's tokens, mean over the pronoun's tokens); the "
+             "head picks the candidate it attends to more. Intervals: 95%, from a bootstrap over twin groups "
+             "(prompts sharing a `pair_id` are one unit).", ""]
+    rank = rank_column(study.heads)
+    lines += [f"Top {study.top} heads (by {'balanced-set ' if rank == 'balanced_accuracy' else ''}accuracy):", "",
+              "| head | balanced acc | 95% CI | Holm p | all prompts | attn to gold / other | verdict |",
+              "|---|---|---|---|---|---|---|"]
     for _, r in study.top_heads.iterrows():
-        verdict = ("better than the positional baselines" if r.beats_positional
-                   else "no better than a positional baseline")
-        lines.append(f"| {head_label(int(r.layer), int(r['head']))} | {r.accuracy:.3f} | "
-                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.attn_gold:.3f} | {r.attn_other:.3f} | {verdict} |")
+        lines.append(f"| {head_label(int(r.layer), int(r['head']))} | {r.balanced_accuracy:.3f} | "
+                     f"[{r.balanced_ci_low:.3f}, {r.balanced_ci_high:.3f}] | {r.p_holm:.3g} | {r.accuracy:.3f} "
+                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.attn_gold:.3f} / {r.attn_other:.3f} | "
+                     f"{verdict(study, r)} |")
     few = study.caution(TooFewPrompts)
     if few is not None:
         lines += ["", f"Only {few.n_prompts} prompts: too few to claim that any head beats the baselines; record more "
-                      "(e.g. the bundled winobias set)."]
+                      "(e.g. `probe record --prompts winobias-dev --sample 400`)."]
     lines += ["", attention_verdict(study), "",
-              "Figure: [heads.html](heads.html) (heatmap of per-head accuracy); table: "
-              "[coref_heads.csv](coref_heads.csv)."]
+              "Figure: [heads.html](heads.html) (per-head accuracy on the balanced set, all prompts and each subset); "
+              "tables: [coref_heads.csv](coref_heads.csv), [coref_subsets.csv](coref_subsets.csv)."]
     return lines
 
 
+MENTION_WORDS = {"span": "a mention is its annotated span, e.g. \"The developer\"",
+                 "head": "a mention is its head word, e.g. \"developer\" of \"The developer\""}
+
+
+def verdict(study: CorefStudy, row) -> str:
+    if row.beats_baselines:
+        return f"beats the baselines (binding: {study.binding[0]})"
+    if not study.n_balanced or study.n_balanced < MIN_PROMPTS_FOR_CLAIMS:
+        return "no claim (no balanced set large enough)"
+    return f"does not beat the binding baseline ({study.binding[0]})"
+
+
 def attention_verdict(study: CorefStudy) -> str:
+    name, value = study.binding
     if study.n_beating:
-        return (f"{study.n_beating} of {len(study.heads)} heads beat the better positional baseline "
-                f"({study.best_positional:.3f}) with their whole interval.")
-    return (f"No head beats the better positional baseline ({study.best_positional:.3f}): attention alone does "
+        return (f"{study.n_beating} of {len(study.heads)} heads beat the binding baseline ({name}, {value:.3f} on the "
+                f"balanced set) by the test above.")
+    if not study.n_balanced:
+        return "No balanced set, so no claim: attention alone does not show a coreference head here."
+    return (f"No head beats the binding baseline ({name}, {value:.3f} on the balanced set): attention alone does "
             "not show a coreference head here.")
+
+
+def subsets_section(study: CorefStudy) -> list[str]:
+    """Each baseline and the best head on every subset, the balanced set and all prompts."""
+    table = study.subsets
+    if table is None or table.empty:
+        return []
+    names = [c for c in table.columns if c not in ("subset", "n_prompts", "n_groups", "best_head",
+                                                    "best_head_accuracy")]
+    lines = ["", "## Baselines and the best head per subset", "",
+             "| subset | prompts | twin groups | " + " | ".join(names) + " | best head |",
+             "|---|---|---|" + "---|" * len(names) + "---|"]
+    for _, r in table.iterrows():
+        best = f"{r.best_head} {r.best_head_accuracy:.3f}" if r.best_head else "-"
+        lines.append(f"| {r.subset} | {r.n_prompts} | {r.n_groups} | "
+                     + " | ".join(f"{r[n]:.3f}" for n in names) + f" | {best} |")
+    lines += ["", "The gender stereotype picks the candidate whose occupation is stereotyped with the pronoun's "
+                  "gender (WinoBias's occupation lists; WinoGender's share of women in the occupation, US labour "
+                  "statistics; a coin where the data gives none, as for 'they')." if "gender stereotype" in names
+              else "The data gives no gender stereotype for these prompts, so there is no stereotype baseline."]
+    top = study.top_heads
+    subset_cols = [c for c in study.heads.columns if c.startswith("acc_")]
+    if subset_cols:
+        lines += ["", "The top heads per subset:", "",
+                  "| head | " + " | ".join(c.removeprefix("acc_").replace("_", "=", 1) for c in subset_cols) + " |",
+                  "|---|" + "---|" * len(subset_cols)]
+        lines += [f"| {head_label(int(r.layer), int(r['head']))} | " + " | ".join(f"{r[c]:.3f}" for c in subset_cols)
+                  + " |" for _, r in top.iterrows()]
+    return lines
+
+
+def mention_section(study: CorefStudy) -> list[str]:
+    """The mention convention as a choice: the other convention's result beside this one's."""
+    other = f"accuracy_{study.other_mention}"
+    if other not in study.heads.columns:
+        return []
+    shift = (study.heads[other] - study.heads.accuracy).abs()
+    worst = study.heads.loc[shift.idxmax()]
+    best_other = study.heads.loc[study.heads[other].idxmax()]
+    return ["", "## The mention convention", "",
+            f"This report sums attention over each candidate's {'annotated span' if study.mention == 'span' else 'head word'} "
+            f"(`--mention {study.mention}`). Over {'its head word' if study.mention == 'span' else 'the annotated span'} "
+            f"instead (`--mention {study.other_mention}`), per-head accuracy over all prompts moves by up to "
+            f"{shift.max():.3f} ({head_label(int(worst.layer), int(worst['head']))}: {worst.accuracy:.3f} -> "
+            f"{worst[other]:.3f}; mean {shift.mean():.3f}), and the best head there is "
+            f"{head_label(int(best_other.layer), int(best_other['head']))} at {best_other[other]:.3f} (here "
+            f"{study.heads.accuracy.max():.3f}). The convention is a choice, and the numbers depend on it."]
 
 
 def answers_section(study: CorefStudy) -> list[str]:
@@ -74,37 +167,42 @@ def answers_section(study: CorefStudy) -> list[str]:
         return []
     table = a.table
     example = table.iloc[0]
+    rows = [f"| accuracy, all prompts (antecedent more probable) | {a.accuracy:.3f} [{a.ci_low:.3f}, {a.ci_high:.3f}] |"]
+    if a.balanced is not None:
+        rows.append(f"| accuracy, balanced set | {a.balanced[0]:.3f} [{a.balanced[1]:.3f}, {a.balanced[2]:.3f}] "
+                    f"(against {study.binding[0]}: p {a.p_value:.3g}) |")
+    rows += [f"| accuracy, {name} | {value:.3f} |" for name, value in a.subsets.items()]
     return ["", "## The model's answer", "",
             f"After each prompt the model reads the question `{a.question}` (here: `{example.question}`) and scores "
             f"each candidate's continuation (` {example.gold}` vs ` {example.other}`: a definite reference to each "
             "mention) by the sum of its tokens' log-probabilities; it answers the more probable one. Tokens both "
             "continuations start with (such as ` the`) add the same to both, so only the difference counts.", "",
-            "| measure | value |", "|---|---|",
-            f"| accuracy (antecedent more probable) | {a.accuracy:.3f} [{a.ci_low:.3f}, {a.ci_high:.3f}] |",
+            "| measure | value |", "|---|---|", *rows,
             f"| mean log-prob difference antecedent - other (nats) | {a.mean_difference:+.3f} |",
             f"| prompts | {a.n_prompts} |", "",
             answers_verdict(study), "",
             "Per prompt: [answers.csv](answers.csv) (question, both candidates, their log-probabilities, the "
-            "difference). This answer is what the ablation and patching below measure."]
+            "difference). This answer is what the ablation, patching and mediation below measure."]
 
 
 def answers_verdict(study: CorefStudy) -> str:
-    """The answer's interval against chance and against the better positional baseline."""
+    """The answer's interval on the balanced set against the binding baseline (and chance)."""
     a = study.answers
-    name = max(("nearest mention", "first mention"), key=lambda k: study.baselines[k])
-    if a.n_prompts < MIN_PROMPTS_FOR_CLAIMS:
-        return (f"Only {a.n_prompts} prompts: too few to compare the answer with chance (0.5) or the better "
-                f"positional baseline ({name}, {study.best_positional:.3f}).")
+    name, value = study.binding
+    if a.balanced is None or study.n_balanced < MIN_PROMPTS_FOR_CLAIMS:
+        return (f"Only {study.n_balanced} balanced prompts: too few to compare the answer with the baselines (at "
+                f"least {MIN_PROMPTS_FOR_CLAIMS}).")
+    acc, lo, hi = a.balanced
 
-    def against(value: float) -> str:
-        if a.ci_low > value:
+    def against(v: float) -> str:
+        if lo > v:
             return "above it with its whole interval"
-        if a.ci_high < value:
+        if hi < v:
             return "below it with its whole interval"
         return "not distinguishable from it (the interval includes it)"
 
-    return (f"Against chance (0.500) the answer is {against(0.5)}; against the better positional baseline ({name}, "
-            f"{study.best_positional:.3f}) it is {against(study.best_positional)}.")
+    return (f"On the balanced set, against the binding baseline ({name}, {value:.3f}) the answer is {against(value)}; "
+            f"against chance (0.500) it is {against(0.5)}.")
 
 
 def probe_section(study: CorefStudy) -> list[str]:
@@ -150,7 +248,8 @@ def ablation_section(study: CorefStudy) -> list[str]:
              f"| clean | {s.clean:.3f} |", f"| these heads mean-ablated | {s.mean_ablated:.3f} |",
              f"| these heads zero-ablated | {s.zero_ablated:.3f} |"]
     only = f"; only {s.n_random_sets} distinct sets exist" if s.n_random_sets <= s.n_random else ""
-    draws = f"{len(s.heads)} random other heads mean-ablated ({s.n_random} draws{only})"
+    kind = "other heads of the same layers" if s.same_layers else "other heads (too few in those layers for sets of the same layers)"
+    draws = f"{len(s.heads)} random {kind} mean-ablated ({s.n_random} draws{only})"
     if s.logit_diff is not None:
         d = s.logit_diff
         lines.append(f"| {d.name} antecedent - other: clean / mean-ablated / zero-ablated | "
@@ -247,3 +346,36 @@ def patching_section(study: CorefStudy) -> list[str]:
             f"{head_label(la, h)} {restored(la, h)}" for la, h in study.named_heads) + ".", "",
         "Residual stream per [layer, position]: [patching.html](patching.html); tables "
         "`analyses/patch_heads_antecedent.csv`, `analyses/patch_resid_antecedent.csv`."]
+
+
+def mediation_section(study: CorefStudy) -> list[str]:
+    """Per-head causal mediation of the twin intervention (decoders), against the heads attention names."""
+    if study.answers is None:
+        return []
+    lines = ["", "## Causal mediation (Vig et al. 2020)", ""]
+    m = study.mediation
+    if m is None:
+        reason = study.mediation_not_run or NO_MEDIATION_PAIRS
+        return lines + [f"Not run: {reason}."]
+    table = m.table
+    top = table.reindex(table.nie.abs().sort_values(ascending=False).index).head(study.top)
+    named = set(study.named_heads)
+    by_nie = {(int(r.layer), int(r["head"])) for _, r in top.iterrows()}
+    agree, attention_only = sorted(named & by_nie), sorted(named - by_nie)
+    lines += [f"{m.n_pairs} twin pairs x -> x' with the same antecedent and another pronoun (x: the twin whose gender "
+              "stereotype agrees with the antecedent, where the data says). The outcome y is the model's log-prob "
+              f"difference antecedent - other after the question. Total effect TE = y(x') - y(x) = "
+              f"{m.total_effect:+.3f} nats (y(x) {m.y_base:+.3f}, y(x') {m.y_intervened:+.3f}). Per head: natural "
+              "indirect effect NIE = y(x, the head's output as under x') - y(x); natural direct effect NDE = y(x', "
+              "the head's output held as under x) - y(x).", "",
+              "| head | NIE | NIE / TE | NDE |", "|---|---|---|---|"]
+    lines += [f"| {head_label(int(r.layer), int(r['head']))} | {r.nie:+.3f} | {r.nie_share:+.2f} | {r.nde:+.3f} |"
+              for _, r in top.iterrows()]
+    lines += ["", f"The heads attention names ({heads_text(study.named_heads)}) against the {study.top} with the "
+                  f"largest |NIE|: " + (f"both name {heads_text(agree)}" if agree else "no head in common")
+              + (f"; attention alone names {heads_text(attention_only)}" if attention_only else "") + ". "
+              + ("Attention to the antecedent and mediation of the pronoun's effect on the answer pick different "
+                 "heads." if not agree else "Where they agree, a head both attends to the antecedent and carries "
+                 "the twin's effect to the answer."),
+              "", "Figure: [mediation.html](mediation.html) (NIE per head); table: [mediation.csv](mediation.csv)."]
+    return lines

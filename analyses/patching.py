@@ -29,6 +29,7 @@ import torch
 
 from models import HookedTransformer
 from probe.errors import InputError
+from probe.hook_names import block_of
 
 from .ablation import Metric, evaluate
 
@@ -56,10 +57,14 @@ def _setup(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor,
 def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, source: dict[int, torch.Tensor],
                 n_copies: int, place: Callable[[torch.Tensor, torch.Tensor, int], None], metric: Metric,
                 key: str, clean_value: float, corrupt_value: float,
-                attention_mask: torch.Tensor | None = None) -> list[dict]:
+                attention_mask: torch.Tensor | None = None,
+                resume: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """For every layer, one forward pass over ``n_copies`` copies of the target batch, copy
     ``i`` patched by ``place(copy_i, source[layer], i)`` at ``hook_name``; one row per
-    (layer, i) with the patched metric and its normalised value."""
+    (layer, i) with the patched metric and its normalised value. ``resume``: the target's
+    own activations ({"blocks.L.hook_resid_pre": ..., and what the metric reads}), given where
+    the patch sits inside block L, so each pass starts at block L (earlier blocks do not see
+    the patch) with the metric's earlier reads taken from it, as the ablation sweep does."""
     b = target.shape[0]
     rows = []
     for layer in range(model.cfg.n_layers):
@@ -71,8 +76,12 @@ def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, 
                 place(x[i * b:(i + 1) * b], src, i)  # a view: writes into x
             return x
 
+        start = {}
+        if resume is not None:
+            known = {name: resume[name] for name in getattr(metric, "reads", ()) if (block_of(name) or 0) < layer}
+            start = {"resume": (layer, resume[f"blocks.{layer}.hook_resid_pre"]), "known": known}
         values = evaluate(model, target, metric, [(hook_name.format(layer=layer), hook)], attention_mask,
-                          copies=n_copies)
+                          copies=n_copies, **start)
         for i, value in enumerate(values):
             patched = value.mean().item()
             rows.append({"layer": layer, key: i, "patched": patched,
@@ -108,6 +117,11 @@ def patch_heads(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Te
         z[:, :, head] = src[:, :, head]
 
     zs = {layer: source["z", layer] for layer in range(model.cfg.n_layers)}
+    # a head's output is patched inside its block: the target's residual stream before it is its own
+    reads = [n for n in getattr(metric, "reads", ()) if block_of(n) is not None]
+    with torch.no_grad():
+        _, own = model.run_with_cache(target, names_filter=lambda n: n.endswith("hook_resid_pre") or n in reads,
+                                      attention_mask=attention_mask)
     rows = _patch_each(model, target, "blocks.{layer}.attn.hook_z", zs, model.cfg.n_heads, place, metric, "head",
-                       clean_value, corrupt_value, attention_mask)
+                       clean_value, corrupt_value, attention_mask, resume=dict(own.items()))
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)

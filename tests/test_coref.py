@@ -57,7 +57,7 @@ def test_baselines_and_table(seed_run):
     assert n == 2 and len(table) == 72
     expected = (attn.argmax(-1) == gold[:, None, None]).mean(0)
     assert np.allclose(table.accuracy.to_numpy().reshape(6, 12), expected)
-    assert not table.beats_positional.any()  # two prompts are too few for any claim
+    assert not table.beats_baselines.any()  # two prompts are too few for any claim
 
 
 def files_under(path):
@@ -74,7 +74,7 @@ def test_the_seed_study_as_data(seed_run, minilm):
     assert files_under(seed_run.path) == before
     table, base, n = coref_heads(seed_run)
     assert study.n_prompts == n == 2 and study.baselines == base and study.best_positional == 0.5
-    assert study.heads.equals(table) and study.n_beating == 0
+    assert study.heads.drop(columns="accuracy_head").equals(table) and study.n_beating == 0
     attn, gold, _ = candidate_attention(seed_run)
     accuracy = (attn.argmax(-1) == gold[:, None, None]).mean(0)  # [layer, head]
     assert len(study.named_heads) == 5
@@ -225,7 +225,7 @@ def test_toy_coref_study_names_heads_whose_ablation_matters(tmp_path):
     run = probe.record(model, prompts, tmp_path / "run", names=["blocks.*.attn.hook_pattern"], progress=False)
     study = coref_study(run, query="question_span")
     table = study.heads
-    beating = {(int(r.layer), int(r["head"])) for _, r in table[table.beats_positional].iterrows()}
+    beating = {(int(r.layer), int(r["head"])) for _, r in table[table.beats_baselines].iterrows()}
     named = list(study.named_heads)
     assert named and set(named) == beating and all(layer == 1 for layer, _ in named)
     assert study.n_prompts == 200 and study.notes == ()
@@ -251,8 +251,8 @@ def test_toy_coref_study_names_heads_whose_ablation_matters(tmp_path):
     assert ablated_top <= 0.65  # the free answer drops to chance level
     assert to_other == 0.0 and ablated_two > 0.95  # but never to the other candidate: the forced choice survives
     from_pronoun = coref_study(run, query="pronoun_span")
-    assert not from_pronoun.heads.beats_positional.any() and from_pronoun.n_beating == 0
-    assert "No head beats the better positional baseline" in render_report(from_pronoun)
+    assert not from_pronoun.heads.beats_baselines.any() and from_pronoun.n_beating == 0
+    assert "No head beats the binding baseline" in render_report(from_pronoun)
 
 
 def test_head_metrics_include_the_antecedent_score(seed_run):
@@ -280,7 +280,7 @@ def test_coref_cli_on_toy_coref(tmp_path):
     run = probe.record(toy, probe.load_prompts("toy-coref-test")[::10][:200], tmp_path / "toy",
                        names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"], progress=False)
     study = coref_study(run, model=toy, query="question_span")
-    named = study.heads[study.heads.beats_positional]
+    named = study.heads[study.heads.beats_baselines]
     assert len(named) and (named.layer == 1).all()
     assert set(study.named_heads) == set(zip(named.layer, named["head"]))
     assert list(study.probes.layer) == [0, 1] and study.probes.test_acc.iloc[-1] > 0.9
@@ -311,8 +311,10 @@ def hand_built_study(run_path, **changes) -> CorefStudy:
     to 0.30, below every random pair (0.55-0.61)."""
     heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "accuracy": [0.55, 0.8, 0.9, 0.4],
                           "ci_low": [0.45, 0.7, 0.85, 0.3], "ci_high": [0.65, 0.9, 0.95, 0.5],
-                          "attn_gold": [0.1, 0.3, 0.5, 0.05], "attn_other": [0.1, 0.2, 0.1, 0.06],
-                          "beats_positional": [False, True, True, False]})
+                          "balanced_accuracy": [0.55, 0.8, 0.9, 0.4], "balanced_ci_low": [0.45, 0.7, 0.85, 0.3],
+                          "balanced_ci_high": [0.65, 0.9, 0.95, 0.5], "p_value": [0.3, 0.001, 0.0001, 1.0],
+                          "p_holm": [0.6, 0.003, 0.0004, 1.0], "beats_baselines": [False, True, True, False],
+                          "attn_gold": [0.1, 0.3, 0.5, 0.05], "attn_other": [0.1, 0.2, 0.1, 0.06]})
     probes = pd.DataFrame({"layer": [0, 1], "test_acc": [0.6, 0.7], "majority_baseline": [0.58, 0.58],
                            "control_test_acc": [0.5, 0.55], "selectivity": [0.1, 0.15], "dev_acc": [0.6, 0.7]})
     ablation = AblationSummary(heads=((1, 0), (0, 1)), measure="antecedent probe accuracy (layer 1)", n_train=30,
@@ -327,7 +329,8 @@ def hand_built_study(run_path, **changes) -> CorefStudy:
                        baselines={"nearest mention": 0.4, "first mention": 0.6, "chance": 0.5}, n_prompts=42,
                        probes=probes, probes_not_run=None, named_heads=((1, 0), (0, 1)), interventions_not_run=None,
                        ablation=ablation, ablation_sweep=sweep, patch_heads=patch_heads, patch_resid=patch_resid,
-                       patching_not_run=None, notes=(NearMajority(0.62, 0.58),))
+                       patching_not_run=None, notes=(NearMajority(0.62, 0.58),), n_balanced=42, n_groups=21,
+                       n_balanced_groups=21, binding=("first mention", 0.6))
     return dataclasses.replace(study, **changes)
 
 
@@ -339,18 +342,25 @@ def test_render_report_words_a_hand_built_study(tmp_path):
     report = render_report(study)
     lines = report.splitlines()
     assert lines[0] == "# Coreference study: hand-made" and report.endswith(".\n")
-    assert lines[2].startswith(f"42 prompts with gold antecedents from `{tmp_path / 'run'}`. For each head, attention "
-                               "from the pronoun to each candidate")
+    assert lines[2].startswith("**How to read this.** Claims are made on the balanced set (42 of 42 prompts, 21 "
+                               "twin groups), against the best baseline there, which binds: first mention (0.600).")
+    assert "Found: 2 of 4 heads beat the baselines; the best head, L1H0, is right on 0.900 [0.850, 0.950]" in lines[2]
+    assert lines[4].startswith(f"42 prompts with gold antecedents from `{tmp_path / 'run'}` (21 twin groups). For "
+                               "each head, attention from the pronoun to each candidate")
     top = [line for line in lines if line.startswith("| L")]
-    assert top[:3] == ["| L1H0 | 0.900 | [0.850, 0.950] | 0.500 | 0.100 | better than the positional baselines |",
-                       "| L0H1 | 0.800 | [0.700, 0.900] | 0.300 | 0.200 | better than the positional baselines |",
-                       "| L0H0 | 0.550 | [0.450, 0.650] | 0.100 | 0.100 | no better than a positional baseline |"]
-    assert "2 of 4 heads beat the better positional baseline (0.600) with their whole interval." in lines
+    assert top[:3] == ["| L1H0 | 0.900 | [0.850, 0.950] | 0.0004 | 0.900 [0.850, 0.950] | 0.500 / 0.100 | beats the "
+                       "baselines (binding: first mention) |",
+                       "| L0H1 | 0.800 | [0.700, 0.900] | 0.003 | 0.800 [0.700, 0.900] | 0.300 / 0.200 | beats the "
+                       "baselines (binding: first mention) |",
+                       "| L0H0 | 0.550 | [0.450, 0.650] | 0.6 | 0.550 [0.450, 0.650] | 0.100 / 0.100 | does not beat "
+                       "the binding baseline (first mention) |"]
+    assert "2 of 4 heads beat the binding baseline (first mention, 0.600 on the balanced set) by the test above." in lines
     assert "| 1 | 0.700 | 0.580 | 0.550 | 0.150 |" in lines and "Caution: layer 0" not in report
     assert ("The heads that beat the baselines (L1H0, L0H1) mean-ablated together (reference: the 30 train prompts), "
             "measured by antecedent probe accuracy (layer 1) on 12 held-out prompts:") in lines
     assert "| these heads mean-ablated | 0.300 |" in lines and "logit difference" not in report
-    assert "| 2 random other heads mean-ablated (10 draws) | mean 0.580, range [0.550, 0.610] |" in lines
+    assert ("| 2 random other heads of the same layers mean-ablated (10 draws) | mean 0.580, range [0.550, 0.610] |"
+            in lines)
     assert ("Ablating them lowers accuracy by 0.320, more than any random set of as many heads: they matter."
             in lines)
     assert ("Caution: on clean prompts the measure (0.620) is barely above the majority baseline (0.580), so no "

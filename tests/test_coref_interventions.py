@@ -155,7 +155,7 @@ def test_toy_coref_heads_matter_by_the_models_own_answer(toy_run):
 
     toy, run = models.load("toy-coref"), toy_run
     table, _, _ = coref_heads(run, query="question_span")
-    named = [(int(r.layer), int(r["head"])) for _, r in table[table.beats_positional].iterrows()]
+    named = [(int(r.layer), int(r["head"])) for _, r in table[table.beats_baselines].iterrows()]
     _, _, used = candidate_attention(run, query="question_span")
     setup = ci.ablation_setup(toy, run, used, layer=1, query="question_span")
     assert setup.own_answer

@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="what a decoder language model is asked after each prompt, {pronoun} its pronoun; it answers "
                         "the candidate whose continuation it finds more probable, and that answer measures the "
                         "ablation and patching (default \" The pronoun '{pronoun}' refers to\")")
+    p.add_argument("--mention", choices=["span", "head"], default="span",
+                   help="what a candidate's attention is summed over: its annotated span (\"The developer\", the "
+                        "default) or its head word (\"developer\"); the report gives the other's result beside it")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", help="the model the run was recorded with, for the ablation and patching tests "
                                        "(default: the name recorded in the run)")
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: cannot load the run's model {run.model_name!r} ({why}); give --model to ablate and patch "
                   "its heads", file=sys.stderr)
     report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model, command=command_line(),
-                          question=args.question)
+                          question=args.question, mention=args.mention)
     print(report.read_text())
     print(f"report: {report}")
     return 0

@@ -29,7 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="language model asked the seed question after --model, by its own answer (default smollm2; "
                         "'none' skips it, as does naming --model); it records nothing")
     p.add_argument("-o", "--output", default="runs/demo", help="run directory to (re)create (default runs/demo)")
-    p.add_argument("-n", type=positive_int, default=400, help="WinoBias dev prompts to record (default 400)")
+    p.add_argument("-n", type=positive_int, default=400,
+                   help="WinoBias dev prompts to record, a balanced sample: pro/anti-stereotyped and type 1/2 in equal "
+                        "numbers, twins together (default 400)")
     p.add_argument("--no-record", action="store_true", help="only ask the seed question (of --model and --decoder)")
     p.add_argument("--no-serve", action="store_true",
                    help="do not open the dashboard at the end (for scripts; it prints the command instead)")
@@ -64,13 +66,17 @@ def run(args: argparse.Namespace) -> int:
     from analyses.probe_studies import probe_study
     from analyses.results import save_result
     from probe.cli.shared import command_line
+    from probe.design import balanced_sample
     from probe.head_labels import top_heads_text
     from probe.prompts import load_prompts
     from probe.recorder import record
 
     made_by = command_line()
-    prompts = load_prompts("seed") + load_prompts("winobias-dev")[: args.n]
-    print(f"\nrecording {len(prompts)} prompts (the seed pair + WinoBias dev) to {args.output} ...")
+    # balanced: on the first sentences of WinoBias dev (all pro-stereotyped type 1) the gender stereotype
+    # alone is right every time, and a head that follows it looks like a coreference head
+    prompts = load_prompts("seed") + balanced_sample(load_prompts("winobias-dev"), args.n, seed=0)
+    print(f"\nrecording {len(prompts)} prompts (the seed pair + a balanced sample of WinoBias dev: pro/anti x type "
+          f"1/2, twins together) to {args.output} ...")
     run = record(model, prompts, args.output, names=["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"],
                  batch_size=32, overwrite=True)
     metrics = head_metrics(run, model=model)
