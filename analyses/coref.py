@@ -304,7 +304,7 @@ def head_table(attn: np.ndarray, gold: np.ndarray, baselines: dict[str, np.ndarr
     baseline on the balanced set (p, Holm-adjusted p) and the verdict ``beats_baselines``; mean
     attention to the gold and to the other candidate; accuracy per subset (``acc_FIELD_VALUE``);
     and, given ``other_mention`` = (its name, its attn), the accuracy by the other convention."""
-    correct = (attn.argmax(-1) == gold[:, None, None]).astype(float)  # [n, L, H]
+    correct = head_correct(attn, gold)
     n, L, H = correct.shape
     lo, hi = group_bootstrap_ci(correct, design.groups, seed=seed)
     bal = design.balanced
@@ -334,9 +334,16 @@ def head_table(attn: np.ndarray, gold: np.ndarray, baselines: dict[str, np.ndarr
     return pd.DataFrame(table)
 
 
-def subset_table(heads: pd.DataFrame, baselines: dict[str, np.ndarray], design: PromptDesign) -> pd.DataFrame:
+def head_correct(attn: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """[n, L, H] 1.0 where the head attends more to the antecedent than to the other candidate."""
+    return (attn.argmax(-1) == gold[:, None, None]).astype(float)
+
+
+def subset_table(heads: pd.DataFrame, baselines: dict[str, np.ndarray], design: PromptDesign,
+                 correct: np.ndarray | None = None, seed: int = 0) -> pd.DataFrame:
     """One row per subset (and the balanced set, and all prompts): prompts, twin groups, each
-    baseline's accuracy there, and the best head's accuracy there."""
+    baseline's accuracy there, and the best head's accuracy there (with its 95% interval from a
+    bootstrap over the subset's twin groups, given ``correct`` [n, L, H])."""
     rows = []
     everything = np.ones(len(design.groups), dtype=bool)
     for field, value, mask in [("all", "", everything), ("balanced", "", design.balanced), *design.subset_masks()]:
@@ -347,6 +354,11 @@ def subset_table(heads: pd.DataFrame, baselines: dict[str, np.ndarray], design: 
         best = heads[column].idxmax() if mask.any() and heads[column].notna().any() else None
         row["best_head"] = "" if best is None else head_label(int(heads.layer[best]), int(heads["head"][best]))
         row["best_head_accuracy"] = float("nan") if best is None else float(heads[column][best])
+        row["best_head_ci_low"] = row["best_head_ci_high"] = float("nan")
+        if best is not None and correct is not None:
+            layer, head = int(heads.layer[best]), int(heads["head"][best])
+            lo, hi = group_bootstrap_ci(correct[mask, layer, head], design.groups[mask], seed=seed)
+            row["best_head_ci_low"], row["best_head_ci_high"] = float(lo), float(hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -667,7 +679,7 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
         n_prompts=n, probes=probes, probes_not_run=probes_not_run, named_heads=named, interventions_not_run=not_run,
         ablation=done.ablation, ablation_sweep=done.sweep, patch_heads=done.patch_heads, patch_resid=done.patch_resid,
         patching_not_run=done.patching_not_run, notes=tuple(notes), answers=answers, mention=mention,
-        subsets=subset_table(heads, correct, design), n_balanced=int(bal.sum()), n_groups=design.n_groups,
+        subsets=subset_table(heads, correct, design, head_correct(attn, gold), seed), n_balanced=int(bal.sum()), n_groups=design.n_groups,
         n_balanced_groups=design.n_balanced_groups,
         binding=binding_baseline(correct, bal) if bal.any() else ("", float("nan")),
         mediation=mediation, mediation_not_run=mediation_not_run)

@@ -119,18 +119,21 @@ def subsets_section(study: CorefStudy) -> list[str]:
     if table is None or table.empty:
         return []
     names = [c for c in table.columns if c not in ("subset", "n_prompts", "n_groups", "best_head",
-                                                    "best_head_accuracy")]
+                                                    "best_head_accuracy", "best_head_ci_low", "best_head_ci_high")]
     lines = ["", "## Baselines and the best head per subset", "",
-             "| subset | prompts | twin groups | " + " | ".join(names) + " | best head |",
+             "| subset | prompts | twin groups | " + " | ".join(names) + " | best head [95% CI] |",
              "|---|---|---|" + "---|" * len(names) + "---|"]
     for _, r in table.iterrows():
-        best = f"{r.best_head} {r.best_head_accuracy:.3f}" if r.best_head else "-"
+        best = (f"{r.best_head} {r.best_head_accuracy:.3f} [{r.best_head_ci_low:.3f}, {r.best_head_ci_high:.3f}]"
+                if r.best_head else "-")
         lines.append(f"| {r.subset} | {r.n_prompts} | {r.n_groups} | "
                      + " | ".join(f"{r[n]:.3f}" for n in names) + f" | {best} |")
     lines += ["", "The gender stereotype picks the candidate whose occupation is stereotyped with the pronoun's "
                   "gender (WinoBias's occupation lists; WinoGender's share of women in the occupation, US labour "
                   "statistics; a coin where the data gives none, as for 'they')." if "gender stereotype" in names
               else "The data gives no gender stereotype for these prompts, so there is no stereotype baseline."]
+    lines += ["", f"A subset's best head is picked on that subset out of {len(study.heads)}, so its interval is "
+                  "optimistic (no correction for the choice): it shows where to look, not a claim."]
     top = study.top_heads
     subset_cols = [c for c in study.heads.columns if c.startswith("acc_")]
     if subset_cols:

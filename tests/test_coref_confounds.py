@@ -123,3 +123,30 @@ def test_the_report_gives_the_other_mention_convention(balanced_run):
     assert np.allclose(span.heads.accuracy_head, head.heads.accuracy)
     assert np.allclose(head.heads.accuracy_span, span.heads.accuracy)
     assert "## The mention convention" in render_report(span) and "`--mention head`" in render_report(span)
+
+
+def test_the_figure_has_a_panel_per_subset(balanced_run, tmp_path):
+    from analyses.coref import save_study
+
+    study = coref_study(balanced_run)
+    report = save_study(study, tmp_path / "out")
+    figure = (report.parent / "heads.html").read_text()
+    for title in ("balanced set (200 prompts)", "all 200 prompts", "stereotype=pro", "stereotype=anti", "type=1",
+                  "type=2"):
+        assert title in figure
+    subsets = (report.parent / "coref_subsets.csv").read_text().splitlines()
+    assert subsets[0].startswith("subset,n_prompts,n_groups,nearest mention,first mention,gender stereotype,chance")
+    assert subsets[3].startswith("stereotype=anti,100,100,") and subsets[4].startswith("stereotype=pro,100,100,")
+
+
+def test_the_probe_that_measures_reads_at_or_after_the_named_heads():
+    """Layer 1 is the best probe on dev, but a named head sits in layer 3: a layer-1 probe
+    could not see it, so the interventions read the best layer from 3 on (ties: the later)."""
+    import pandas as pd
+
+    from analyses.coref import probe_layer
+
+    probes = pd.DataFrame({"layer": [0, 1, 2, 3, 4, 5], "dev_acc": [0.6, 0.9, 0.8, 0.7, 0.75, 0.75]})
+    assert probe_layer(probes, ((0, 1), (1, 2))) == 1
+    assert probe_layer(probes, ((3, 0), (1, 2))) == 5
+    assert probe_layer(probes, ((5, 0),)) == 5
