@@ -302,7 +302,7 @@ def head_table(attn: np.ndarray, gold: np.ndarray, baselines: dict[str, np.ndarr
     """One row per head: accuracy over all prompts and on the balanced set, each with a 95%
     interval from a bootstrap over twin groups; the sign-flip test against the binding
     baseline on the balanced set (p, Holm-adjusted p) and the verdict ``beats_baselines``; mean
-    attention to the gold and to the other candidate; accuracy per subset (``acc_FIELD_VALUE``);
+    attention to the gold and to the other candidate; accuracy per subset (``acc_FIELD=VALUE``);
     and, given ``other_mention`` = (its name, its attn), the accuracy by the other convention."""
     correct = head_correct(attn, gold)
     n, L, H = correct.shape
@@ -327,7 +327,7 @@ def head_table(attn: np.ndarray, gold: np.ndarray, baselines: dict[str, np.ndarr
              "beats_baselines": np.ravel(beats), "attn_gold": gold_attn.mean(0).ravel(),
              "attn_other": other_attn.mean(0).ravel()}
     for field, value, mask in design.subset_masks():
-        table[f"acc_{field}_{value}"] = correct[mask].mean(0).ravel()
+        table[f"acc_{field}={value}"] = correct[mask].mean(0).ravel()
     if other_mention is not None:
         other_name, other = other_mention
         table[f"accuracy_{other_name}"] = (other.argmax(-1) == g).mean(0).ravel()
@@ -347,7 +347,7 @@ def subset_table(heads: pd.DataFrame, baselines: dict[str, np.ndarray], design: 
     rows = []
     everything = np.ones(len(design.groups), dtype=bool)
     for field, value, mask in [("all", "", everything), ("balanced", "", design.balanced), *design.subset_masks()]:
-        column = {"all": "accuracy", "balanced": "balanced_accuracy"}.get(field, f"acc_{field}_{value}")
+        column = {"all": "accuracy", "balanced": "balanced_accuracy"}.get(field, f"acc_{field}={value}")
         row = {"subset": field if not value else f"{field}={value}", "n_prompts": int(mask.sum()),
                "n_groups": len(np.unique(design.groups[mask]))}
         row.update({name: float(c[mask].mean()) if mask.any() else float("nan") for name, c in baselines.items()})
@@ -762,8 +762,7 @@ def subset_panels(study: CorefStudy) -> list[tuple[str, str]]:
     set, all prompts, then every subset."""
     panels = [("balanced_accuracy", f"balanced set ({study.n_balanced} prompts)")] if study.n_balanced else []
     panels.append(("accuracy", f"all {study.n_prompts} prompts"))
-    return panels + [(c, c.removeprefix("acc_").replace("_", "=", 1)) for c in study.heads.columns
-                     if c.startswith("acc_")]
+    return panels + [(c, c.removeprefix("acc_")) for c in study.heads.columns if c.startswith("acc_")]
 
 
 def save_subset_figure(study: CorefStudy, heads_x: list[str], layers_y: list[str], path: Path) -> None:

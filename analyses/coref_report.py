@@ -59,8 +59,9 @@ def how_to_read(study: CorefStudy) -> str:
             f"{name} ({value:.3f}). A head beats the baselines when {TEST}. Found: {found}; the best head, "
             f"{head_label(int(best.layer), int(best['head']))}, is right on {best.balanced_accuracy:.3f} "
             f"[{best.balanced_ci_low:.3f}, {best.balanced_ci_high:.3f}] of the balanced set (Holm p "
-            f"{best.p_holm:.3g}).{few} Per-subset accuracies below show what a head follows: one that follows the "
-            "gender stereotype is right on the pro-stereotyped sentences and wrong on their anti-stereotyped twins.")
+            f"{best.p_holm:.3g}).{few} Per-subset accuracies below show what a head follows"
+            + (": one that follows the gender stereotype is right on the pro-stereotyped sentences and wrong on their "
+               "anti-stereotyped twins." if "gender stereotype" in study.baselines else "."))
 
 
 def attention_section(study: CorefStudy) -> list[str]:
@@ -138,7 +139,7 @@ def subsets_section(study: CorefStudy) -> list[str]:
     subset_cols = [c for c in study.heads.columns if c.startswith("acc_")]
     if subset_cols:
         lines += ["", "The top heads per subset:", "",
-                  "| head | " + " | ".join(c.removeprefix("acc_").replace("_", "=", 1) for c in subset_cols) + " |",
+                  "| head | " + " | ".join(c.removeprefix("acc_") for c in subset_cols) + " |",
                   "|---|" + "---|" * len(subset_cols)]
         lines += [f"| {head_label(int(r.layer), int(r['head']))} | " + " | ".join(f"{r[c]:.3f}" for c in subset_cols)
                   + " |" for _, r in top.iterrows()]

@@ -84,7 +84,7 @@ def test_a_stereotype_head_is_no_coreference_head_on_a_balanced_set(balanced_run
     assert study.n_balanced == 200 and study.n_balanced_groups == 100
     stereo, antecedent = row(study, STEREO), row(study, ANTECEDENT)
     # by construction: right on every pro sentence, wrong on every anti twin
-    assert stereo["acc_stereotype_pro"] == 1.0 and stereo["acc_stereotype_anti"] == 0.0
+    assert stereo["acc_stereotype=pro"] == 1.0 and stereo["acc_stereotype=anti"] == 0.0
     assert stereo.balanced_accuracy == 0.5 and not stereo.beats_baselines
     assert study.baselines["gender stereotype"] == 0.5  # the stereotype baseline: half right on a balanced set
     assert antecedent.balanced_accuracy == 1.0 and antecedent.beats_baselines
