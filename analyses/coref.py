@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -554,7 +555,8 @@ class Interventions:
 
 
 def interventions(model, run, used: list[int], named: tuple[tuple[int, int], ...], probes: pd.DataFrame | None,
-                  query: str, seed: int, question: str | None = None) -> Interventions:
+                  query: str, seed: int, question: str | None = None,
+                  progress: Callable[[str], None] | None = None) -> Interventions:
     """Ablate the named heads (together, and every head alone) and patch them between twin
     prompts, measured by the model's answer where it gives one (``question``: the decoder is
     asked it after each prompt; all prompts are measured, their own mean is the ablation's
@@ -564,11 +566,15 @@ def interventions(model, run, used: list[int], named: tuple[tuple[int, int], ...
 
     check_model_matches(model, run)
     layer = run.config["n_layers"] - 1 if probes is None else probe_layer(probes, named)
+    stage = progress or (lambda text: None)
     setup = ablation_setup(model, run, used, layer, query, seed, question=question)
+    stage("the named heads ablated together, and 10 random sets of as many")
     summary = ablation_tests(model, setup, list(named), seed)
     # asked a question, the model's log-prob difference shows each head's partial effect (its
     # accuracy over a few prompts moves in steps of 1/n); elsewhere the accuracy, as always
+    stage(f"the per-head ablation sweep ({model.cfg.n_layers * model.cfg.n_heads} heads)")
     per_head = sweep(model, setup, "difference" if setup.data.continuation is not None else "accuracy")
+    stage("patching between twins")
     return Interventions(summary, per_head, *twin_patching(model, run, used, layer, query, question))
 
 
@@ -623,14 +629,17 @@ def model_answers(model, run, used: list[int], question: str, seed: int = 0, des
 
 
 def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pronoun_span",
-                question: str | None = None, mention: str = "span") -> CorefStudy:
+                question: str | None = None, mention: str = "span",
+                progress: Callable[[str], None] | None = None) -> CorefStudy:
     """The coreference study of ``run``: per-head attention accuracy against the baselines,
     overall, per subset and on the balanced set (where claims are made); with resid_post
     recorded, antecedent probes per layer; with ``model`` (the one the run was recorded with),
     the named heads ablated and patched (``coref_interventions``). A decoder language model is
     also asked ``question`` (default `DEFAULT_QUESTION`) after every prompt; its answer
     measures the interventions and the per-head causal mediation of the twin intervention
-    (``coref_mediation``). Computes only: nothing is written."""
+    (``coref_mediation``). Computes only: nothing is written; ``progress``, when given, is told
+    of each long stage as it starts (the CLI prints them)."""
+    stage = progress or (lambda text: None)
     check_top(top)
     check_mention(mention)
     if question is not None:
@@ -638,6 +647,7 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
         if model is None:
             raise InputError("a question is asked of the model, and no model is given (drop --no-interventions, or "
                              "the question)")
+    stage("attention to the candidates, per head")
     attn, gold, used = candidate_attention(run, query=query, mention=mention)
     other = next(m for m in MENTIONS if m != mention)
     other_attn, _, other_used = candidate_attention(run, query=query, mention=other)
@@ -647,6 +657,7 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
                        (other, other_attn) if other_used == used else None)
     baselines = {k: float(v.mean()) for k, v in correct.items()}
     n = len(used)
+    stage("antecedent probes per layer")
     probes, probes_not_run = antecedent_probes(run, query, seed)
     named = named_heads(heads, top)
     notes: list[Caution] = [TooFewPrompts(n)] if n < MIN_PROMPTS_FOR_CLAIMS else []
@@ -660,8 +671,10 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
 
         question = question or DEFAULT_QUESTION
         check_model_matches(model, run)
+        stage(f"the model's answer on {n} prompts")
         answers = model_answers(model, run, used, question, seed, design, correct)
-        done = interventions(model, run, used, named, probes, query, seed, question)
+        done = interventions(model, run, used, named, probes, query, seed, question, stage)
+        stage("causal mediation of the twin intervention, per head")
         mediation, mediation_not_run = twin_mediation(model, run, used, question, query)
     elif question is not None:
         raise InputError(f"{model.cfg.model_name} is not asked a question: it is no decoder language model whose "
@@ -670,7 +683,7 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
     elif probes is None or n < MIN_PROMPTS_FOR_CLAIMS:
         not_run = INTERVENTIONS_NEED_PROBE
     else:
-        done = interventions(model, run, used, named, probes, query, seed)
+        done = interventions(model, run, used, named, probes, query, seed, progress=stage)
         if caution := near_majority_caution(done.ablation, probes):
             notes.append(caution)
     bal = design.balanced
@@ -815,10 +828,11 @@ def save_patching_figure(resid: pd.DataFrame, layers_y: list[str], path: Path) -
 
 def write_report(run, out_dir: str | Path | None = None, seed: int = 0, top: int = 5,
                  query: str = "pronoun_span", model=None, command: str | None = None,
-                 question: str | None = None, mention: str = "span") -> Path:
+                 question: str | None = None, mention: str = "span",
+                 progress: Callable[[str], None] | None = None) -> Path:
     """Run the study and write RUN/analyses/coref/{coref_heads.csv, heads.html, report.md}.
     With resid_post recorded, antecedent probes per layer are added; with ``model`` (the one
     the run was recorded with), the heads are ablated and patched (``coref_interventions``),
     and a decoder is asked ``question`` (default `DEFAULT_QUESTION`), whose answer measures them."""
     return save_study(coref_study(run, model=model, seed=seed, top=top, query=query, question=question,
-                                  mention=mention), out_dir, command)
+                                  mention=mention, progress=progress), out_dir, command)

@@ -185,6 +185,10 @@ def test_coref_cli_writes_report(seed_run, tmp_path):
     study = coref_study(seed_run, model=probe.load("minilm"))  # the CLI loads the run's own model
     assert report.read_text() == render_report(study)
     assert "too few to claim" in report.read_text() and "No interventions:" in report.read_text()
+    import re
+
+    # the long study says where it is, stage by stage, on stderr
+    assert re.search(r"^coref \[\d+s\]: attention to the candidates, per head \.\.\.$", r.stderr, re.M), r.stderr
     assert (report.parent / "heads.html").exists()
     assert_saved(report.parent / "coref_heads.csv", study.heads)
     # the figures open offline: plotly.js lies beside them, not on a CDN

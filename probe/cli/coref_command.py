@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from analyses.coref import write_report
     from analyses.results import check_results_dir
     from analyses.run_inputs import load_run_model
-    from probe.cli.shared import command_line
+    from probe.cli.shared import command_line, stage_printer
     from probe.errors import ModelNotFound
     from probe.reader import open_run
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: cannot load the run's model {run.model_name!r} ({why}); give --model to ablate and patch "
                   "its heads", file=sys.stderr)
     report = write_report(run, seed=args.seed, top=args.top, query=args.query, model=model, command=command_line(),
-                          question=args.question, mention=args.mention)
+                          question=args.question, mention=args.mention, progress=stage_printer("coref"))
     print(report.read_text())
     print(f"report: {report}")
     return 0

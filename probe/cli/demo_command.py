@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from analyses.head_metrics import head_metrics
     from analyses.probe_studies import probe_study
     from analyses.results import save_result
-    from probe.cli.shared import command_line
+    from probe.cli.shared import command_line, stage_printer
     from probe.design import balanced_sample
     from probe.head_labels import top_heads_text
     from probe.prompts import load_prompts
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     save_result(run.path, "head_metrics", metrics, command=made_by)
     print("\nhead metrics (saved to analyses/head_metrics.csv): strongest previous-token heads:",
           top_heads_text(metrics, "prev_token", 3, ".2f"))
-    report = write_report(run, model=model, command=made_by)
+    report = write_report(run, model=model, command=made_by, progress=stage_printer("coref"))
     print("\n" + report.read_text())
     # control task: a random label per pronoun word; a probe that only memorises the pronoun
     # scores as well on it, so selectivity says what the representation adds

@@ -44,6 +44,21 @@ def write_csv(table, output: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------- argparse types
+def stage_printer(label: str):
+    """A progress callback for a long library call made of stages: each stage it is told of is
+    printed to stderr as one line with the time since the call began ("coref [12s]: the
+    per-head ablation sweep (270 heads) ..."), so a run of many minutes shows where it is."""
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+
+    def stage(text: str) -> None:
+        print(f"{label} [{time.perf_counter() - t0:.0f}s]: {text} ...", file=sys.stderr, flush=True)
+
+    return stage
+
+
 def _whole_number(text: str) -> int:
     try:
         return int(text)
