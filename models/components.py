@@ -148,11 +148,14 @@ class Rotary(nn.Module):
 # standardised input before the learned affine map: (x - mean) / scale for LayerNorm,
 # x / scale for RMSNorm. ``hook_scale`` is the divisor, [b, p, 1].
 class LayerNorm(nn.Module):
+    """LayerNorm; without ``cfg.norm_affine`` only the standardisation (TransformerLens's
+    LNPre: after `fold_layer_norm` its weight and bias live in the layers that read it)."""
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.eps = cfg.norm_eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model))
-        self.b = nn.Parameter(torch.zeros(cfg.d_model))
+        self.w = nn.Parameter(torch.ones(cfg.d_model)) if cfg.norm_affine else None
+        self.b = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.norm_affine else None
         self.hook_scale = HookPoint()  # [b, p, 1]
         self.hook_normalized = HookPoint()  # [b, p, m]
 
@@ -161,14 +164,18 @@ class LayerNorm(nn.Module):
             return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale) * self.w + self.b
+        x = self.hook_normalized(x / scale)
+        return x * self.w + self.b if self.w is not None else x
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm; without ``cfg.norm_affine`` only the division by the RMS (TransformerLens's
+    RMSPre, after `fold_layer_norm`)."""
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.eps = cfg.norm_eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.w = nn.Parameter(torch.ones(cfg.d_model)) if cfg.norm_affine else None
         self.hook_scale = HookPoint()  # [b, p, 1]
         self.hook_normalized = HookPoint()  # [b, p, m]
 
@@ -176,7 +183,8 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x = x.float()  # as Llama does: the statistic in float32 whatever the model dtype
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale).to(dtype) * self.w
+        x = self.hook_normalized(x / scale).to(dtype)
+        return x * self.w if self.w is not None else x
 
 
 def make_norm(cfg: TransformerConfig) -> nn.Module:
@@ -225,22 +233,70 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [b, p, h, d]
         self.hook_result = HookPoint()  # [b, p, h, m], computed only when hooked
 
-    # TransformerLens-shaped views of the weights (read-only conveniences).
+    # TransformerLens-shaped views of the weights (read-only conveniences; the storage is
+    # the nn.Linear above). As in TransformerLens's HookedTransformer (GroupedQueryAttention),
+    # W_K/W_V/b_K/b_V have one entry per *query* head, the key/value heads repeated
+    # (repeat_interleave: query head h reads kv head h // (n_heads // n_kv_heads)), so
+    # W_Q @ W_K^T and W_V @ W_O line up head by head; _W_K/_W_V/_b_K/_b_V are the stored
+    # kv heads. (TransformerBridge's stacked W_K is the kv heads; we follow HookedTransformer.)
+    # A projection without a bias reads as zeros, as HookedTransformer's always-present biases.
     @property
     def W_Q(self) -> torch.Tensor:  # [h, m, d]
         return einops.rearrange(self.q_proj.weight, "(h d) m -> h m d", h=self.cfg.n_heads)
 
     @property
-    def W_K(self) -> torch.Tensor:  # [kv, m, d]
+    def _W_K(self) -> torch.Tensor:  # [kv, m, d]
         return einops.rearrange(self.k_proj.weight, "(h d) m -> h m d", h=self.cfg.n_kv_heads)
 
     @property
-    def W_V(self) -> torch.Tensor:  # [kv, m, d]
+    def _W_V(self) -> torch.Tensor:  # [kv, m, d]
         return einops.rearrange(self.v_proj.weight, "(h d) m -> h m d", h=self.cfg.n_kv_heads)
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [h, m, d]
+        return self._per_query_head(self._W_K)
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [h, m, d]
+        return self._per_query_head(self._W_V)
 
     @property
     def W_O(self) -> torch.Tensor:  # [h, d, m]
         return einops.rearrange(self.o_proj.weight, "m (h d) -> h d m", h=self.cfg.n_heads)
+
+    @property
+    def b_Q(self) -> torch.Tensor:  # [h, d]
+        return self._head_bias(self.q_proj, self.cfg.n_heads)
+
+    @property
+    def _b_K(self) -> torch.Tensor:  # [kv, d]
+        return self._head_bias(self.k_proj, self.cfg.n_kv_heads)
+
+    @property
+    def _b_V(self) -> torch.Tensor:  # [kv, d]
+        return self._head_bias(self.v_proj, self.cfg.n_kv_heads)
+
+    @property
+    def b_K(self) -> torch.Tensor:  # [h, d]
+        return self._per_query_head(self._b_K)
+
+    @property
+    def b_V(self) -> torch.Tensor:  # [h, d]
+        return self._per_query_head(self._b_V)
+
+    @property
+    def b_O(self) -> torch.Tensor:  # [m]
+        bias = self.o_proj.bias
+        return bias if bias is not None else self.o_proj.weight.new_zeros(self.cfg.d_model)
+
+    def _head_bias(self, proj: nn.Linear, n: int) -> torch.Tensor:  # [n, d]
+        if proj.bias is None:
+            return proj.weight.new_zeros(n, self.cfg.d_head)
+        return proj.bias.view(n, self.cfg.d_head)
+
+    def _per_query_head(self, x: torch.Tensor) -> torch.Tensor:  # [kv, ...] -> [h, ...]
+        group = self.cfg.n_heads // self.cfg.n_kv_heads  # type: ignore[operator]
+        return x.repeat_interleave(group, dim=0) if group > 1 else x
 
     def forward(
         self,
@@ -325,6 +381,31 @@ class MLP(nn.Module):
         self.hook_pre = HookPoint()  # [b, p, f]: pre-activation (the gate's, if gated)
         self.hook_post = HookPoint()  # [b, p, f]
 
+    # TransformerLens's views ([in, out]); a layer without a bias reads as zeros.
+    @property
+    def W_in(self) -> torch.Tensor:  # [m, f]
+        return self.w_in.weight.T
+
+    @property
+    def W_gate(self) -> torch.Tensor:  # [m, f], gated MLPs only
+        return self.w_gate.weight.T
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [f, m]
+        return self.w_out.weight.T
+
+    @property
+    def b_in(self) -> torch.Tensor:  # [f]
+        return _bias(self.w_in)
+
+    @property
+    def b_gate(self) -> torch.Tensor:  # [f], gated MLPs only
+        return _bias(self.w_gate)
+
+    @property
+    def b_out(self) -> torch.Tensor:  # [m]
+        return _bias(self.w_out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
             pre = self.hook_pre(self.w_gate(x))
@@ -332,6 +413,23 @@ class MLP(nn.Module):
         else:
             post = self.hook_post(self.act(self.hook_pre(self.w_in(x))))
         return self.w_out(post)
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor:  # [out]
+    return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+
+
+class Unembed(nn.Linear):
+    """The LM head: an nn.Linear (state dict ``unembed.weight``/``unembed.bias``, one GEMM)
+    with TransformerLens's ``W_U`` [m, vocab] and ``b_U`` [vocab] (zeros without a bias)."""
+
+    @property
+    def W_U(self) -> torch.Tensor:  # [m, vocab]
+        return self.weight.T
+
+    @property
+    def b_U(self) -> torch.Tensor:  # [vocab]
+        return _bias(self)
 
 
 # ---------------------------------------------------------------- block

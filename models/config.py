@@ -39,6 +39,10 @@ class TransformerConfig:
     norm_position: Literal["pre", "post"] = "pre"
     final_norm: bool = True  # pre-norm models normalise before the unembedding
     embed_norm: bool = False  # BERT normalises the summed embeddings
+    # False after `fold_layer_norm`: the norms keep only their normalisation, their weights (and
+    # biases) folded into the layers that read them (TransformerLens's LNPre/RMSPre). A field
+    # because the forward pass must not look for an affine map that no longer exists.
+    norm_affine: bool = True
 
     positional: Positional = "learned"
     rotary_dim: int | None = None  # partial rotary (NeoX); default d_head
@@ -93,6 +97,52 @@ class TransformerConfig:
     @property
     def is_encoder(self) -> bool:
         return not self.causal
+
+    # ---------------------------------------------------------------- TransformerLens's names
+    # Read-only aliases so notebook code written for TransformerLens's config runs unchanged.
+    @property
+    def n_key_value_heads(self) -> int | None:
+        """The key/value heads of grouped-query attention; None without it (TransformerLens's
+        convention: a model whose n_kv_heads equals n_heads reads as None here)."""
+        return self.n_kv_heads if self.n_kv_heads != self.n_heads else None
+
+    @property
+    def normalization_type(self) -> str:
+        """"LN" or "RMS"; "LNPre"/"RMSPre" once the norms' weights are folded (no affine map)."""
+        kind = "LN" if self.norm == "layernorm" else "RMS"
+        return kind if self.norm_affine else kind + "Pre"
+
+    @property
+    def positional_embedding_type(self) -> str:
+        """TransformerLens's word: "standard" for learned absolute positions, "rotary", and
+        (no TransformerLens counterpart) "sinusoidal" or "none"."""
+        return "standard" if self.positional == "learned" else self.positional
+
+    @property
+    def eps(self) -> float:
+        return self.norm_eps
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
+
+    @property
+    def final_rms(self) -> bool:
+        """Whether the final norm is an RMSNorm (TransformerLens's flag, read by its weight processing)."""
+        return self.final_norm and self.norm == "rmsnorm"
+
+    @property
+    def device(self) -> str:
+        """Where the model's weights are (kept by `HookedTransformer` when it moves), as
+        TransformerLens's ``cfg.device``; "cpu" for a config no model has used yet."""
+        return getattr(self, "_device", "cpu")
+
+    @property
+    def dtype(self) -> Any:
+        """The model's weight dtype (kept by `HookedTransformer`), TransformerLens's ``cfg.dtype``."""
+        import torch
+
+        return getattr(self, "_dtype", torch.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

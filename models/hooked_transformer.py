@@ -26,6 +26,7 @@ from .components import (
     SinusoidalPosEmbed,
     TokenTypeEmbed,
     TransformerBlock,
+    Unembed,
     make_norm,
 )
 from .config import TransformerConfig
@@ -56,10 +57,49 @@ class HookedTransformer(HookedModule):
         if cfg.final_norm:
             self.ln_final = make_norm(cfg)
         if cfg.has_unembed:
-            self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=cfg.unembed_bias)
+            self.unembed = Unembed(cfg.d_model, cfg.d_vocab, bias=cfg.unembed_bias)
             if cfg.tie_embeddings:
                 self.unembed.weight = self.embed.W_E
         self.setup_hooks()
+        self._record_placement()
+
+    # ------------------------------------------------------------------ TransformerLens entry points
+    @classmethod
+    def from_pretrained(cls, name: str, fold_ln: bool = True, center_writing_weights: bool = True,
+                        center_unembed: bool = True, fold_value_biases: bool = True,
+                        refactor_factored_attn_matrices: bool = False, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32) -> HookedTransformer:
+        """TransformerLens's entry point with its defaults: `models.load(name)` (raw weights),
+        then `process_weights_` (fold the norms, centre the writing weights and the unembedding,
+        fold the value biases), in float32, then cast to ``dtype``. `models.load` stays the way
+        to get the checkpoint's own weights; `from_pretrained_no_processing` is this without
+        processing."""
+        from .loading import _dtype, load
+
+        model = load(name, device=device, dtype=torch.float32)
+        model.process_weights_(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                               center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                               refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+        return model.to(_dtype(dtype))
+
+    @classmethod
+    def from_pretrained_no_processing(cls, name: str, **kwargs: Any) -> HookedTransformer:
+        """`from_pretrained` with every processing step off: the checkpoint's weights."""
+        flags = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,
+                     refactor_factored_attn_matrices=False)
+        return cls.from_pretrained(name, **{**flags, **kwargs})
+
+    def process_weights_(self, fold_ln: bool = True, center_writing_weights: bool = True,
+                         center_unembed: bool = True, fold_value_biases: bool = True,
+                         refactor_factored_attn_matrices: bool = False) -> HookedTransformer:
+        """Process the weights in place as TransformerLens does (`models.weight_processing`);
+        a step the model cannot take (RMSNorm centring, post-norm folding) is skipped with a
+        warning. Running it again is harmless: every step is idempotent."""
+        from .weight_processing import process_weights
+
+        return process_weights(self, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                               center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                               refactor_factored_attn_matrices=refactor_factored_attn_matrices)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -69,6 +109,98 @@ class HookedTransformer(HookedModule):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.W_E.dtype
+
+    def _apply(self, fn, *args, **kwargs):
+        """Every move or cast (`to`, `cuda`, `half`, ...) also updates ``cfg.device``/``cfg.dtype``."""
+        out = super()._apply(fn, *args, **kwargs)
+        self._record_placement()
+        return out
+
+    def _record_placement(self) -> None:
+        self.cfg._device = str(self.device)
+        self.cfg._dtype = self.dtype
+
+    # ------------------------------------------------------------------ stacked weights
+    # TransformerLens's stacked views, [n_layers, ...] (read-only: they are built from the
+    # blocks' weights on each access). W_K/W_V/b_K/b_V have one entry per query head (the
+    # kv heads repeated), as HookedTransformer's; components.Attention explains why.
+    def _stack(self, part: str, name: str) -> torch.Tensor:
+        return torch.stack([getattr(getattr(block, part), name) for block in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:  # [l, h, m, d]
+        return self._stack("attn", "W_Q")
+
+    @property
+    def W_K(self) -> torch.Tensor:  # [l, h, m, d]
+        return self._stack("attn", "W_K")
+
+    @property
+    def W_V(self) -> torch.Tensor:  # [l, h, m, d]
+        return self._stack("attn", "W_V")
+
+    @property
+    def W_O(self) -> torch.Tensor:  # [l, h, d, m]
+        return self._stack("attn", "W_O")
+
+    @property
+    def b_Q(self) -> torch.Tensor:  # [l, h, d]
+        return self._stack("attn", "b_Q")
+
+    @property
+    def b_K(self) -> torch.Tensor:  # [l, h, d]
+        return self._stack("attn", "b_K")
+
+    @property
+    def b_V(self) -> torch.Tensor:  # [l, h, d]
+        return self._stack("attn", "b_V")
+
+    @property
+    def b_O(self) -> torch.Tensor:  # [l, m]
+        return self._stack("attn", "b_O")
+
+    @property
+    def W_in(self) -> torch.Tensor:  # [l, m, f]
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_gate(self) -> torch.Tensor | None:  # [l, m, f]; None without a gated MLP
+        return self._stack("mlp", "W_gate") if self.cfg.gated_mlp else None
+
+    @property
+    def W_out(self) -> torch.Tensor:  # [l, f, m]
+        return self._stack("mlp", "W_out")
+
+    @property
+    def b_in(self) -> torch.Tensor:  # [l, f]
+        return self._stack("mlp", "b_in")
+
+    @property
+    def b_out(self) -> torch.Tensor:  # [l, m]
+        return self._stack("mlp", "b_out")
+
+    @property
+    def W_E(self) -> torch.Tensor:  # [vocab, m]
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> torch.Tensor:  # [n_ctx, m]; learned or sinusoidal positions only
+        if not hasattr(self, "pos_embed"):
+            raise AttributeError(f"W_pos: {self.cfg.model_name} has no position table "
+                                 f"(positional_embedding_type={self.cfg.positional_embedding_type!r})")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_E_pos(self) -> torch.Tensor:  # [vocab + n_ctx, m]
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    @property
+    def W_U(self) -> torch.Tensor:  # [m, vocab]
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> torch.Tensor:  # [vocab]; zeros without an unembedding bias
+        return self.unembed.b_U
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str | list[str], prepend_bos: bool | None = None,

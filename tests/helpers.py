@@ -6,6 +6,8 @@ import mode "prepend", tests/ is not a package). Its own checks are in test_help
   offline word-level tokenizer (`build_hf`, `FAMILIES`, `VOCAB_WORDS`): conftest.py's
   `hf_checkpoints` fixture builds them once per session.
 - `word_prompts`: random prompts from that vocabulary.
+- `padded_ids`: random token ids (optionally right-padded, with their mask); `tl_bridge`:
+  TransformerLens's TransformerBridge on one of those checkpoints (the reference).
 - Small real runs for the dashboard tests (`record_coref_run`, `record_plain_run`,
   `corrupt_copy`), recorded from the shipped toy-coref model with every analysis the
   dashboard shows saved next to them.
@@ -22,6 +24,7 @@ import json
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +343,29 @@ def tiny_gqa_model(n_heads: int = 6, n_kv: int = 2, seed: int = 7, rotary_base: 
     model = HookedTransformer(cfg, make_tokenizer("llama")).eval()
     randomize(model, seed=seed)
     return model
+
+
+def padded_ids(vocab: int, lengths=(9, 5, 12), seed: int = 1, with_mask: bool = False):
+    """Random token ids [batch, max(lengths)] without special tokens (ids from 6). With
+    ``with_mask``: rows right-padded with 0 past their length, and (ids, attention mask [batch, pos])."""
+    g = torch.Generator().manual_seed(seed)
+    if not with_mask:
+        return torch.randint(6, vocab, (len(lengths), max(lengths)), generator=g)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(6, vocab, (n,), generator=g)
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def tl_bridge(path):
+    """TransformerLens's TransformerBridge on a Hugging Face checkpoint directory (float32, CPU,
+    raw weights until its ``enable_compatibility_mode``)."""
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    transformers.utils.logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
