@@ -412,7 +412,17 @@ class NearMajority:
     majority: float
 
 
-Caution = TooFewPrompts | LayerZeroProbe | NearMajority
+@dataclass(frozen=True)
+class FirstTokenInMention:
+    """Caution (causal models): a candidate's mention holds the sequence's first token, where
+    decoder heads park attention they do not need (an attention sink), so summing attention
+    over the span favours that candidate for reasons that are not coreference."""
+
+    n_prompts: int  # prompts where it does
+    of: int  # prompts of the study
+
+
+Caution = TooFewPrompts | LayerZeroProbe | NearMajority | FirstTokenInMention
 
 
 @dataclass(frozen=True)
@@ -595,6 +605,19 @@ def twin_patching(model, run, used: list[int], layer: int, query: str, question:
     return heads, resid, None
 
 
+def first_token_caution(run, used: list[int], mention: str) -> FirstTokenInMention | None:
+    """On a causal model's run, the prompts whose candidate mention (as ``mention`` says) holds
+    token 0; None when there are none (or the model attends both ways)."""
+    if not run.config.get("causal"):
+        return None
+    hits = 0
+    for i in used:
+        labels = coref_labels(run, i)
+        text = run.prompt_records[i]["text"]
+        hits += any(0 in run.tokens_in(i, *mention_span(text, span, mention)) for span in labels.candidates)
+    return FirstTokenInMention(hits, len(used)) if hits else None
+
+
 def probe_layer(probes: pd.DataFrame, named: tuple[tuple[int, int], ...]) -> int:
     """The layer whose antecedent probe measures the interventions: the best on dev among the
     layers at or after the latest named head's (a probe of an earlier layer cannot see those
@@ -647,7 +670,7 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
         if model is None:
             raise InputError("a question is asked of the model, and no model is given (drop --no-interventions, or "
                              "the question)")
-    stage("attention to the candidates, per head")
+    # no stage is announced before the labels are checked: a mistake is one line, nothing before it
     attn, gold, used = candidate_attention(run, query=query, mention=mention)
     other = next(m for m in MENTIONS if m != mention)
     other_attn, _, other_used = candidate_attention(run, query=query, mention=other)
@@ -661,6 +684,8 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
     probes, probes_not_run = antecedent_probes(run, query, seed)
     named = named_heads(heads, top)
     notes: list[Caution] = [TooFewPrompts(n)] if n < MIN_PROMPTS_FOR_CLAIMS else []
+    if (sink := first_token_caution(run, used, mention)) is not None:
+        notes.append(sink)
     if probes is not None and (caution := layer_zero_caution(probes)):
         notes.append(caution)
     done, not_run, answers, mediation, mediation_not_run = Interventions(), None, None, None, None

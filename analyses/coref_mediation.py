@@ -46,6 +46,7 @@ from .coref import DEFAULT_QUESTION, coref_labels
 from .coref_interventions import CorefBatch, continuation_batch, continuation_metric
 from .patching import patch_heads
 from .run_checks import check_model_matches
+from .twin_stats import flip_test, group_bootstrap_ci
 
 CHUNK_PAIRS = 16  # pairs per patching batch: patch_heads runs n_heads copies of it per layer
 TE_TOLERANCE = 1e-6  # |TE| below this: nothing to mediate, no share (patch_heads' own threshold)
@@ -214,6 +215,21 @@ class Mediation:
     n_pairs: int
     question: str
     dropped: tuple[tuple[int, int], ...] = ()  # pairs given that did not line up token for token
+    pair_effects: tuple[float, ...] = ()  # y(x') - y(x) of each kept pair, in order
+
+    def total_effect_ci(self, seed: int = 0) -> tuple[float, float]:
+        """95% bootstrap interval of TE over the pairs (each pair is one twin group)."""
+        effects = np.asarray(self.pair_effects)
+        low, high = group_bootstrap_ci(effects, np.arange(len(effects)), seed=seed)
+        return float(low), float(high)
+
+    def total_effect_p(self, seed: int = 0) -> float:
+        """Two-sided sign-flip p-value of TE = 0 over the pairs (the swap does nothing on average)."""
+        effects = np.asarray(self.pair_effects)[:, None]
+        groups = np.arange(len(effects))
+        one_sided = min(float(flip_test(effects, 0.0, groups, seed=seed)[0]),
+                        float(flip_test(-effects, 0.0, groups, seed=seed)[0]))
+        return min(1.0, 2 * one_sided)
 
 
 def mediation_table(model: HookedTransformer, parts: list[ChunkPatches]) -> tuple[pd.DataFrame, float, float]:
@@ -261,7 +277,7 @@ def head_mediation(model: HookedTransformer, run, pairs: Sequence[tuple[int, int
              for chunk in effect_chunks(effect.tolist(), chunk_pairs)]
     table, y_base, y_intervened = mediation_table(model, parts)
     return Mediation(table, y_intervened - y_base, y_base, y_intervened, len(kept), question,
-                     tuple(pair for pair, _ in dropped))
+                     tuple(pair for pair, _ in dropped), tuple(float(e) for e in effect))
 
 
 # ------------------------------------------------------------------ prose

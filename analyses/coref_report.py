@@ -14,6 +14,7 @@ from .coref import (
     NO_MODEL,
     NO_TWIN_PAIRS,
     CorefStudy,
+    FirstTokenInMention,
     LayerZeroProbe,
     NearMajority,
     TooFewPrompts,
@@ -161,7 +162,18 @@ def mention_section(study: CorefStudy) -> list[str]:
             f"{shift.max():.3f} ({head_label(int(worst.layer), int(worst['head']))}: {worst.accuracy:.3f} -> "
             f"{worst[other]:.3f}; mean {shift.mean():.3f}), and the best head there is "
             f"{head_label(int(best_other.layer), int(best_other['head']))} at {best_other[other]:.3f} (here "
-            f"{study.heads.accuracy.max():.3f}). The convention is a choice, and the numbers depend on it."]
+            f"{study.heads.accuracy.max():.3f}). The convention is a choice, and the numbers depend on it."
+            + sink_caution(study)]
+
+
+def sink_caution(study: CorefStudy) -> str:
+    sink = study.caution(FirstTokenInMention)
+    if sink is None:
+        return ""
+    return (f" Caution: in {sink.n_prompts} of {sink.of} prompts a candidate's mention holds the sequence's first "
+            "token, where a decoder's heads park attention they do not need (an attention sink); summed over the "
+            "span, that favours the candidate for a reason that is not coreference"
+            + (", so the head-word convention is the fairer one here." if study.mention == "span" else "."))
 
 
 def answers_section(study: CorefStudy) -> list[str]:
@@ -369,7 +381,8 @@ def mediation_section(study: CorefStudy) -> list[str]:
     lines += [f"{m.n_pairs} twin pairs x -> x' with the same antecedent and another pronoun (x: the twin whose gender "
               "stereotype agrees with the antecedent, where the data says). The outcome y is the model's log-prob "
               f"difference antecedent - other after the question. Total effect TE = y(x') - y(x) = "
-              f"{m.total_effect:+.3f} nats (y(x) {m.y_base:+.3f}, y(x') {m.y_intervened:+.3f}). Per head: natural "
+              f"{m.total_effect:+.3f} nats {te_interval(m)} (y(x) {m.y_base:+.3f}, y(x') {m.y_intervened:+.3f}). "
+              "Per head: natural "
               "indirect effect NIE = y(x, the head's output as under x') - y(x); natural direct effect NDE = y(x', "
               "the head's output held as under x) - y(x).", "",
               "| head | NIE | NIE / TE | NDE |", "|---|---|---|---|"]
@@ -383,3 +396,11 @@ def mediation_section(study: CorefStudy) -> list[str]:
                  "the twin's effect to the answer."),
               "", "Figure: [mediation.html](mediation.html) (NIE per head); table: [mediation.csv](mediation.csv)."]
     return lines
+
+
+def te_interval(m) -> str:
+    """'[-0.9, -0.2], sign-flip p 0.003 over 23 pairs' (nothing where the pairs are not known)."""
+    if not m.pair_effects:
+        return ""
+    low, high = m.total_effect_ci()
+    return f"[{low:+.3f}, {high:+.3f}], two-sided sign-flip p {m.total_effect_p():.3g} over the {m.n_pairs} pairs"

@@ -400,15 +400,21 @@ class HookedTransformer(HookedModule):
             return self(input, **kwargs)
 
     def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: str | None = None,
-                       **kwargs: Any) -> tuple[Any, ActivationCache]:
+                       remove_batch_dim: bool = False, return_cache_object: bool = True,
+                       **kwargs: Any) -> tuple[Any, ActivationCache | dict[str, torch.Tensor]]:
         """Forward and record activations: returns (output, cache).
 
         ``names_filter``: None for every hook except ``hook_result`` (per-head outputs in
-        d_model are large, so they are recorded only when named), a name, a glob, a list of
-        them, or a predicate. Activations are detached; ``device`` moves them (e.g. "cpu").
-        A name the model lacks, or a glob matching none of its hooks, is refused (MissingHook,
-        as `run_with_hooks` refuses it) rather than answered with a cache lacking it; a
-        predicate may match nothing."""
+        d_model are large, so they are recorded only when named; `ActivationCache.
+        compute_head_results` derives them), a name, a glob, a list of them, or a predicate.
+        Activations are detached; ``device`` moves them (e.g. "cpu"). A name the model lacks,
+        or a glob matching none of its hooks, is refused (MissingHook, as `run_with_hooks`
+        refuses it) rather than answered with a cache lacking it; a predicate may match nothing.
+
+        As TransformerLens: the cache knows this model (its analysis methods need the weights);
+        ``remove_batch_dim`` drops the batch axis of a one-prompt run (TransformerLens's old
+        HookedTransformer silently kept prompt 0 of a larger batch; that is refused here);
+        ``return_cache_object=False`` returns the plain {name: tensor} dict instead."""
         if names_filter is not None and not callable(names_filter):
             names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
             for pattern in names_filter:
@@ -428,8 +434,13 @@ class HookedTransformer(HookedModule):
             tokens = self.tokenize(input)
             input = tokens.ids
             kwargs["attention_mask"] = None if bool(tokens.attention_mask.all()) else tokens.attention_mask
+        if remove_batch_dim and isinstance(input, torch.Tensor) and input.dim() == 2 and input.shape[0] != 1:
+            raise InputError(f"remove_batch_dim needs one prompt; this batch has {input.shape[0]}")
         out = self.run_with_hooks(input, [(n, save) for n in names], **kwargs)
-        return out, ActivationCache(store, kwargs.get("attention_mask"))
+        cache = ActivationCache(store, self, attention_mask=kwargs.get("attention_mask"))
+        if remove_batch_dim:
+            cache.remove_batch_dim()
+        return out, (cache if return_cache_object else cache.cache_dict)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -7,7 +7,9 @@ import mode "prepend", tests/ is not a package). Its own checks are in test_help
   `hf_checkpoints` fixture builds them once per session.
 - `word_prompts`: random prompts from that vocabulary.
 - `padded_ids`: random token ids (optionally right-padded, with their mask); `tl_bridge`:
-  TransformerLens's TransformerBridge on one of those checkpoints (the reference).
+  TransformerLens's TransformerBridge on one of those checkpoints (the reference);
+  `processed_model` / `tl_processed_bridge`: ours and theirs with TransformerLens's default
+  weight processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases).
 - Small real runs for the dashboard tests (`record_coref_run`, `record_plain_run`,
   `corrupt_copy`), recorded from the shipped toy-coref model with every analysis the
   dashboard shows saved next to them.
@@ -369,3 +371,21 @@ def tl_bridge(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
+
+
+def processed_model(path, **flags):
+    """`HookedTransformer.from_pretrained` on a checkpoint directory (TransformerLens's default
+    processing unless ``flags`` say otherwise), without the RMSNorm "skipped" warnings."""
+    from models import HookedTransformer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return HookedTransformer.from_pretrained(str(path), **flags)
+
+
+def tl_processed_bridge(path):
+    """`tl_bridge` with `enable_compatibility_mode()`: TransformerLens's own weight processing
+    (the same defaults as `processed_model`) and HookedTransformer's hook names."""
+    bridge = tl_bridge(path)
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge

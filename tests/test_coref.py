@@ -188,7 +188,7 @@ def test_coref_cli_writes_report(seed_run, tmp_path):
     import re
 
     # the long study says where it is, stage by stage, on stderr
-    assert re.search(r"^coref \[\d+s\]: attention to the candidates, per head \.\.\.$", r.stderr, re.M), r.stderr
+    assert re.search(r"^coref \[\d+s\]: antecedent probes per layer \.\.\.$", r.stderr, re.M), r.stderr
     assert (report.parent / "heads.html").exists()
     assert_saved(report.parent / "coref_heads.csv", study.heads)
     # the figures open offline: plotly.js lies beside them, not on a CDN

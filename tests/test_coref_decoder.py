@@ -106,6 +106,19 @@ def test_smollm2_answer_equals_transformers(smollm2, wb_run, hf_answers):
         assert row.correct == (theirs[gold] > theirs[1 - gold])
 
 
+def test_a_mention_holding_the_first_token_is_a_caution_on_a_decoder(wb_run):
+    """SmolLM2 adds no BOS, so a sentence that opens with its first candidate ("The developer
+    argued ...") puts the sequence's first token, a decoder's attention sink, inside that
+    mention's span; its head word ("developer") never is the first token."""
+    from analyses.coref import FirstTokenInMention, first_token_caution
+
+    used = list(range(wb_run.n_prompts))
+    opening = sum(wb_run.labels(i)["candidate_spans"][0][0] == 0 for i in used)  # mentions at character 0
+    assert opening > 0
+    assert first_token_caution(wb_run, used, "span") == FirstTokenInMention(opening, len(used))
+    assert first_token_caution(wb_run, used, "head") is None
+
+
 def test_smollm2_study_is_measured_by_its_own_answer(smollm2, hf_answers, tmp_path):
     """Two WinoBias prompts (one answered from one row, one needing a row per candidate): the
     study asks SmolLM2, its clean numbers are transformers', its zero ablation is ablation

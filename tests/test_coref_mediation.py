@@ -12,6 +12,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import build_hf
@@ -286,3 +287,20 @@ def test_smollm2_winobias_twins_pair_pro_to_anti_and_line_up_after_the_default_q
         assert {p for p in differ if p < n} == pronouns
         question = len(smollm2.tokenizer(" The pronoun '", add_special_tokens=False)["input_ids"])
         assert {p for p in differ if p >= n} == {n + question}  # the pronoun in the question, one token
+
+
+def test_the_total_effects_interval_and_test_are_over_pairs():
+    """TE's interval is a bootstrap over the pairs and its p-value a two-sided sign flip of the
+    pair effects, checked against scipy's exact permutation test."""
+    from scipy import stats
+
+    from analyses.coref_mediation import Mediation
+
+    effects = (-0.9, -0.4, -1.2, 0.3, -0.7, -0.2, -0.5, -0.8, 0.1, -0.6)
+    m = Mediation(pd.DataFrame(), float(np.mean(effects)), 0.5, 0.5 + float(np.mean(effects)), len(effects), "q",
+                  pair_effects=effects)
+    low, high = m.total_effect_ci()
+    assert low < np.mean(effects) < high < 0
+    ref = stats.permutation_test((np.asarray(effects),), np.mean, permutation_type="samples", alternative="two-sided",
+                                 n_resamples=np.inf).pvalue
+    assert m.total_effect_p() == pytest.approx(ref)
