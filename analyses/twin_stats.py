@@ -49,7 +49,9 @@ def _check(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarr
     values, groups = np.asarray(values, dtype=float), np.asarray(groups)
     if values.ndim == 0 or len(values) == 0 or groups.shape != values.shape[:1]:
         raise ValueError(f"values {values.shape} need one group per row, got groups {groups.shape}")
-    return values, groups
+    # numbered 0..G-1 over the groups present: a subset's group ids have gaps, and an empty group
+    # must not be drawn (it would change how many groups a bootstrap sample holds)
+    return values, np.unique(groups, return_inverse=True)[1].reshape(-1)
 
 
 def group_bootstrap_ci(values: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0,

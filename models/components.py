@@ -160,7 +160,7 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [b, p, m]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
+        if not (self.hook_scale.has_hooks() or self.hook_normalized.has_hooks()):
             return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -206,6 +206,9 @@ class KVCache:
         return 0 if first is None else first[0].shape[1]
 
 
+SplitInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # q, k, v inputs [b, p, h or kv, m]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int):
         super().__init__()
@@ -231,7 +234,10 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [b, h, q, k]
         self.hook_pattern = HookPoint()  # [b, h, q, k]
         self.hook_z = HookPoint()  # [b, p, h, d]
-        self.hook_result = HookPoint()  # [b, p, h, m], computed only when hooked
+        self.hook_result = HookPoint()  # [b, p, h, m], computed only when hooked or use_attn_result
+        # TransformerLens's `set_use_attn_result`: compute hook_result (and cache it by default)
+        # on every pass. Unlike TransformerLens, hooking hook_result computes it without the flag.
+        self.use_attn_result = False
 
     # TransformerLens-shaped views of the weights (read-only conveniences; the storage is
     # the nn.Linear above). As in TransformerLens's HookedTransformer (GroupedQueryAttention),
@@ -298,17 +304,32 @@ class Attention(nn.Module):
         group = self.cfg.n_heads // self.cfg.n_kv_heads  # type: ignore[operator]
         return x.repeat_interleave(group, dim=0) if group > 1 else x
 
+    def _project(self, x: torch.Tensor | SplitInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [b, p, h, d], k and v [b, p, kv, d] from the residual [b, p, m] (three GEMMs), or
+        from per-head inputs (TransformerLens's split qkv input: each head reads its own copy,
+        [b, p, h or kv, m], so a hook can change one head's input alone)."""
+        cfg = self.cfg
+        if isinstance(x, torch.Tensor):
+            q = einops.rearrange(self.q_proj(x), "b p (h d) -> b p h d", h=cfg.n_heads)
+            k = einops.rearrange(self.k_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads)
+            v = einops.rearrange(self.v_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads)
+            return q, k, v
+        q_in, k_in, v_in = x
+        q = einops.einsum(q_in, self.W_Q, "b p h m, h m d -> b p h d") + self.b_Q
+        k = einops.einsum(k_in, self._W_K, "b p h m, h m d -> b p h d") + self._b_K
+        v = einops.einsum(v_in, self._W_V, "b p h m, h m d -> b p h d") + self._b_V
+        return q, k, v
+
     def forward(
         self,
-        x: torch.Tensor,  # [b, p, m]
+        x: torch.Tensor | SplitInputs,  # [b, p, m], or per-head (q, k, v) inputs
         mask: AttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         cfg = self.cfg
-        q = self.hook_q(einops.rearrange(self.q_proj(x), "b p (h d) -> b p h d", h=cfg.n_heads))
-        k = self.hook_k(einops.rearrange(self.k_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads))
-        v = self.hook_v(einops.rearrange(self.v_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads))
+        q, k, v = self._project(x)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.rotary is not None:
             assert rotary is not None
             q = self.hook_rot_q(self.rotary.apply(q, *rotary))
@@ -320,7 +341,7 @@ class Attention(nn.Module):
             kv_cache.layers[self.layer] = (k, v)
 
         group = cfg.n_heads // cfg.n_kv_heads  # type: ignore[operator]
-        if self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
+        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
             if group > 1:
                 k = k.repeat_interleave(group, dim=2)
                 v = v.repeat_interleave(group, dim=2)
@@ -350,11 +371,25 @@ class Attention(nn.Module):
             ).transpose(1, 2)
         z = self.hook_z(z)
 
-        if self.hook_result.has_hooks:
+        if self.use_attn_result or self.hook_result.has_hooks():
             result = self.hook_result(einops.einsum(z, self.W_O, "b p h d, h d m -> b p h m"))
             out = result.sum(dim=2)
             return out + self.o_proj.bias if self.o_proj.bias is not None else out
         return self.o_proj(einops.rearrange(z, "b p h d -> b p (h d)"))
+
+    # TransformerLens's factored circuits of each head (AbstractAttention.OV / .QK), [h, m, m] as
+    # FactoredMatrix: rank d_head, so kept factored rather than formed (models.factored_matrix says why).
+    @property
+    def OV(self):  # FactoredMatrix(W_V, W_O), [h, m, m]
+        from .factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self):  # FactoredMatrix(W_Q, W_K^T), [h, m, m]
+        from .factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
 
 # ---------------------------------------------------------------- MLP
@@ -445,32 +480,73 @@ class TransformerBlock(nn.Module):
         self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, layer)
         self.hook_resid_pre = HookPoint()  # [b, p, m]
+        # TransformerLens's opt-in inputs (each fires when its set_use_* flag is on or it is
+        # hooked; cached by default only with the flag): per-head copies of the stream attention reads.
+        self.hook_attn_in = HookPoint()  # [b, p, h, m]
+        self.hook_q_input = HookPoint()  # [b, p, h, m]
+        self.hook_k_input = HookPoint()  # [b, p, kv, m]
+        self.hook_v_input = HookPoint()  # [b, p, kv, m]
+        self.use_attn_in = False
+        self.use_split_qkv_input = False
         self.hook_attn_out = HookPoint()  # [b, p, m]
         self.hook_resid_post = HookPoint()  # [b, p, m]
         if not cfg.attn_only:
             self.ln2 = make_norm(cfg)
             self.mlp = MLP(cfg)
+            self.hook_mlp_in = HookPoint()  # [b, p, m]: the stream the MLP's norm reads
+            self.use_hook_mlp_in = False
             self.hook_mlp_out = HookPoint()  # [b, p, m]
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()  # [b, p, m]
+
+    def _split_qkv(self) -> bool:
+        return self.use_split_qkv_input or any(
+            hp.has_hooks() for hp in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+
+    def _attention_input(self, resid: torch.Tensor, norm: nn.Module | None) -> torch.Tensor | SplitInputs:
+        """What attention reads: ``norm(resid)`` [b, p, m], or (split qkv input / attn_in, as
+        TransformerLens) per-head copies of ``resid`` [b, p, heads, m], each through its hook
+        and then the norm, so a hook on one head's copy changes that head alone. As in
+        TransformerLens the copies are of the stream *before* the norm; with grouped-query
+        attention hook_attn_in has a copy per query head and keys/values read the first kv copies
+        (as the bridge). The norm then runs per copy, so ln1's hooks see [b, p, heads, ...], as in
+        TransformerLens's HookedTransformer (the bridge keeps ln1.hook_scale at [b, p, 1])."""
+        split, attn_in = self._split_qkv(), self.use_attn_in or self.hook_attn_in.has_hooks()
+        if not (split or attn_in):
+            return norm(resid) if norm is not None else resid
+        h, kv = self.cfg.n_heads, self.cfg.n_kv_heads
+        if split:
+            q_in = self.hook_q_input(_per_head(resid, h))
+            k_in, v_in = self.hook_k_input(_per_head(resid, kv)), self.hook_v_input(_per_head(resid, kv))
+        else:
+            q_in = self.hook_attn_in(_per_head(resid, h))
+            k_in = v_in = q_in[:, :, :kv]
+        if norm is None:
+            return q_in, k_in, v_in
+        return norm(q_in), norm(k_in), norm(v_in)
 
     def forward(self, x, mask: AttentionMask, rotary, kv_cache: KVCache | None = None):
         cfg = self.cfg
         resid_pre = self.hook_resid_pre(x)
         if cfg.norm_position == "post":
-            attn_out = self.hook_attn_out(self.attn(resid_pre, mask, rotary, kv_cache))
+            attn_out = self.hook_attn_out(self.attn(self._attention_input(resid_pre, None), mask, rotary, kv_cache))
             if cfg.attn_only:
                 return self.hook_resid_post(self.ln1(resid_pre + attn_out))
             resid_mid = self.hook_resid_mid(self.ln1(resid_pre + attn_out))
-            mlp_out = self.hook_mlp_out(self.mlp(resid_mid))
+            mlp_out = self.hook_mlp_out(self.mlp(self.hook_mlp_in(resid_mid)))
             return self.hook_resid_post(self.ln2(resid_mid + mlp_out))
 
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), mask, rotary, kv_cache))
+        attn_out = self.hook_attn_out(self.attn(self._attention_input(resid_pre, self.ln1), mask, rotary, kv_cache))
         if cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         if cfg.parallel_attn_mlp:
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_pre)))
+            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_pre))))
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+
+def _per_head(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[b, p, m] -> [b, p, n, m], a real copy per head (a hook may edit one in place)."""
+    return x.unsqueeze(2).repeat(1, 1, n, 1)

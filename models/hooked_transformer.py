@@ -6,7 +6,7 @@ activation passes through a named `HookPoint` (TransformerLens names and axis or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 
 from probe.errors import InputError
 from probe.hook_names import NamesFilter, default_hook_names, name_matcher
-from probe.hooks import HookedModule, HookFn, HookPoint
+from probe.hooks import HookedModule, HookFn, HookName, HookPoint, warn_bwd_hooks_reset
 
 from .activation_cache import ActivationCache
 from .components import (
@@ -30,10 +30,15 @@ from .components import (
     make_norm,
 )
 from .config import TransformerConfig
-from .loss import lm_loss
+from .loss import lm_loss, next_token_nll
 from .tokens import Tokens, encode, str_tokens
 
 ModelInput = str | list[str] | torch.Tensor
+ReturnType = Literal["logits", "hidden", "loss", "both"] | None
+# TransformerLens's opt-in hooks: the `set_use_*` switch of each (they fire when hooked even without it).
+OPT_IN_SWITCHES = {"hook_result": "use_attn_result", "hook_attn_in": "use_attn_in", "hook_q_input": "use_split_qkv_input",
+                   "hook_k_input": "use_split_qkv_input", "hook_v_input": "use_split_qkv_input",
+                   "hook_mlp_in": "use_hook_mlp_in"}
 
 
 class HookedTransformer(HookedModule):
@@ -213,20 +218,50 @@ class HookedTransformer(HookedModule):
         """[batch, pos] token ids, as TransformerLens's `to_tokens` (padded with pad id)."""
         return self.tokenize(text, prepend_bos, padding_side, truncate).ids.to(self.device)
 
-    def to_str_tokens(self, input: str | torch.Tensor | list[int], prepend_bos: bool | None = None) -> list[str]:
-        """One string per token of a single text or a 1-D / [1, pos] id tensor."""
+    def to_str_tokens(self, input: str | list | torch.Tensor | Any, prepend_bos: bool | None = None,
+                      padding_side: Literal["left", "right"] | None = None) -> list[str] | list[list[str]]:
+        """One string per token of a text or an id sequence (1-D, or [1, pos]); a list of
+        texts (or of id lists) gives one list per item, as TransformerLens's `to_str_tokens`.
+        A bare list of ints is one sequence (TransformerLens would treat it as items)."""
+        if isinstance(input, list) and input and not all(isinstance(t, int) for t in input):
+            return [self.to_str_tokens(item, prepend_bos, padding_side) for item in input]  # type: ignore[misc]
         if isinstance(input, str):
-            tokens = self.tokenize(input, prepend_bos)
-            ids = tokens.ids[0].tolist()
-        elif isinstance(input, torch.Tensor):
-            if input.dim() == 2:
-                if input.shape[0] != 1:
-                    raise InputError("to_str_tokens takes one sequence; index the batch first")
-                input = input[0]
-            ids = input.tolist()
+            ids = self.tokenize(input, prepend_bos, padding_side or "right").ids[0].tolist()
         else:
-            ids = list(input)
+            ids = _one_sequence(input)
         return str_tokens(self.tokenizer, ids)
+
+    def to_string(self, tokens: torch.Tensor | list | Any) -> str | list[str]:
+        """Decode ids: a 1-D sequence to a string, a [batch, pos] batch to a list of strings
+        (TransformerLens's `to_string`; special tokens and padding are kept, as there)."""
+        t = torch.as_tensor(tokens)
+        if t.dim() == 2:
+            return self.tokenizer.batch_decode(t.tolist(), clean_up_tokenization_spaces=False)
+        if t.dim() <= 1:
+            return self.tokenizer.decode(t.reshape(-1).tolist(), clean_up_tokenization_spaces=False)
+        raise InputError(f"to_string takes [pos] or [batch, pos] ids, got shape {tuple(t.shape)}")
+
+    def get_token_position(self, single_token: str | int | torch.Tensor, input: str | torch.Tensor,
+                           mode: Literal["first", "last"] = "first", prepend_bos: bool | None = None,
+                           padding_side: Literal["left", "right"] | None = None) -> int:
+        """The position of ``single_token`` (a one-token string or an id) in a text or a [pos] /
+        [1, pos] id tensor (TransformerLens's `get_token_position`): its first or last occurrence."""
+        if mode not in ("first", "last"):
+            raise InputError(f"mode must be 'first' or 'last', not {mode!r}")
+        tokens = self.to_tokens(input, prepend_bos, padding_side or "right")[0] if isinstance(input, str) else input
+        ids = torch.as_tensor(_one_sequence(tokens))
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        where = (ids == token).nonzero().flatten()
+        if len(where) == 0:
+            raise InputError(f"token {token} ({self.to_string([token])!r}) does not occur in the input")
+        return int(where[0] if mode == "first" else where[-1])
+
+    def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor) -> torch.Tensor:
+        """The unembedding columns of ``tokens`` ([*tokens.shape, d_model]; [d_model] for one):
+        the residual directions whose dot product is each token's logit (before the final norm)."""
+        from .cache_analysis import tokens_to_residual_directions
+
+        return tokens_to_residual_directions(self, tokens)
 
     def to_single_token(self, string: str) -> int:
         """The id of a string that must be exactly one token (as TransformerLens's
@@ -237,9 +272,10 @@ class HookedTransformer(HookedModule):
                              "difference needs one-token answers (with GPT-2-style tokenizers, mind the leading space)")
         return ids[0]
 
-    def _prepare(self, input: ModelInput, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prepare(self, input: ModelInput, attention_mask: torch.Tensor | None, prepend_bos: bool | None = None,
+                 padding_side: Literal["left", "right"] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(input, (str, list)):
-            tok = self.tokenize(input)
+            tok = self.tokenize(input, prepend_bos, padding_side or "right")
             ids, mask = tok.ids, tok.attention_mask
             if bool(mask.all()):
                 mask = None
@@ -263,18 +299,27 @@ class HookedTransformer(HookedModule):
         attention_mask: torch.Tensor | None = None,  # [b, p], 1 for real tokens
         token_type_ids: torch.Tensor | None = None,  # [b, p]
         position_ids: torch.Tensor | None = None,  # [b, p]
-        return_type: Literal["logits", "hidden", "loss", "both"] | None = None,
+        return_type: ReturnType = "logits",
         stop_at_layer: int | None = None,
         kv_cache: KVCache | None = None,
         start_at_layer: int | None = None,
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
-        """Run the model. Returns logits [b, p, vocab] (decoders), final hidden states
-        [b, p, m] (encoders without an LM head, or ``return_type="hidden"``), the mean
-        next-token loss over real tokens (``"loss"``), or None after ``stop_at_layer``.
-        With ``start_at_layer`` (as in TransformerLens), ``input`` is the residual stream
-        [b, p, m] entering that block (e.g. a cached ``resid_pre``), and the embedding and
-        earlier blocks are skipped; give the same ``attention_mask`` as the original run."""
-        tokens, resid, mask = self._inputs(input, attention_mask, return_type, kv_cache, start_at_layer)
+        """Run the model (TransformerLens's arguments and defaults). Returns logits [b, p, vocab]
+        (decoders), final hidden states [b, p, m] (encoders without an LM head, or
+        ``return_type="hidden"``), the mean next-token loss over real tokens (``"loss"``;
+        ``loss_per_token``: [b, p-1], 0 where the target or its context is padding), both, or
+        None (``return_type=None``, for a run whose hooks are the point). ``stop_at_layer``
+        returns the residual stream [b, p, m] entering that block, as TransformerLens.
+        With ``start_at_layer``, ``input`` is the residual stream [b, p, m] entering that block
+        (e.g. a cached ``resid_pre``), and the embedding and earlier blocks are skipped; give
+        the same ``attention_mask`` as the original run. ``prepend_bos``/``padding_side`` apply
+        to text input. Unlike TransformerLens, a padded query attends to nothing but itself
+        and its pattern row is zero (components.AttentionMask), so padding never leaks into sums."""
+        tokens, resid, mask = self._inputs(input, attention_mask, return_type, kv_cache, start_at_layer,
+                                           prepend_bos, padding_side)
         src = tokens if tokens is not None else resid  # ids [b, p] or residual [b, p, m]
         key_valid, past_len = self._key_valid(src, mask, kv_cache)  # [b, past + p] | None
         if position_ids is None:
@@ -284,8 +329,9 @@ class HookedTransformer(HookedModule):
         x = resid if tokens is None else self._embed(tokens, position_ids, token_type_ids)  # [b, p, m]
         x = self._blocks(x, attn_mask, position_ids, kv_cache, start_at_layer, stop_at_layer)
         if stop_at_layer is not None:
-            return None
-        return self._unembed(x, tokens, key_valid, return_type)
+            return x
+        out = self._unembed(x, tokens, key_valid, return_type, loss_per_token)
+        return None if return_type is None else out
 
     def _inputs(
         self,
@@ -294,11 +340,13 @@ class HookedTransformer(HookedModule):
         return_type: str | None,
         kv_cache: KVCache | None,
         start_at_layer: int | None,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """(tokens [b, p], None, mask [b, p] | None), or with ``start_at_layer``
         (None, residual stream [b, p, m], mask [b, p] | None)."""
         if start_at_layer is None:
-            tokens, mask = self._prepare(input, attention_mask)
+            tokens, mask = self._prepare(input, attention_mask, prepend_bos, padding_side)
             return tokens, None, mask
         if not (isinstance(input, torch.Tensor) and input.is_floating_point() and input.dim() == 3):
             raise InputError("with start_at_layer, the input is the residual stream [batch, pos, d_model]")
@@ -374,6 +422,7 @@ class HookedTransformer(HookedModule):
         tokens: torch.Tensor | None,
         key_valid: torch.Tensor | None,
         return_type: str | None,
+        loss_per_token: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Final norm, then hidden [b, p, m], logits [b, p, vocab], loss [] or (logits, loss)."""
         cfg = self.cfg
@@ -388,55 +437,116 @@ class HookedTransformer(HookedModule):
         logits = self.unembed(x)
         if return_type in ("loss", "both"):
             assert tokens is not None  # _inputs refuses a loss without token ids
-            loss = lm_loss(logits, tokens, key_valid)
+            loss = _per_token_loss(logits, tokens, key_valid) if loss_per_token else lm_loss(logits, tokens, key_valid)
             return loss if return_type == "loss" else (logits, loss)
         return logits
 
     # ------------------------------------------------------------------ hooks API
-    def run_with_hooks(self, input: ModelInput, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
-                       **kwargs: Any):
-        """Forward with hooks attached for this call only (removed even if a hook raises)."""
-        with self.hooks(fwd_hooks):
+    def run_with_hooks(self, input: ModelInput, fwd_hooks: Iterable[tuple[HookName, HookFn]] = (),
+                       bwd_hooks: Iterable[tuple[HookName, HookFn]] = (), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **kwargs: Any):
+        """Forward with hooks attached for this call only (removed even if a hook raises), as
+        TransformerLens's. Backward hooks fire on a later ``.backward()`` of this call's output
+        (the autograd graph keeps them; TransformerLens's warning about it is repeated), and
+        with ``reset_hooks_end=False`` they stay attached until `reset_hooks`."""
+        fwd_hooks, bwd_hooks = list(fwd_hooks), list(bwd_hooks)
+        warn_bwd_hooks_reset(bwd_hooks, reset_hooks_end)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(input, **kwargs)
 
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """TransformerLens's switch: compute ``blocks.L.attn.hook_result`` [b, p, h, m] (each
+        head's output in d_model) on every pass and cache it by default."""
+        for block in self.blocks:
+            block.attn.use_attn_result = use_attn_result
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """TransformerLens's switch: give each head its own copy of the residual stream it reads,
+        ``blocks.L.hook_q_input`` [b, p, h, m] and ``hook_k_input``/``hook_v_input`` [b, p, kv, m]
+        (before ln1, as there), so a hook can patch one head's query, key or value input."""
+        for block in self.blocks:
+            block.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """TransformerLens's switch: ``blocks.L.hook_attn_in`` [b, p, h, m], one copy of the
+        stream attention reads per head, shared by its query, key and value."""
+        for block in self.blocks:
+            block.use_attn_in = use_attn_in
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """TransformerLens's switch: cache ``blocks.L.hook_mlp_in`` [b, p, m] (the stream the
+        MLP's norm reads) by default. The point fires when hooked even without it."""
+        for block in self.blocks:
+            if hasattr(block, "mlp"):
+                block.use_hook_mlp_in = use_hook_mlp_in
+
+    def _opt_in_enabled(self, name: str) -> bool:
+        """Whether the opt-in hook ``name`` is switched on by its `set_use_*` flag."""
+        switch = next((f for h, f in OPT_IN_SWITCHES.items() if name.endswith(h)), None)
+        layer = name.split(".")[1] if name.startswith("blocks.") else None
+        if switch is None or layer is None:
+            return False
+        block = self.blocks[int(layer)]
+        return bool(getattr(block.attn if switch == "use_attn_result" else block, switch, False))
+
+    def _cache_names(self, names_filter: NamesFilter) -> list[str]:
+        """The hooks a cache records: those the filter names (a bad name or glob raises
+        run_with_hooks's MissingHook); with no filter all but the opt-in ones not switched on."""
+        if names_filter is not None and not callable(names_filter):
+            names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+            for pattern in names_filter:
+                self.resolve_hook_points(pattern)
+        match = name_matcher(names_filter)
+        names = [n for n in self.hook_dict if match(n)]
+        if names_filter is None:
+            default = set(default_hook_names(names))
+            names = [n for n in names if n in default or self._opt_in_enabled(n)]
+        return names
+
     def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: str | None = None,
-                       remove_batch_dim: bool = False, return_cache_object: bool = True,
+                       remove_batch_dim: bool = False, return_cache_object: bool = True, incl_bwd: bool = False,
+                       reset_hooks_end: bool = True, clear_contexts: bool = False,
                        **kwargs: Any) -> tuple[Any, ActivationCache | dict[str, torch.Tensor]]:
         """Forward and record activations: returns (output, cache).
 
-        ``names_filter``: None for every hook except ``hook_result`` (per-head outputs in
-        d_model are large, so they are recorded only when named; `ActivationCache.
-        compute_head_results` derives them), a name, a glob, a list of them, or a predicate.
-        Activations are detached; ``device`` moves them (e.g. "cpu"). A name the model lacks,
-        or a glob matching none of its hooks, is refused (MissingHook, as `run_with_hooks`
-        refuses it) rather than answered with a cache lacking it; a predicate may match nothing.
+        ``names_filter``: None for every hook except the opt-in ones (``hook_result``, the split
+        qkv inputs, ``hook_attn_in``, ``hook_mlp_in``; `set_use_attn_result` etc. add them, and
+        naming one records it without the switch; `ActivationCache.compute_head_results` derives
+        per-head results), a name, a glob, a list of them, or a predicate. Activations are
+        detached; ``device`` moves them (e.g. "cpu"). A name the model lacks, or a glob matching
+        none of its hooks, is refused (MissingHook, as `run_with_hooks` refuses it) rather than
+        answered with a cache lacking it; a predicate may match nothing.
+
+        ``incl_bwd`` (TransformerLens): the output must be a scalar (e.g. ``return_type="loss"``);
+        ``.backward()`` is called on it here and each recorded hook's gradient is cached as
+        "NAME_grad" (parameters' ``.grad`` accumulate, as there).
 
         As TransformerLens: the cache knows this model (its analysis methods need the weights);
         ``remove_batch_dim`` drops the batch axis of a one-prompt run (TransformerLens's old
         HookedTransformer silently kept prompt 0 of a larger batch; that is refused here);
         ``return_cache_object=False`` returns the plain {name: tensor} dict instead."""
-        if names_filter is not None and not callable(names_filter):
-            names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-            for pattern in names_filter:
-                self.resolve_hook_points(pattern)  # raises run_with_hooks's MissingHook for a bad one
-        match = name_matcher(names_filter)
-        names = [n for n in self.hook_dict if match(n)]
-        if names_filter is None:
-            names = default_hook_names(names)
+        names = self._cache_names(names_filter)
         store: dict[str, torch.Tensor] = {}
 
-        def save(x: torch.Tensor, hook) -> None:
+        def save(x: torch.Tensor, hook: HookPoint, suffix: str = "") -> None:
             x = x.detach()
-            store[hook.name] = x.to(device) if device is not None else x
+            store[hook.name + suffix] = x.to(device) if device is not None else x
+
+        def save_grad(grad: torch.Tensor, hook: HookPoint) -> None:
+            save(grad, hook, "_grad")
 
         if isinstance(input, (str, list)):
             # Tokenize once here: the cache keeps the padding mask the forward pass used.
-            tokens = self.tokenize(input)
+            tokens = self.tokenize(input, kwargs.pop("prepend_bos", None), kwargs.pop("padding_side", None) or "right")
             input = tokens.ids
             kwargs["attention_mask"] = None if bool(tokens.attention_mask.all()) else tokens.attention_mask
         if remove_batch_dim and isinstance(input, torch.Tensor) and input.dim() == 2 and input.shape[0] != 1:
             raise InputError(f"remove_batch_dim needs one prompt; this batch has {input.shape[0]}")
-        out = self.run_with_hooks(input, [(n, save) for n in names], **kwargs)
+        bwd = [(n, save_grad) for n in names] if incl_bwd else []
+        with self.hooks([(n, save) for n in names], bwd, reset_hooks_end, clear_contexts):
+            out = self(input, **kwargs)
+            if incl_bwd:
+                _backward_scalar(out)
         cache = ActivationCache(store, self, attention_mask=kwargs.get("attention_mask"))
         if remove_batch_dim:
             cache.remove_batch_dim()
@@ -458,3 +568,48 @@ class HookedTransformer(HookedModule):
                         top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, seed=seed,
                         use_kv_cache=use_kv_cache, return_type=return_type, attention_mask=attention_mask)
 
+    # ------------------------------------------------------------------ factored circuits
+    # TransformerLens's model-level OV / QK: every head's circuit stacked, [l, h, m, m] (built from
+    # the stacked views on each access, so they follow the weights).
+    @property
+    def OV(self):  # FactoredMatrix(W_V, W_O), [l, h, m, m]
+        from .factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self):  # FactoredMatrix(W_Q, W_K^T), [l, h, m, m]
+        from .factored_matrix import FactoredMatrix
+
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+
+def _backward_scalar(out: Any) -> None:
+    """``out.backward()`` for `run_with_cache(incl_bwd=True)`, refusing a non-scalar output as
+    a user error (TransformerLens lets PyTorch raise "grad can be implicitly created only for
+    scalar outputs")."""
+    if not isinstance(out, torch.Tensor) or out.numel() != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"incl_bwd=True backpropagates from the output, which must be a scalar "
+                         f"(return_type='loss'); got {shape}")
+    out.backward()
+
+
+def _one_sequence(tokens: Any) -> list[int]:
+    """Ids of one sequence from a [pos] / [1, pos] tensor or array, a list of ints, or one id."""
+    t = torch.as_tensor(tokens)
+    if t.dim() == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() > 1:
+        raise InputError(f"one sequence expected ([pos] or [1, pos]), got shape {tuple(t.shape)}; index the batch first")
+    return t.reshape(-1).tolist()
+
+
+def _per_token_loss(logits: torch.Tensor, tokens: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """[b, p-1] next-token loss (TransformerLens's ``loss_per_token``), 0 where the target or
+    the token predicting it is padding."""
+    nll = next_token_nll(logits, tokens)
+    if key_valid is None:
+        return nll
+    valid = key_valid[:, -tokens.shape[1]:]
+    return nll * (valid[:, 1:] & valid[:, :-1])

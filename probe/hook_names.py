@@ -16,7 +16,7 @@ NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]  # noqa: UP
 ATTENTION_HOOKS = ("hook_attn_scores", "hook_pattern")
 # Hooks left out unless asked for by name: hook_result is [batch, pos, head, d_model], n_heads
 # times the residual stream, and costs an extra einsum (TransformerLens also leaves it opt-in).
-OPT_IN_HOOKS = ("hook_result",)
+OPT_IN_HOOKS = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
 
 
 def is_attention_hook(name: str) -> bool:

@@ -9,7 +9,9 @@ import mode "prepend", tests/ is not a package). Its own checks are in test_help
 - `padded_ids`: random token ids (optionally right-padded, with their mask); `tl_bridge`:
   TransformerLens's TransformerBridge on one of those checkpoints (the reference);
   `processed_model` / `tl_processed_bridge`: ours and theirs with TransformerLens's default
-  weight processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases).
+  weight processing (fold_ln, center_writing_weights, center_unembed, fold_value_biases);
+  `tl_raw_bridge`: the bridge in compatibility mode on raw weights; `hooks_left`: hook points
+  still holding a hook (none after a temporary run).
 - Small real runs for the dashboard tests (`record_coref_run`, `record_plain_run`,
   `corrupt_copy`), recorded from the shipped toy-coref model with every analysis the
   dashboard shows saved next to them.
@@ -389,3 +391,19 @@ def tl_processed_bridge(path):
     bridge = tl_bridge(path)
     bridge.enable_compatibility_mode(disable_warnings=True)
     return bridge
+
+
+def tl_raw_bridge(path):
+    """`tl_bridge` in compatibility mode without weight processing: HookedTransformer's hook
+    names and switches (`set_use_split_qkv_input`...) on the checkpoint's own weights, so its
+    activations compare with `models.load`'s."""
+    bridge = tl_bridge(path)
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    return bridge
+
+
+def hooks_left(model) -> list[str]:
+    """Hook points of ``model`` that still hold a hook of any kind: ours (forward, backward)
+    or one PyTorch registered on the module. Empty after every temporary run."""
+    return [name for name, hp in model.hook_dict.items()
+            if hp.fwd_hooks or hp.bwd_hooks or hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks]

@@ -17,6 +17,7 @@ from helpers import figure_dict, tiny_gqa_model
 from dashboard.data import Registry
 from dashboard.state import ViewState
 from dashboard.views import grid_figure, head_card, render_view
+from probe.hook_names import default_hook_names
 from probe.recorder import record
 
 PROMPTS = ["the animal didn't cross the street because it was tired", "a cat sat on the mat",
@@ -147,7 +148,7 @@ def test_smollm2_run_records_every_hook_with_gqa_shapes(smollm2, smollm2_run):
     assert (cfg.n_layers, h, kv, d) == (30, 9, 3, 64)
     manifest = json.loads((smollm2_run / "run.json").read_text())
     assert manifest["model"]["config"]["n_kv_heads"] == kv
-    assert set(manifest["hooks"]) == {n for n in smollm2.hook_dict if not n.endswith("hook_result")}
+    assert set(manifest["hooks"]) == set(default_hook_names(smollm2.hook_dict))
     with h5py.File(smollm2_run / "shards" / "00000.h5", "r") as f:
         n_tokens = int(f["offsets"][-1])
         lengths = np.diff(f["offsets"][:])

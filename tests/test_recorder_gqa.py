@@ -17,6 +17,7 @@ import torch
 from helpers import tiny_gqa_model
 
 import probe
+from probe.hook_names import default_hook_names
 from probe.recorder import record
 
 N_HEADS, N_KV, D_HEAD, N_LAYERS = 6, 2, 8, 2
@@ -50,7 +51,7 @@ def shard_rows(run_dir, name: str, prompt: int) -> np.ndarray:
 
 def test_every_hook_is_recorded_with_the_shape_the_model_gives_it(model, run_dir):
     manifest = json.loads((run_dir / "run.json").read_text())
-    assert set(manifest["hooks"]) == {n for n in model.hook_dict if not n.endswith("hook_result")}
+    assert set(manifest["hooks"]) == set(default_hook_names(model.hook_dict))
     assert manifest["model"]["config"]["n_heads"] == N_HEADS and manifest["model"]["config"]["n_kv_heads"] == N_KV
     for layer in range(N_LAYERS):
         hooks = {k.rsplit(".", 1)[1]: v for k, v in manifest["hooks"].items() if k.startswith(f"blocks.{layer}.attn.")}

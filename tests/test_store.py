@@ -14,6 +14,7 @@ from helpers import word_prompts
 import models
 import probe
 from probe.errors import StoreError
+from probe.hook_names import default_hook_names
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_values_read_back_equal_run_with_cache(gpt2, tmp_path, dtype):
     alone = probe.record(gpt2, prompts, tmp_path / "alone", batch_size=1, dtype=dtype, progress=False)
     batched = probe.record(gpt2, prompts, tmp_path / "batched", batch_size=3, dtype=dtype, progress=False)
     assert alone.complete and batched.n_prompts == 7
-    assert set(alone.hooks) == {n for n in gpt2.hook_dict if not n.endswith("hook_result")}
+    assert set(alone.hooks) == set(default_hook_names(gpt2.hook_dict))
     for i, text in enumerate(prompts):
         _, single = gpt2.run_with_cache(text)
         b0 = i // 3 * 3

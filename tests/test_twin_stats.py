@@ -86,3 +86,12 @@ def test_holm_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, 1*0.04, made monotone
     assert np.allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
     assert holm(np.array([[0.5, 0.9]])).shape == (1, 2) and holm(np.array([0.5, 0.9])).max() == 1.0
+
+
+def test_group_ids_with_gaps_are_the_same_groups():
+    """A subset keeps its prompts' group ids, with gaps (groups 3 and 7 only): the interval and
+    the test are those of the same groups numbered 0 and 1, never of empty groups."""
+    values = np.array([1.0, 0.0, 1.0, 1.0])
+    gapped, packed = np.array([3, 3, 7, 7]), np.array([0, 0, 1, 1])
+    assert group_bootstrap_ci(values, gapped, n_boot=300) == group_bootstrap_ci(values, packed, n_boot=300)
+    assert flip_test(values[:, None], 0.5, gapped) == flip_test(values[:, None], 0.5, packed)
