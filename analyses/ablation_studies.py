@@ -190,7 +190,7 @@ def has_coref_labels(run, query: str) -> bool:
 
 def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer, query, method, seed,
             top) -> AblationStudy:
-    from .coref import candidate_attention, coref_heads
+    from .coref import candidate_attention, coref_heads, named_heads
     from .coref_interventions import ablation_setup, setup_metric
     from .run_inputs import run_model
 
@@ -213,9 +213,7 @@ def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer,
     chosen: list[tuple[int, int]] = []
     if metric == "antecedent-score" and not heads:
         table, _, _ = coref_heads(run, query=query)
-        best = table[table.beats_baselines] if table.beats_baselines.any() else table
-        chosen = [(int(r.layer), int(r["head"])) for _, r in best.sort_values("accuracy", ascending=False)
-                  .head(top).iterrows()]
+        chosen = list(named_heads(table, top))  # the study's own choice: those that beat the baselines, else the best
     setup = ablation_setup(model, run, used, layer, query, seed)
     fn, what = setup_metric(setup, metric, heads or chosen or None)
     # a decoder asked for its answer is measured on every prompt (no probe is fitted, nothing held out)
