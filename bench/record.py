@@ -75,7 +75,6 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,7 +84,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine_load import OtherLoad  # noqa: E402  (bench/ is on sys.path as the script's folder)
+import child_process  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from child_process import peak_rss_mib, quiet_transformers  # noqa: E402
+from machine_load import OtherLoad  # noqa: E402
 
 VARIANTS = {
     "ours": "(a) probe.record",
@@ -105,10 +106,6 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def settle(spec: dict, since: float | None = None) -> None:
@@ -141,14 +138,6 @@ def fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
-def quiet_transformers() -> None:
-    import warnings
-
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    warnings.simplefilter("ignore")
 
 
 def load_texts(spec: dict) -> list:
@@ -505,24 +494,6 @@ def build_gpt2_dir(path: Path, texts: list[str], seed: int = 0) -> dict:
     return {"vocab": len(vocab), "unk": unk}
 
 
-def run_child(spec: dict, work: Path, timeout: float = 900) -> dict:
-    spec_path = work / f"spec-{spec['variant']}-{spec['tag']}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=timeout)
-    total = time.perf_counter() - t
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    for ln in proc.stdout.splitlines():
-        if not ln.startswith("RESULT "):
-            print(ln)
-    if proc.returncode != 0 or not lines:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {err[:200]}", "stderr": proc.stderr[-3000:]}
-    res = json.loads(lines[-1][len("RESULT "):])
-    res["process_s"] = total
-    return res
 
 
 def fmt_bytes(n: float) -> str:
@@ -771,6 +742,11 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     print("\n".join(report_lines))
     print(f"\ntotal wall time {time.perf_counter() - start:.1f} s")
+
+
+def run_child(spec: dict, work: Path, timeout: float = 900) -> dict:
+    return child_process.run_child(__file__, spec, work / f"spec-{spec['variant']}-{spec['tag']}.json", timeout,
+                                   echo=True)
 
 
 if __name__ == "__main__":
