@@ -175,31 +175,41 @@ def candidate_attention(run, prompts: list[int] | None = None, query: str = "pro
     """attn [prompts, layers, heads, 2] (query span, the pronoun by default, -> each
     candidate mention, as ``mention`` says), gold [prompts], and the prompt indices used
     (those with complete labels whose spans map to tokens)."""
-    check_mention(mention)
+    return mention_attention(run, prompts, query, (mention,))[mention]
+
+
+def mention_attention(run, prompts: list[int] | None, query: str, mentions: tuple[str, ...]
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray, list[int]]]:
+    """`candidate_attention` for each of ``mentions``, reading every prompt's patterns once;
+    InputError when the first of them uses no prompt (another may use none: its attn is empty)."""
+    for mention in mentions:
+        check_mention(mention)
     n_layers = run.config["n_layers"]
     require_layer_hooks(run, "attn.hook_pattern", "the coreference study's attention scores")
     prompts = list(range(run.n_prompts)) if prompts is None else prompts
-    attn, gold, used = [], [], []
+    found: dict[str, tuple[list, list, list]] = {m: ([], [], []) for m in mentions}  # attn, gold, used
     for i in prompts:
         labels = coref_labels(run, i, query)
         if labels is None:
             continue
         text = run.prompt_records[i]["text"]
         q = run.tokens_in(i, *labels.query)
-        cands = [run.tokens_in(i, *mention_span(text, span, mention)) for span in labels.candidates]
-        if not q or any(not c for c in cands):
+        cands = {m: [run.tokens_in(i, *mention_span(text, span, m)) for span in labels.candidates] for m in mentions}
+        live = [m for m in mentions if q and all(cands[m])]
+        if not live:
             continue
-        per_layer = []
-        for layer in range(n_layers):
-            p = run.pattern(i, layer)  # [head, q, k]
-            per_layer.append(np.stack([p[:, q][:, :, c].sum(-1).mean(-1) for c in cands], -1))  # [head, 2]
-        attn.append(np.stack(per_layer))
-        gold.append(labels.answer)
-        used.append(i)
-    if not used:
+        patterns = [run.pattern(i, layer) for layer in range(n_layers)]  # each [head, q, k]
+        for m in live:
+            attn, gold, used = found[m]
+            attn.append(np.stack([np.stack([p[:, q][:, :, c].sum(-1).mean(-1) for c in cands[m]], -1)
+                                  for p in patterns]))  # [layer, head, 2]
+            gold.append(labels.answer)
+            used.append(i)
+    if not found[mentions[0]][2]:
         raise InputError(f"no prompt of this run has the labels the study needs ({', '.join(REQUIRED)}); "
                          "record the bundled 'seed' or 'winobias' sets, or a JSONL file with those fields")
-    return np.stack(attn), np.asarray(gold), used
+    return {m: (np.stack(attn) if attn else np.empty((0,)), np.asarray(gold), used)
+            for m, (attn, gold, used) in found.items()}
 
 
 def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -671,9 +681,9 @@ def coref_study(run, model=None, seed: int = 0, top: int = 5, query: str = "pron
             raise InputError("a question is asked of the model, and no model is given (drop --no-interventions, or "
                              "the question)")
     # no stage is announced before the labels are checked: a mistake is one line, nothing before it
-    attn, gold, used = candidate_attention(run, query=query, mention=mention)
     other = next(m for m in MENTIONS if m != mention)
-    other_attn, _, other_used = candidate_attention(run, query=query, mention=other)
+    both = mention_attention(run, None, query, (mention, other))  # the patterns read once for both conventions
+    (attn, gold, used), (other_attn, _, other_used) = both[mention], both[other]
     design = prompt_design(run, used)
     correct = baseline_correct(baseline_choices(run, used, design), gold)
     heads = head_table(attn, gold, correct, design, seed,

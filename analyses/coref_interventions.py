@@ -36,7 +36,6 @@ is the share of prompts where it is positive.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -500,7 +499,7 @@ def ablation_tests(model: HookedTransformer, setup: AblationSetup, heads: list[t
     cfg = model.cfg
     # random sets of the same size and layer distribution (a later layer's heads do more, or less,
     # by position alone); where a layer has too few other heads for that, any other heads
-    same_layers = all(cfg.n_heads - k >= k for k in Counter(layer for layer, _ in heads).values())
+    same_layers = same_layer_sets(heads, cfg.n_heads) > 0  # 0: some layer has too few other heads
     draw = ((lambda: same_layer_random_heads(heads, cfg.n_heads, rng)) if same_layers
             else (lambda: random_heads(cfg.n_layers, cfg.n_heads, len(heads), heads, rng)))
     random = [measure(draw()) for _ in range(n_random)]

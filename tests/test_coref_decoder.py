@@ -42,13 +42,7 @@ QUESTION = " The pronoun '{}' refers to"  # as the issue words it, the default
 WINOBIAS = probe.load_prompts("winobias-dev")[::100][:12]  # both types, pro and anti, one- and two-token occupations
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine two threads contend and run slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture in conftest.py
 
 
 def continuations(prompt) -> list[str]:

@@ -78,13 +78,7 @@ ALIGNED = [(1, 0), (2, 3), (10, 11)]
 REFUSED = [(4, 5), (6, 7)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine two threads contend and run slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -172,17 +172,24 @@ def test_run_with_cache_incl_bwd(gpt2, ids):
 
 
 # ------------------------------------------------------------------ opt-in hooks
+def cached_with(gpt2, bridge, ids, *switches: str):
+    """(logits, cache) of our model and of the bridge, each run with the `set_use_*` ``switches``
+    on; the bridge's are turned off again (the `clean` fixture resets ours)."""
+    for switch in switches:
+        getattr(gpt2, switch)(True)
+        getattr(bridge, switch)(True)
+    try:
+        with torch.no_grad():
+            return gpt2.run_with_cache(ids), bridge.run_with_cache(ids)
+    finally:
+        for switch in switches:
+            getattr(bridge, switch)(False)
+
+
 def test_attn_result_matches_bridge_and_sums_to_attn_out(gpt2, bridge, ids):
     _, off = gpt2.run_with_cache(ids)
     assert not any(n.endswith("hook_result") for n in off)
-    gpt2.set_use_attn_result(True)
-    bridge.set_use_attn_result(True)
-    try:
-        with torch.no_grad():
-            _, ours = gpt2.run_with_cache(ids)
-            _, theirs = bridge.run_with_cache(ids)
-    finally:
-        bridge.set_use_attn_result(False)
+    (_, ours), (_, theirs) = cached_with(gpt2, bridge, ids, "set_use_attn_result")
     for layer in range(gpt2.cfg.n_layers):
         result = ours["result", layer]
         assert result.shape == (2, 9, gpt2.cfg.n_heads, gpt2.cfg.d_model)
@@ -193,17 +200,7 @@ def test_attn_result_matches_bridge_and_sums_to_attn_out(gpt2, bridge, ids):
 def test_split_qkv_input_matches_bridge_and_patches_one_head(gpt2, bridge, ids):
     with torch.no_grad():
         base, base_cache = gpt2.run_with_cache(ids)
-    gpt2.set_use_split_qkv_input(True)
-    gpt2.set_use_hook_mlp_in(True)
-    bridge.set_use_split_qkv_input(True)
-    bridge.set_use_hook_mlp_in(True)
-    try:
-        with torch.no_grad():
-            logits, ours = gpt2.run_with_cache(ids)
-            _, theirs = bridge.run_with_cache(ids)
-    finally:
-        bridge.set_use_split_qkv_input(False)
-        bridge.set_use_hook_mlp_in(False)
+    (logits, ours), (_, theirs) = cached_with(gpt2, bridge, ids, "set_use_split_qkv_input", "set_use_hook_mlp_in")
     assert (logits - base).abs().max() < 1e-5  # the same model, computed per head
     h, m = gpt2.cfg.n_heads, gpt2.cfg.d_model
     for layer in range(gpt2.cfg.n_layers):
@@ -230,14 +227,7 @@ def test_split_qkv_input_matches_bridge_and_patches_one_head(gpt2, bridge, ids):
 
 
 def test_attn_in_matches_bridge(gpt2, bridge, ids):
-    gpt2.set_use_attn_in(True)
-    bridge.set_use_attn_in(True)
-    try:
-        with torch.no_grad():
-            logits, ours = gpt2.run_with_cache(ids)
-            their_logits, theirs = bridge.run_with_cache(ids)
-    finally:
-        bridge.set_use_attn_in(False)
+    (logits, ours), (their_logits, theirs) = cached_with(gpt2, bridge, ids, "set_use_attn_in")
     assert (logits - their_logits).abs().max() < TOL
     for layer in range(gpt2.cfg.n_layers):
         key = f"blocks.{layer}.hook_attn_in"
