@@ -21,7 +21,7 @@ patched position (or head).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import pandas as pd
@@ -55,25 +55,26 @@ def _setup(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor,
 
 
 def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, source: dict[int, torch.Tensor],
-                n_copies: int, place: Callable[[torch.Tensor, torch.Tensor, int], None], metric: Metric,
+                units: dict[int, list[int]], place: Callable[[torch.Tensor, torch.Tensor, int], None], metric: Metric,
                 key: str, clean_value: float, corrupt_value: float,
                 attention_mask: torch.Tensor | None = None,
                 resume: dict[str, torch.Tensor] | None = None) -> list[dict]:
-    """For every layer, one forward pass over ``n_copies`` copies of the target batch, copy
-    ``i`` patched by ``place(copy_i, source[layer], i)`` at ``hook_name``; one row per
-    (layer, i) with the patched metric and its normalised value. ``resume``: the target's
+    """For every layer of ``units`` ({layer: [unit, ...]}), one forward pass over one copy of
+    the target batch per unit, the copy of unit ``u`` patched by ``place(copy, source[layer], u)``
+    at ``hook_name``; one row per (layer, unit) with the patched metric and its normalised
+    value. ``resume``: the target's
     own activations ({"blocks.L.hook_resid_pre": ..., and what the metric reads}), given where
     the patch sits inside block L, so each pass starts at block L (earlier blocks do not see
     the patch) with the metric's earlier reads taken from it, as the ablation sweep does."""
     b = target.shape[0]
     rows = []
-    for layer in range(model.cfg.n_layers):
+    for layer, chosen in sorted(units.items()):
         src = source[layer]
 
-        def hook(x, hook, src=src):
+        def hook(x, hook, src=src, chosen=chosen):
             x = x.clone()
-            for i in range(n_copies):
-                place(x[i * b:(i + 1) * b], src, i)  # a view: writes into x
+            for i, unit in enumerate(chosen):
+                place(x[i * b:(i + 1) * b], src, unit)  # a view: writes into x
             return x
 
         start = {}
@@ -81,12 +82,29 @@ def _patch_each(model: HookedTransformer, target: torch.Tensor, hook_name: str, 
             known = {name: resume[name] for name in getattr(metric, "reads", ()) if (block_of(name) or 0) < layer}
             start = {"resume": (layer, resume[f"blocks.{layer}.hook_resid_pre"]), "known": known}
         values = evaluate(model, target, metric, [(hook_name.format(layer=layer), hook)], attention_mask,
-                          copies=n_copies, **start)
-        for i, value in enumerate(values):
+                          copies=len(chosen), **start)
+        for unit, value in zip(chosen, values):
             patched = value.mean().item()
-            rows.append({"layer": layer, key: i, "patched": patched,
+            rows.append({"layer": layer, key: unit, "patched": patched,
                          "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
     return rows
+
+
+def _head_units(model: HookedTransformer, heads: Iterable[tuple[int, int]] | None) -> dict[int, list[int]]:
+    """{layer: [head, ...]} of every head, or of the (layer, head) pairs given (checked)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if heads is None:
+        return {layer: list(range(n_heads)) for layer in range(n_layers)}
+    units: dict[int, list[int]] = {}
+    for pair in heads:
+        layer, head = (int(v) for v in pair)
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise InputError(f"head ({layer}, {head}) is not in the model ({n_layers} layers x {n_heads} heads)")
+        if head not in units.setdefault(layer, []):
+            units[layer].append(head)
+    if not units:
+        raise InputError("heads is empty; give at least one (layer, head) or None for every head")
+    return {layer: sorted(hs) for layer, hs in units.items()}
 
 
 @torch.no_grad()
@@ -101,15 +119,19 @@ def patch_residual(model: HookedTransformer, clean: torch.Tensor, corrupt: torch
         x[:, pos] = src[:, pos]
 
     resid = {layer: source["resid_pre", layer] for layer in range(model.cfg.n_layers)}
-    rows = _patch_each(model, target, "blocks.{layer}.hook_resid_pre", resid, target.shape[1], place, metric,
+    every_position = {layer: list(range(target.shape[1])) for layer in range(model.cfg.n_layers)}
+    rows = _patch_each(model, target, "blocks.{layer}.hook_resid_pre", resid, every_position, place, metric,
                        "position", clean_value, corrupt_value, attention_mask)
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)
 
 
 @torch.no_grad()
 def patch_heads(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
-                direction: Direction = "denoise", attention_mask: torch.Tensor | None = None) -> pd.DataFrame:
-    """Patch each head's output z (all positions) per [layer, head]; one row per head."""
+                direction: Direction = "denoise", attention_mask: torch.Tensor | None = None,
+                heads: Iterable[tuple[int, int]] | None = None) -> pd.DataFrame:
+    """Patch each head's output z (all positions) per [layer, head]; one row per head, for
+    every head or only the (layer, head) pairs of ``heads`` (rows in layer, then head order)."""
+    units = _head_units(model, heads)
     source, target, clean_value, corrupt_value = _setup(model, clean, corrupt, metric, direction,
                                                         "blocks.*.attn.hook_z", attention_mask)
 
@@ -122,6 +144,6 @@ def patch_heads(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Te
     with torch.no_grad():
         _, own = model.run_with_cache(target, names_filter=lambda n: n.endswith("hook_resid_pre") or n in reads,
                                       attention_mask=attention_mask)
-    rows = _patch_each(model, target, "blocks.{layer}.attn.hook_z", zs, model.cfg.n_heads, place, metric, "head",
+    rows = _patch_each(model, target, "blocks.{layer}.attn.hook_z", zs, units, place, metric, "head",
                        clean_value, corrupt_value, attention_mask, resume=dict(own.items()))
     return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)

@@ -4,10 +4,13 @@ from probe.errors import CheckpointMismatch, InputError, MissingHook, ModelNotFo
 
 from .activation_cache import ActivationCache, act_name
 from .config import TransformerConfig
+from .factored_matrix import FactoredMatrix
 from .hooked_transformer import HookedTransformer
 from .loading import load, save, zoo
 
+get_act_name = act_name  # TransformerLens's name for it (`from transformer_lens.utils import get_act_name`)
+
 __all__ = [
     "ActivationCache", "CheckpointMismatch", "HookedTransformer", "InputError", "MissingHook", "ModelNotFound", "ProbeError",
-    "TransformerConfig", "UnsupportedArchitecture", "act_name", "load", "save", "zoo",
+    "FactoredMatrix", "TransformerConfig", "UnsupportedArchitecture", "act_name", "get_act_name", "load", "save", "zoo",
 ]

@@ -235,9 +235,16 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [b, h, q, k]
         self.hook_z = HookPoint()  # [b, p, h, d]
         self.hook_result = HookPoint()  # [b, p, h, m], computed only when hooked or use_attn_result
-        # TransformerLens's `set_use_attn_result`: compute hook_result (and cache it by default)
-        # on every pass. Unlike TransformerLens, hooking hook_result computes it without the flag.
-        self.use_attn_result = False
+
+    @property
+    def use_attn_result(self) -> bool:
+        """TransformerLens's `cfg.use_attn_result`: compute hook_result (and cache it by default)
+        on every pass. Unlike TransformerLens, hooking hook_result computes it without the flag."""
+        return self.cfg.use_attn_result
+
+    @use_attn_result.setter
+    def use_attn_result(self, value: bool) -> None:
+        self.cfg.use_attn_result = value
 
     # TransformerLens-shaped views of the weights (read-only conveniences; the storage is
     # the nn.Linear above). As in TransformerLens's HookedTransformer (GroupedQueryAttention),
@@ -486,18 +493,41 @@ class TransformerBlock(nn.Module):
         self.hook_q_input = HookPoint()  # [b, p, h, m]
         self.hook_k_input = HookPoint()  # [b, p, kv, m]
         self.hook_v_input = HookPoint()  # [b, p, kv, m]
-        self.use_attn_in = False
-        self.use_split_qkv_input = False
         self.hook_attn_out = HookPoint()  # [b, p, m]
         self.hook_resid_post = HookPoint()  # [b, p, m]
         if not cfg.attn_only:
             self.ln2 = make_norm(cfg)
             self.mlp = MLP(cfg)
             self.hook_mlp_in = HookPoint()  # [b, p, m]: the stream the MLP's norm reads
-            self.use_hook_mlp_in = False
             self.hook_mlp_out = HookPoint()  # [b, p, m]
             if not cfg.parallel_attn_mlp:
                 self.hook_resid_mid = HookPoint()  # [b, p, m]
+
+    # The set_use_* switches are the config's (one set per model, as in TransformerLens), read
+    # and written here under the names TransformerLens's components have.
+    @property
+    def use_attn_in(self) -> bool:
+        return self.cfg.use_attn_in
+
+    @use_attn_in.setter
+    def use_attn_in(self, value: bool) -> None:
+        self.cfg.use_attn_in = value
+
+    @property
+    def use_split_qkv_input(self) -> bool:
+        return self.cfg.use_split_qkv_input
+
+    @use_split_qkv_input.setter
+    def use_split_qkv_input(self, value: bool) -> None:
+        self.cfg.use_split_qkv_input = value
+
+    @property
+    def use_hook_mlp_in(self) -> bool:
+        return self.cfg.use_hook_mlp_in
+
+    @use_hook_mlp_in.setter
+    def use_hook_mlp_in(self, value: bool) -> None:
+        self.cfg.use_hook_mlp_in = value
 
     def _split_qkv(self) -> bool:
         return self.use_split_qkv_input or any(

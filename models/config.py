@@ -70,6 +70,14 @@ class TransformerConfig:
     family: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)  # provenance only; never read by forward
 
+    # TransformerLens's run-time switches (`set_use_attn_result`, ...) live on the config as
+    # there, so `model.cfg.use_attn_result = True` also works. Class attributes, not fields:
+    # they describe how a model is run, not the model, so they are never saved with it.
+    use_attn_result = False
+    use_split_qkv_input = False
+    use_attn_in = False
+    use_hook_mlp_in = False
+
     def __post_init__(self) -> None:
         # A config is often read from a user's file: refuse what cannot describe a model here,
         # once, before a division by zero or a truthy "false" reaches the forward pass.

@@ -457,37 +457,28 @@ class HookedTransformer(HookedModule):
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """TransformerLens's switch: compute ``blocks.L.attn.hook_result`` [b, p, h, m] (each
         head's output in d_model) on every pass and cache it by default."""
-        for block in self.blocks:
-            block.attn.use_attn_result = use_attn_result
+        self.cfg.use_attn_result = use_attn_result
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """TransformerLens's switch: give each head its own copy of the residual stream it reads,
         ``blocks.L.hook_q_input`` [b, p, h, m] and ``hook_k_input``/``hook_v_input`` [b, p, kv, m]
         (before ln1, as there), so a hook can patch one head's query, key or value input."""
-        for block in self.blocks:
-            block.use_split_qkv_input = use_split_qkv_input
+        self.cfg.use_split_qkv_input = use_split_qkv_input
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
         """TransformerLens's switch: ``blocks.L.hook_attn_in`` [b, p, h, m], one copy of the
         stream attention reads per head, shared by its query, key and value."""
-        for block in self.blocks:
-            block.use_attn_in = use_attn_in
+        self.cfg.use_attn_in = use_attn_in
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
         """TransformerLens's switch: cache ``blocks.L.hook_mlp_in`` [b, p, m] (the stream the
         MLP's norm reads) by default. The point fires when hooked even without it."""
-        for block in self.blocks:
-            if hasattr(block, "mlp"):
-                block.use_hook_mlp_in = use_hook_mlp_in
+        self.cfg.use_hook_mlp_in = use_hook_mlp_in
 
     def _opt_in_enabled(self, name: str) -> bool:
         """Whether the opt-in hook ``name`` is switched on by its `set_use_*` flag."""
         switch = next((f for h, f in OPT_IN_SWITCHES.items() if name.endswith(h)), None)
-        layer = name.split(".")[1] if name.startswith("blocks.") else None
-        if switch is None or layer is None:
-            return False
-        block = self.blocks[int(layer)]
-        return bool(getattr(block.attn if switch == "use_attn_result" else block, switch, False))
+        return switch is not None and name.startswith("blocks.") and bool(getattr(self.cfg, switch))
 
     def _cache_names(self, names_filter: NamesFilter) -> list[str]:
         """The hooks a cache records: those the filter names (a bad name or glob raises

@@ -61,6 +61,14 @@ def test_batched_patching_equals_one_at_a_time(setup):
         patched = metric(model.run_with_hooks(corrupt, [("blocks.1.attn.hook_z", hook)]), corrupt).mean().item()
     row = heads[(heads.layer == 1) & (heads["head"] == 2)].iloc[0]
     assert abs(row.normalized - (patched - base_corrupt) / (base_clean - base_corrupt)) < 1e-5
+    # a chosen subset of heads gives exactly those rows of the full sweep
+    subset = patch_heads(model, clean, corrupt, metric, heads=[(1, 2), (0, 1), (1, 0), (1, 2)])
+    assert list(zip(subset.layer, subset["head"])) == [(0, 1), (1, 0), (1, 2)]
+    full = heads.set_index(["layer", "head"]).normalized
+    for layer, head, value in zip(subset.layer, subset["head"], subset.normalized):
+        assert abs(value - full[(layer, head)]) < 1e-6
+    with pytest.raises(ValueError, match="not in the model"):
+        patch_heads(model, clean, corrupt, metric, heads=[(0, model.cfg.n_heads)])
     noised = patch_residual(model, clean, corrupt, metric, direction="noise")
     assert set(noised.direction) == {"noise"}
     with pytest.raises(ValueError, match="same token length"):

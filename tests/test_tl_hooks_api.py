@@ -197,6 +197,18 @@ def test_attn_result_matches_bridge_and_sums_to_attn_out(gpt2, bridge, ids):
         assert (result.sum(2) + gpt2.blocks[layer].attn.b_O - ours["attn_out", layer]).abs().max() < 1e-5
 
 
+def test_switches_live_on_the_config(gpt2, ids):
+    """As in TransformerLens, the switches are the config's: `set_use_attn_result` sets
+    `cfg.use_attn_result`, and setting the config directly switches the hook on."""
+    gpt2.set_use_attn_result(True)
+    assert gpt2.cfg.use_attn_result and all(block.attn.use_attn_result for block in gpt2.blocks)
+    gpt2.set_use_attn_result(False)
+    gpt2.cfg.use_hook_mlp_in = True
+    _, cache = gpt2.run_with_cache(ids)
+    assert sum(n.endswith("hook_mlp_in") for n in cache) == gpt2.cfg.n_layers
+    assert "use_hook_mlp_in" not in gpt2.cfg.to_dict()  # how a model is run is never saved with it
+
+
 def test_split_qkv_input_matches_bridge_and_patches_one_head(gpt2, bridge, ids):
     with torch.no_grad():
         base, base_cache = gpt2.run_with_cache(ids)
