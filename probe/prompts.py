@@ -3,7 +3,7 @@
 `load_prompts(source)` accepts
 
 * a **bundled set name** (`bundled_sets()` lists them): ``seed``, ``winobias``, ``winobias-dev``,
-  ``winobias-test``, ``winogender``, ``ud-ewt-dev``, ``ud-ewt-test``, ``toy-coref-test``;
+  ``winobias-test``, ``winogender``, ``ud-ewt-dev``, ``ud-ewt-test``, ``toy-coref-test``, ``ioi``;
 * a **.txt file**: one prompt per line, UTF-8 (a leading byte-order mark is ignored);
 * a **.jsonl file**: one JSON object per line with a non-empty string field ``"text"``; every other
   field is kept, unchanged, as the prompt's labels;
@@ -120,6 +120,8 @@ _BUNDLED: dict[str, str] = {
     "ud-ewt-test": "UD English-EWT test, 2,077 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
     "winogender": "WinoGender (Rudinger et al. 2018), 720 sentences: 120 templates x 2 participants x 3 pronoun genders",
     "toy-coref-test": "the toy coreference task's held-out split (3,332 prompts, generated; for toy-coref)",
+    "ioi": "indirect object identification (Wang et al. 2022 style), 256 prompts, ABBA/BABA, with ABC and "
+           "name-swapped versions; names single tokens for SmolLM2 (generated: probe.ioi_prompts)",
 }
 
 
@@ -433,6 +435,9 @@ def _load_bundled(name: str) -> list[Prompt]:
         return _load_conllu(name.removeprefix("ud-ewt-"))
     if name == "winogender":
         return _load_winogender()
+    if name == "ioi":
+        resource = _data_dir().joinpath("ioi", "ioi.jsonl")
+        return _parse_jsonl(_decode_lines(resource.read_bytes(), f"bundled:{name}"), f"bundled:{name}")
     return _load_winobias(name.removeprefix("winobias-"))
 
 

@@ -24,7 +24,7 @@ from probe.prompts import (
     prompt_set_fingerprint,
 )
 
-BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test", "toy-coref-test",
+BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test", "toy-coref-test", "ioi",
            "winogender")
 
 
