@@ -2,6 +2,7 @@
 
 from probe.errors import CheckpointMismatch, InputError, MissingHook, ModelNotFound, ProbeError, UnsupportedArchitecture
 
+from . import utils  # TransformerLens's `utils` helpers: `from models import utils`
 from .activation_cache import ActivationCache, act_name
 from .config import TransformerConfig
 from .factored_matrix import FactoredMatrix
@@ -12,5 +13,5 @@ get_act_name = act_name  # TransformerLens's name for it (`from transformer_lens
 
 __all__ = [
     "ActivationCache", "CheckpointMismatch", "HookedTransformer", "InputError", "MissingHook", "ModelNotFound", "ProbeError",
-    "FactoredMatrix", "TransformerConfig", "UnsupportedArchitecture", "act_name", "get_act_name", "load", "save", "zoo",
+    "FactoredMatrix", "TransformerConfig", "UnsupportedArchitecture", "act_name", "get_act_name", "load", "save", "utils", "zoo",
 ]

@@ -545,19 +545,43 @@ class HookedTransformer(HookedModule):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, input: str | list[str] | torch.Tensor, max_new_tokens: int = 20, *,
-                 temperature: float = 1.0, do_sample: bool = False, top_k: int | None = None,
-                 top_p: float | None = None, stop_at_eos: bool = True, seed: int | None = None,
-                 use_kv_cache: bool = True, return_type: Literal["str", "tokens"] | None = None,
-                 attention_mask: torch.Tensor | None = None):
-        """Sample continuations. Greedy unless ``do_sample`` (then temperature, top-k and
-        nucleus top-p filtering, in that order, as Hugging Face applies them). Hooks fire at
-        every step; with the KV cache a step's hooks see only the new position."""
+    def generate(self, input: str | list[str] | torch.Tensor = "", max_new_tokens: int = 10,
+                 stop_at_eos: bool = True, eos_token_id: int | list[int] | tuple[int, ...] | None = None,
+                 do_sample: bool = True, top_k: int | None = None, top_p: float | None = None,
+                 temperature: float = 1.0, freq_penalty: float = 0.0, use_past_kv_cache: bool = True,
+                 prepend_bos: bool | None = None, padding_side: Literal["left", "right"] | None = None,
+                 return_type: Literal["input", "str", "tokens"] | None = "input", verbose: bool = True, *,
+                 seed: int | None = None, attention_mask: torch.Tensor | None = None,
+                 use_kv_cache: bool | None = None) -> str | list[str] | torch.Tensor:
+        """Sample up to ``max_new_tokens`` tokens, with TransformerLens's arguments and defaults:
+        it samples unless ``do_sample=False`` (greedy, as is ``temperature=0``), from the logits
+        divided by ``temperature``, minus ``freq_penalty`` times each token's count so far, then
+        top-k or else top-p filtered (TransformerLens's ``sample_logits``). Stops a row at
+        ``eos_token_id`` (an id or a list; default the model's EOS) and pads finished rows with
+        EOS. ``return_type="input"`` answers a str for a str, a list of str for a list and token
+        ids for ids; "str" or "tokens" choose. ``verbose`` shows a progress bar. Hooks fire at
+        every step; with the KV cache a step's hooks see only the new position.
+
+        Where this differs from TransformerLens, on purpose:
+        - a list of texts is a batch, left-padded with a padding mask (TransformerLens 2 takes
+          one text); ``padding_side="right"`` is refused, a padded id tensor takes
+          ``attention_mask``; the frequency penalty does not count padding;
+        - ``temperature`` other than 1.0 or 0 with ``do_sample=False``, negative temperatures
+          and ``top_k`` together with ``top_p`` raise `InputError` (TransformerLens ignores
+          the temperature, and ``top_p``, silently);
+        - ``seed`` draws from a private generator, reproducible without touching torch's
+          global one; without it the draw is TransformerLens's (``torch.manual_seed`` works);
+        - with no EOS known (a toy vocabulary) ``stop_at_eos`` has nothing to stop at;
+        - ``use_kv_cache`` is an alias of ``use_past_kv_cache``."""
         from .generation import generate
 
-        return generate(self, input, max_new_tokens, temperature=temperature, do_sample=do_sample,
-                        top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos, seed=seed,
-                        use_kv_cache=use_kv_cache, return_type=return_type, attention_mask=attention_mask)
+        if use_kv_cache is not None:
+            if not use_past_kv_cache and use_kv_cache:
+                raise InputError("use_kv_cache=True contradicts use_past_kv_cache=False; pass one")
+            use_past_kv_cache = use_kv_cache
+        return generate(self, input, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p,
+                        temperature, freq_penalty, use_past_kv_cache, prepend_bos, padding_side, return_type,
+                        verbose, seed=seed, attention_mask=attention_mask)
 
     # ------------------------------------------------------------------ factored circuits
     # TransformerLens's model-level OV / QK: every head's circuit stacked, [l, h, m, m] (built from

@@ -155,7 +155,12 @@ def write_bundled(tokenizer: Any, path: Path | None = None) -> Path:
     return path
 
 
-if __name__ == "__main__":  # python -m probe.ioi_prompts: regenerate the bundled set with SmolLM2's tokenizer
+def main() -> None:
+    """``python -m probe.ioi_prompts``: regenerate the bundled set with SmolLM2's tokenizer."""
     import models
 
     print(write_bundled(models.load("smollm2").tokenizer), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
