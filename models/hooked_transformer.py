@@ -263,6 +263,14 @@ class HookedTransformer(HookedModule):
 
         return tokens_to_residual_directions(self, tokens)
 
+    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                per_token: bool = False) -> torch.Tensor:
+        """TransformerLens's `loss_fn`: next-token cross-entropy of ``logits`` [b, p, vocab] on
+        ``tokens`` [b, p] (`models.utils.lm_cross_entropy_loss`); ``per_token`` gives [b, p-1]."""
+        from .utils import lm_cross_entropy_loss
+
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+
     def to_single_token(self, string: str) -> int:
         """The id of a string that must be exactly one token (as TransformerLens's
         `to_single_token`): an answer whose logit a metric reads."""
@@ -480,19 +488,20 @@ class HookedTransformer(HookedModule):
         switch = next((f for h, f in OPT_IN_SWITCHES.items() if name.endswith(h)), None)
         return switch is not None and name.startswith("blocks.") and bool(getattr(self.cfg, switch))
 
+    def is_dormant(self, name: str) -> bool:
+        """An opt-in hook whose `set_use_*` switch is off (see `HookedModule.resolve_hook_points`)."""
+        return name in self.hook_dict and name not in default_hook_names([name]) and not self._opt_in_enabled(name)
+
     def _cache_names(self, names_filter: NamesFilter) -> list[str]:
         """The hooks a cache records: those the filter names (a bad name or glob raises
-        run_with_hooks's MissingHook); with no filter all but the opt-in ones not switched on."""
-        if names_filter is not None and not callable(names_filter):
-            names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-            for pattern in names_filter:
-                self.resolve_hook_points(pattern)
-        match = name_matcher(names_filter)
-        names = [n for n in self.hook_dict if match(n)]
-        if names_filter is None:
-            default = set(default_hook_names(names))
-            names = [n for n in names if n in default or self._opt_in_enabled(n)]
-        return names
+        run_with_hooks's MissingHook); with no filter, or a predicate, all it accepts but the
+        opt-in ones not switched on (TransformerLens never calls those)."""
+        if names_filter is None or callable(names_filter):
+            match = name_matcher(names_filter)
+            return [n for n in self.hook_dict if match(n) and not self.is_dormant(n)]
+        patterns = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+        chosen = {hp.name for pattern in patterns for hp in self.resolve_hook_points(pattern)}
+        return [n for n in self.hook_dict if n in chosen]  # in the model's order, as before
 
     def run_with_cache(self, input: ModelInput, names_filter: NamesFilter = None, device: str | None = None,
                        remove_batch_dim: bool = False, return_cache_object: bool = True, incl_bwd: bool = False,

@@ -35,6 +35,13 @@ def to_numpy(tensor: Any) -> np.ndarray:
     raise InputError(f"to_numpy takes a tensor, array, list, tuple or scalar, not {type(tensor).__name__}")
 
 
+def get_device() -> torch.device:
+    """The device a notebook should put its model on (TransformerLens's `get_device`): CUDA when
+    there is one, else the CPU. Apple's MPS is not chosen automatically, as in TransformerLens 4.3
+    (its results have been unreliable); pass ``device="mps"`` to use it."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def lm_cross_entropy_loss(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           per_token: bool = False) -> torch.Tensor:
     """Next-token cross-entropy (TransformerLens's `lm_cross_entropy_loss`): the mean over
@@ -201,4 +208,4 @@ def _rich_print(text: str) -> None:
     rprint(text)
 
 
-__all__ = ["get_act_name", "lm_cross_entropy_loss", "test_prompt", "to_numpy", "tokenize_and_concatenate"]
+__all__ = ["get_act_name", "get_device", "lm_cross_entropy_loss", "test_prompt", "to_numpy", "tokenize_and_concatenate"]

@@ -247,13 +247,26 @@ class HookedModule(nn.Module):
                     self.clear_contexts()
             self.context_level -= 1
 
+    def is_dormant(self, name: str) -> bool:
+        """Whether the point ``name`` is one that a forward pass does not reach unless switched on
+        (TransformerLens's opt-in hooks, e.g. ``hook_q_input`` before `set_use_split_qkv_input`).
+        None here; a model with such points says which."""
+        return False
+
     def resolve_hook_points(self, name: HookName, allow_none: bool = False) -> list[HookPoint]:
         """The points a name, a glob or a predicate names; an unknown name or a glob matching
-        nothing is refused (MissingHook), a predicate may match nothing with ``allow_none``."""
+        nothing is refused (MissingHook), a predicate may match nothing with ``allow_none``.
+
+        Dormant points (`is_dormant`) are left out of what a predicate matches, as in
+        TransformerLens, where such a point is never called, so ``lambda name: True`` does not
+        switch a model onto its per-head input path. An exact name reaches them (hooking one
+        computes it), and so does a glob that matches nothing else."""
         if isinstance(name, str) and not any(c in name for c in "*?["):
             return [self.check_hook_name(name)]
         match = name_matcher(name)
-        points = [hp for n, hp in self.hook_dict.items() if match(n)]
+        matched = [(n, hp) for n, hp in self.hook_dict.items() if match(n)]
+        awake = [hp for n, hp in matched if not self.is_dormant(n)]
+        points = awake if callable(name) or awake else [hp for _, hp in matched]
         if not points and not allow_none:
             raise MissingHook(unknown_hook_message(str(name), self.hook_dict))
         return points

@@ -79,6 +79,25 @@ def test_predicate_matching_nothing_is_allowed_an_unknown_name_is_not(gpt2, ids)
         gpt2.add_hook("blocks.0.hook_nope", lambda x, hook: None)
 
 
+def test_a_predicate_leaves_the_opt_in_hooks_alone_until_switched_on(gpt2, bridge, ids):
+    """As in TransformerLens, where an opt-in point is never called while its switch is off: a
+    predicate accepting every name neither fires nor caches hook_q_input & co., so ln1's hooks keep
+    their [batch, pos, ...] shapes; an exact name, a glob of only opt-in points, or the switch do."""
+    seen: dict[str, tuple] = {}
+    gpt2.run_with_hooks(ids, fwd_hooks=[(lambda name: True, lambda x, hook: seen.update({hook.name: x.shape}))])
+    _, ours = gpt2.run_with_cache(ids, names_filter=lambda name: True)
+    _, theirs = bridge.run_with_cache(ids, names_filter=lambda name: name.startswith("blocks.0.ln1"))
+    for names in (seen, ours):
+        assert not any(n.endswith(("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "hook_mlp_in",
+                                   "hook_result")) for n in names)
+    assert tuple(seen["blocks.0.ln1.hook_scale"]) == tuple(theirs["blocks.0.ln1.hook_scale"].shape) == (2, 9, 1)
+    _, glob = gpt2.run_with_cache(ids, names_filter="blocks.*.hook_q_input")
+    assert len(glob) == gpt2.cfg.n_layers
+    gpt2.set_use_split_qkv_input(True)
+    _, switched = gpt2.run_with_cache(ids, names_filter=lambda name: name.endswith("hook_q_input"))
+    assert len(switched) == gpt2.cfg.n_layers
+
+
 # ------------------------------------------------------------------ backward hooks
 def keep_and_grad(name: str):
     """A forward hook keeping the (non-detached) activation and a backward hook keeping its grad."""

@@ -62,6 +62,15 @@ def test_lm_cross_entropy_loss_of_the_model_equals_its_loss(gpt2):
     tokens = torch.tensor([[4, 9, 17, 23, 8, 30]])
     logits = gpt2(tokens)
     torch.testing.assert_close(ours.lm_cross_entropy_loss(logits, tokens), gpt2(tokens, return_type="loss"))
+    # the model's TransformerLens-named loss_fn is the same function, per token too
+    per_token = gpt2.loss_fn(logits, tokens, per_token=True)
+    torch.testing.assert_close(per_token, tl.lm_cross_entropy_loss(logits, tokens, per_token=True), atol=1e-6, rtol=0)
+    torch.testing.assert_close(per_token, gpt2(tokens, return_type="loss", loss_per_token=True))
+
+
+def test_get_device_is_transformerlens_choice_here():
+    """No GPU here: TransformerLens's get_device and ours both pick the CPU."""
+    assert str(ours.get_device()) == str(tl.get_device()) == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _documents(n: int) -> list[str]:
