@@ -293,41 +293,53 @@ def _qk_fixed(model, node, layer, names, base_acts, source_acts, grad, per_posit
 
 def exact_patching(model: HookedTransformer, clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric,
                    node: str = "z", direction: Direction = "noise", per_position: bool = True,
-                   attention_mask: torch.Tensor | None = None) -> Attribution:
-    """The measured effect of patching each node of kind ``node`` alone: one forward pass of the
-    base run (clean when noising) per node with that node's activation from the other run, minus
-    the base run's metric. The same axes as `attribution_patching`'s estimates."""
+                   attention_mask: torch.Tensor | None = None, max_copies: int = 64) -> Attribution:
+    """The measured effect of patching each node of kind ``node`` alone: the base run (clean when
+    noising) with that node's activation taken from the other run, minus the base run's metric.
+    The same axes as `attribution_patching`'s estimates.
+
+    Batched as `analyses.patching`: one forward pass runs up to ``max_copies`` copies of the batch,
+    each with one node patched, starting at the node's block from the base run's cached
+    ``resid_pre`` (earlier blocks cannot see the patch). ``metric`` must be a mean over the prompts
+    it is given (it is applied to each copy's slice of the logits)."""
     _check(model, clean, corrupt, [node], "atp", direction)
+    if max_copies < 1:
+        raise InputError(f"max_copies must be >= 1, got {max_copies}")
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
     hooks = [act_name(node, layer) for layer in range(model.cfg.n_layers)]
+    resid_names = [act_name("resid_pre", layer) for layer in range(model.cfg.n_layers)]
+    b = base.shape[0]
     with torch.no_grad():
         source_logits, source_cache = model.run_with_cache(source, names_filter=hooks, attention_mask=attention_mask)
-        base_value = _scalar(metric(model(base, attention_mask=attention_mask))).item()
+        base_logits, base_cache = model.run_with_cache(base, names_filter=resid_names, attention_mask=attention_mask)
+        base_value = _scalar(metric(base_logits)).item()
         source_value = _scalar(metric(source_logits)).item()
         sample = source_cache[hooks[0]]
-        p = sample.shape[1]
-        width = sample.shape[2] if node in HEAD_NODES or node == "post" else None
-        layers = []
-        for name in hooks:
+        positions = list(range(sample.shape[1])) if per_position else [None]
+        units = list(range(sample.shape[2])) if node in HEAD_NODES or node == "post" else [None]
+        cells = [(pos, unit) for pos in positions for unit in units]
+        values = torch.zeros(model.cfg.n_layers, len(cells))
+        for layer, name in enumerate(hooks):
             src = source_cache[name]
-            cells = []
-            for pos in (range(p) if per_position else [None]):
-                units = range(width) if width is not None else [None]
-                row = []
-                for unit in units:
-                    def patch(x, hook, pos=pos, unit=unit, src=src):
-                        where = (slice(None), slice(None) if pos is None else pos) + (() if unit is None else (unit,))
-                        x = x.clone()
-                        x[where] = src[where]
-                        return x
+            for first in range(0, len(cells), max_copies):
+                chunk = cells[first:first + max_copies]
 
-                    logits = model.run_with_hooks(base, fwd_hooks=[(name, patch)], attention_mask=attention_mask)
-                    row.append(_scalar(metric(logits)).item() - base_value)
-                cells.append(row if width is not None else row[0])
-            layers.append(cells if per_position else cells[0])
-    values = torch.tensor(layers)
+                def patch(x, hook, chunk=chunk, src=src):
+                    x = x.clone()
+                    for i, (pos, unit) in enumerate(chunk):
+                        where = (slice(None) if pos is None else pos,) + (() if unit is None else (unit,))
+                        x[(slice(i * b, (i + 1) * b), *where)] = src[(slice(None), *where)]
+                    return x
+
+                copies = len(chunk)
+                mask = attention_mask.repeat(copies, 1) if attention_mask is not None else None
+                logits = model.run_with_hooks(base_cache[resid_names[layer]].repeat(copies, 1, 1), start_at_layer=layer,
+                                              fwd_hooks=[(name, patch)], attention_mask=mask)
+                for i in range(copies):
+                    values[layer, first + i] = _scalar(metric(logits[i * b:(i + 1) * b])).item() - base_value
+    shape = [model.cfg.n_layers] + ([len(positions)] if per_position else []) + ([len(units)] if units != [None] else [])
     axes = _AXES[node] if per_position else tuple(a for a in _AXES[node] if a != "pos")
-    return Attribution(node, "exact", direction, values, axes, base_value, source_value)
+    return Attribution(node, "exact", direction, values.reshape(shape), axes, base_value, source_value)
 
 
 # ------------------------------------------------------------------------------------ comparison
