@@ -35,6 +35,15 @@ def to_numpy(tensor: Any) -> np.ndarray:
     raise InputError(f"to_numpy takes a tensor, array, list, tuple or scalar, not {type(tensor).__name__}")
 
 
+def get_corner(tensor: Any, n: int = 3) -> torch.Tensor:
+    """The top-left ``n x n x ...`` corner of a tensor (every axis cut to its first ``n``), or of a
+    `FactoredMatrix`'s product, formed only for that corner (TransformerLens's `get_corner`)."""
+    from .factored_matrix import FactoredMatrix
+
+    corner = tensor[tuple(slice(n) for _ in range(tensor.ndim))]
+    return corner.AB if isinstance(tensor, FactoredMatrix) else corner
+
+
 def get_device() -> torch.device:
     """The device a notebook should put its model on (TransformerLens's `get_device`): CUDA when
     there is one, else the CPU. Apple's MPS is not chosen automatically, as in TransformerLens 4.3
@@ -208,4 +217,4 @@ def _rich_print(text: str) -> None:
     rprint(text)
 
 
-__all__ = ["get_act_name", "get_device", "lm_cross_entropy_loss", "test_prompt", "to_numpy", "tokenize_and_concatenate"]
+__all__ = ["get_act_name", "get_corner", "get_device", "lm_cross_entropy_loss", "test_prompt", "to_numpy", "tokenize_and_concatenate"]

@@ -111,3 +111,18 @@ def test_test_prompt_prints_transformerlens_report(gpt2, capsys, answer, kwargs)
     theirs = capsys.readouterr().out
     assert mine == theirs
     assert "Ranks of the answer tokens:" in mine
+
+
+def test_get_corner_of_tensors_and_factored_matrices():
+    from transformer_lens import FactoredMatrix as TLFactored
+
+    from models import FactoredMatrix
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 6, 7, generator=g)
+    assert torch.equal(ours.get_corner(x), tl.get_corner(x)) and ours.get_corner(x, 2).shape == (2, 2, 2)
+    a, b = torch.randn(4, 8, 3, generator=g), torch.randn(4, 3, 8, generator=g)
+    corner = ours.get_corner(FactoredMatrix(a, b))
+    assert corner.shape == (3, 3, 3)
+    torch.testing.assert_close(corner, (a @ b)[:3, :3, :3])
+    torch.testing.assert_close(corner, tl.get_corner(TLFactored(a, b)[:3, :3, :3].AB))
