@@ -39,8 +39,12 @@ AtP*'s two fixes (``method="atp*"``):
 The absolute value is taken of the batch's summed estimate (the effect on the batch-mean metric,
 the quantity exact patching of the batch measures), not per prompt.
 
-Cost: one forward pass of each input, 1 + L backward passes for AtP* (1 for AtP), against one
-forward pass per component for exact patching. ``batch_size`` bounds memory: the batch is processed
+Cost: one forward pass of each input and one backward pass for AtP; AtP* adds, per dropped layer
+l, a backward pass from layer l down only (in a pre-norm block the stream just adds the layer's
+outputs, so with them cut the gradient at its input is the one at its output, and only the layers
+below need a new pass: L^2/2 block-backwards in all instead of L^2; post-norm models, where a norm
+sits between, take L whole backward passes with the layer's gradient gated). Exact patching costs
+one forward pass per component. ``batch_size`` bounds memory: the batch is processed
 in chunks and the estimates summed (every estimate is linear in the prompts before the absolute
 value, which is taken once at the end).
 """
@@ -57,6 +61,7 @@ import torch
 
 from models import HookedTransformer, act_name
 from probe.errors import InputError
+from probe.hook_names import block_of
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [b, p, vocab] -> scalar (or [b], meaned)
 Direction = Literal["noise", "denoise"]
@@ -201,32 +206,74 @@ def _chunk_estimates(model: HookedTransformer, base: torch.Tensor, source: torch
         source_metric = _scalar(metric(source_logits)).item()
 
     seen: dict[str, torch.Tensor] = {}
-    state = {"drop": None}
 
     def keep(x, hook):
         seen[hook.name] = x
         return x
 
-    def gate(x, hook):  # GradDrop: no gradient back through the dropped layer's output
+    n_layers = model.cfg.n_layers
+    fast = len(drops) > 1 and model.cfg.norm_position == "pre"
+    state = {"drop": None}
+
+    def gate(x, hook):  # GradDrop by hooks (post-norm models): no gradient back through the layer's output
         layer = int(hook.name.split(".")[1])
         x.register_hook(lambda g, layer=layer: torch.zeros_like(g) if state["drop"] == layer else g)
         return x
 
     gates = [(name, gate) for name in model.hook_dict if name.endswith(("hook_attn_out", "hook_mlp_out"))
-             and name.startswith("blocks.")] if len(drops) > 1 else []
+             and name.startswith("blocks.")] if len(drops) > 1 and not fast else []
+    streams = [act_name(kind, layer) for layer in range(n_layers) for kind in ("resid_pre", "resid_post")] if fast else []
     with torch.enable_grad():
-        logits = model.run_with_hooks(base, fwd_hooks=[(name, keep) for name in flat] + gates, attention_mask=mask)
+        logits = model.run_with_hooks(base, fwd_hooks=[(name, keep) for name in dict.fromkeys(flat + streams)] + gates,
+                                      attention_mask=mask)
         value = _scalar(metric(logits))
-        tensors = [seen[name] for name in flat]
         estimates = {}
-        for i, drop in enumerate(drops):
-            state["drop"] = drop
-            grads = torch.autograd.grad(value, tensors, retain_graph=i < len(drops) - 1, allow_unused=True)
-            grad = {name: (g if g is not None else torch.zeros_like(t)) for name, g, t in zip(flat, grads, tensors)}
+
+        def estimate(grad: dict[str, torch.Tensor], drop: int | None) -> None:
             for node in nodes:
                 estimates[(node, drop)] = _node_estimate(model, node, names, seen, source_cache, grad, qk_fix,
                                                          per_position)
+
+        if fast:
+            full = _grads(value, flat + streams, seen, retain=True)
+            estimate({name: full[name] for name in flat}, None)
+            for drop in range(n_layers):
+                estimate(_dropped_grads(seen, flat, full, drop, retain=drop < n_layers - 1), drop)
+        else:
+            for i, drop in enumerate(drops):
+                state["drop"] = drop
+                estimate(_grads(value, flat, seen, retain=i < len(drops) - 1), drop)
     return estimates, value.item(), source_metric
+
+
+def _grads(value: torch.Tensor, names: list[str], seen: dict[str, torch.Tensor], retain: bool,
+           grad_outputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """d value / d seen[name] for each name (zeros where value does not depend on it)."""
+    if not names:
+        return {}
+    tensors = [seen[name] for name in names]
+    grads = torch.autograd.grad(value, tensors, grad_outputs=grad_outputs, retain_graph=retain, allow_unused=True)
+    return {name: (g if g is not None else torch.zeros_like(t)) for name, g, t in zip(names, grads, tensors)}
+
+
+def _dropped_grads(seen: dict[str, torch.Tensor], names: list[str], full: dict[str, torch.Tensor], drop: int,
+                   retain: bool) -> dict[str, torch.Tensor]:
+    """The gradients with layer ``drop``'s attention and MLP outputs cut off, from one partial
+    backward pass. In a pre-norm block the stream only adds those outputs, so with them cut the
+    gradient reaching ``resid_pre`` of the layer is the one arriving at its ``resid_post``
+    (unchanged by the cut); from there down it is an ordinary backward pass. Nodes above the layer
+    keep their gradients; the layer's own nodes (its heads, MLP, outputs) get none, but its
+    ``resid_pre`` gets that of ``resid_post``."""
+    pre, post = act_name("resid_pre", drop), act_name("resid_post", drop)
+    below = [name for name in names if (block_of(name) or 0) < drop]
+    grad = _grads(seen[pre], below, seen, retain, grad_outputs=full[post])
+    for name in names:
+        layer = block_of(name)
+        if layer is not None and layer > drop:
+            grad[name] = full[name]
+        elif layer == drop:
+            grad[name] = full[post] if name == pre else torch.zeros_like(seen[name])
+    return grad
 
 
 def _scalar(value: torch.Tensor) -> torch.Tensor:

@@ -151,8 +151,11 @@ def test_qk_fix_recovers_a_saturated_head_plain_atp_misses():
 # -------------------------------------------------------------------------------------- GradDrop
 
 
-def test_graddrop_is_the_mean_absolute_estimate_with_each_layer_detached(decoders):
-    model = decoders["gpt2"]
+@pytest.mark.parametrize("family", ["gpt2", "neox", "bert"])
+def test_graddrop_is_the_mean_absolute_estimate_with_each_layer_detached(decoders, hf_checkpoints, family):
+    """Pre-norm models take GradDrop's partial backward passes (gpt2; neox's parallel blocks),
+    post-norm BERT its gradient gates: both equal runs with the layer's outputs detached."""
+    model = decoders[family] if family in decoders else models.load(hf_checkpoints[family][0]).eval()
     clean, corrupt = token_pair()
     got = attribution_patching(model, clean, corrupt, metric, ["z", "resid_pre"], qk_fix=False, grad_drop=True)
     assert got["z"].method == "atp+graddrop"
