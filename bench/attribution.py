@@ -1,6 +1,6 @@
 """AtP and AtP* against exact activation patching of every head x position, on IOI in SmolLM2-135M.
 
-    python bench/attribution.py [--model smollm2] [--prompts 8] [--node z] [--max-copies 64]
+    python bench/attribution.py [--model smollm2|toy-coref] [--prompts 8] [--node z|q|k|v] [--max-copies 64]
 
 The prompts are the bundled IOI set's (``probe.load_prompts("ioi")``), those of its most common token
 length (so every position is one slot of one template family), the first ``--prompts`` of them; the
@@ -12,7 +12,8 @@ against the fastest exact sweep this project has, not a naive one-pass-per-node 
 
 Prints the wall time of each method, the ratios, and each estimate's agreement with the exact effects
 (Spearman's rank correlation of magnitudes, recall of the exact top-10 and top-20), and the nodes of the
-exact top-20 that AtP misses with whether AtP* recovers them. Timings are of one process on this
+exact top-20 that AtP misses with whether AtP* recovers them. ``--model toy-coref`` runs the shipped
+toy coreference model on its tired/wide twins instead (4 pairs; the answer flips between them). Timings are of one process on this
 machine (torch threads as set by ``--threads``); run it on a quiet machine.
 """
 
@@ -52,6 +53,19 @@ def ioi_batch(model, n: int):
     return clean, corrupt, logit_diff_metric(answer, wrong)
 
 
+def toy_coref_batch(model):
+    """The shipped toy-coref model's twins: tired/wide sentences whose answer flips (the clean
+    answer's logit minus the corrupted one's)."""
+    from models.tasks import coref
+
+    vocab = {w: i for i, w in enumerate(coref.vocabulary())}
+    pairs = [(coref.make_example(a, p, "tired", 0), coref.make_example(a, p, "wide", 0))
+             for a, p in [("animal", "street"), ("dog", "road"), ("horse", "river"), ("cat", "bridge")]]
+    clean = torch.tensor([coref.ids_of(c, vocab) for c, _ in pairs])
+    corrupt = torch.tensor([coref.ids_of(w, vocab) for _, w in pairs])
+    return clean, corrupt, logit_diff_metric([vocab[c.answer] for c, _ in pairs], [vocab[w.answer] for _, w in pairs])
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -69,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = models.load(args.model).eval()
-    clean, corrupt, metric = ioi_batch(model, args.prompts)
+    clean, corrupt, metric = toy_coref_batch(model) if args.model == "toy-coref" else ioi_batch(model, args.prompts)
     cfg = model.cfg
     n_nodes = cfg.n_layers * clean.shape[1] * (cfg.n_heads if args.node in ("z", "q") else cfg.n_kv_heads)
     print(f"{cfg.model_name}: {clean.shape[0]} IOI prompts of {clean.shape[1]} tokens, node {args.node!r}: "
