@@ -289,10 +289,8 @@ def _node_estimate(model, node, names, base_acts, source_acts, grad, qk_fix, per
         else:
             name = names[node][layer]
             delta = (source_acts[name] - base_acts[name].detach()) * grad[name]  # [b, p, ...]
-            if node in HEAD_NODES:
-                delta = delta.sum(-1)  # over d_head: [b, p, heads]
-            elif node in STREAM_NODES:
-                delta = delta.sum(-1)  # over d_model: [b, p]
+            if node != "post":  # over d_head ([b, p, heads]) or d_model ([b, p]); neurons stay one each
+                delta = delta.sum(-1)
             est = delta.sum(0) if per_position else delta.sum((0, 1))
         per_layer.append(est.detach())
     return torch.stack(per_layer)

@@ -209,6 +209,12 @@ class KVCache:
 SplitInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # q, k, v inputs [b, p, h or kv, m]
 
 
+def config_switch(name: str) -> property:
+    """A component attribute that reads and writes the model config's run-time switch ``name``
+    (TransformerLens's `set_use_*` flags live on the config; components share one config)."""
+    return property(lambda self: getattr(self.cfg, name), lambda self, value: setattr(self.cfg, name, value))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int):
         super().__init__()
@@ -236,15 +242,9 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [b, p, h, d]
         self.hook_result = HookPoint()  # [b, p, h, m], computed only when hooked or use_attn_result
 
-    @property
-    def use_attn_result(self) -> bool:
-        """TransformerLens's `cfg.use_attn_result`: compute hook_result (and cache it by default)
-        on every pass. Unlike TransformerLens, hooking hook_result computes it without the flag."""
-        return self.cfg.use_attn_result
-
-    @use_attn_result.setter
-    def use_attn_result(self, value: bool) -> None:
-        self.cfg.use_attn_result = value
+    # TransformerLens's `cfg.use_attn_result`: compute hook_result (and cache it by default) on
+    # every pass. Unlike TransformerLens, hooking hook_result computes it without the flag.
+    use_attn_result = config_switch("use_attn_result")
 
     # TransformerLens-shaped views of the weights (read-only conveniences; the storage is
     # the nn.Linear above). As in TransformerLens's HookedTransformer (GroupedQueryAttention),
@@ -505,29 +505,9 @@ class TransformerBlock(nn.Module):
 
     # The set_use_* switches are the config's (one set per model, as in TransformerLens), read
     # and written here under the names TransformerLens's components have.
-    @property
-    def use_attn_in(self) -> bool:
-        return self.cfg.use_attn_in
-
-    @use_attn_in.setter
-    def use_attn_in(self, value: bool) -> None:
-        self.cfg.use_attn_in = value
-
-    @property
-    def use_split_qkv_input(self) -> bool:
-        return self.cfg.use_split_qkv_input
-
-    @use_split_qkv_input.setter
-    def use_split_qkv_input(self, value: bool) -> None:
-        self.cfg.use_split_qkv_input = value
-
-    @property
-    def use_hook_mlp_in(self) -> bool:
-        return self.cfg.use_hook_mlp_in
-
-    @use_hook_mlp_in.setter
-    def use_hook_mlp_in(self, value: bool) -> None:
-        self.cfg.use_hook_mlp_in = value
+    use_attn_in = config_switch("use_attn_in")
+    use_split_qkv_input = config_switch("use_split_qkv_input")
+    use_hook_mlp_in = config_switch("use_hook_mlp_in")
 
     def _split_qkv(self) -> bool:
         return self.use_split_qkv_input or any(
