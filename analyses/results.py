@@ -81,7 +81,19 @@ HEAD_METRICS = ResultKind(
 
 # Most specific first: a CSV without a sidecar takes the first kind whose columns it has, so
 # head metrics (any per-head table) come last.
-KINDS: dict[str, ResultKind] = {k.name: k for k in (ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF, HEAD_METRICS)}
+CIRCUIT_COMMAND = "probe circuit ioi --model MODEL -o RUN (or probe circuit induction --model toy-induction -o RUN)"
+CIRCUIT_HEADS = ResultKind(
+    "circuit_heads", ("layer", "head", "head_class", "in_circuit"), CIRCUIT_COMMAND,
+    "circuit (each head's class and evidence: direct logit attribution, patching effects, attention)",
+    ("circuit_heads",))
+CIRCUIT_EDGES = ResultKind(
+    "circuit_edges", ("sender_layer", "sender_head", "receiver_layer", "receiver_head", "receiver_input", "effect"),
+    CIRCUIT_COMMAND, "circuit edges (path patching from a sender head to receiver heads' inputs)", ("circuit_edges",))
+CIRCUIT_ATTRIBUTION = ResultKind(
+    "circuit_attribution", ("layer", "head", "position", "atp", "atp_star", "exact"), CIRCUIT_COMMAND,
+    "circuit attribution (AtP, AtP* and exact patching effects per head and position)", ("circuit_attribution",))
+KINDS: dict[str, ResultKind] = {k.name: k for k in (ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF, HEAD_METRICS,
+                                                    CIRCUIT_HEADS, CIRCUIT_EDGES, CIRCUIT_ATTRIBUTION)}
 
 
 def kind_named(name: str | ResultKind) -> ResultKind:

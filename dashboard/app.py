@@ -33,7 +33,7 @@ from .views import (
 )
 
 VIEW_LABELS = {"head": "Head", "layer": "Layer", "metrics": "Head metrics", "results": "Probes & causal",
-               "qk": "Q/K", "compare": "Compare"}
+               "qk": "Q/K", "compare": "Compare", "circuit": "Circuit"}
 
 # Runs in the browser: moves the grid's outline to the selected head with Plotly.relayout,
 # which redraws the outline only (a new figure from the server would redraw every thumbnail).
@@ -130,14 +130,14 @@ def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
         return state.with_(search=str(value or "")[:120])
     if trigger in ("layer", "head") and value is not None:
         return state.with_(**{trigger: int(value)})
-    if trigger in ("grid", "result-head"):  # [layer, head] heatmaps: x is the head, y the layer
+    if trigger in ("grid", "result-head", "circuit-head"):  # [layer, head] heatmaps: x is the head, y the layer
         picked = figures.head_of_click(value)
         return state.with_(layer=picked[0], head=picked[1]) if picked else state
     if trigger in ("resid-norm", "result-layer", "result-probe"):  # [layer, position] maps; probe curves by layer
         point = _point(value)
         axis = "x" if trigger == "result-probe" else "y"
         return state.with_(layer=int(round(float(point[axis])))) if point and point.get(axis) is not None else state
-    if trigger == "scatter":
+    if trigger in ("scatter", "circuit-graph"):  # customdata [layer, head]
         point = _point(value)
         cd = point.get("customdata") if point else None
         if isinstance(cd, dict):  # a row of a typed array arrives as {"0": layer, "1": head}
@@ -251,6 +251,7 @@ def layout(registry: Registry) -> html.Div:
                              style={"display": "flex", "alignItems": "center", "gap": "6px"}),
                     graph("scatter"), html.Div(id="metrics-msg")]),
                 html.Div(id="panel-results", style=panel["results"]),
+                html.Div(id="panel-circuit", style=panel["circuit"]),
                 html.Div(id="panel-qk", style=panel["qk"], children=[html.Div(id="qk-msg"), graph("qk")]),
                 html.Div(id="panel-compare", style=panel["compare"], children=[
                     html.Div(["compare with prompt ", _dropdown("compare", [], None, "60%",
@@ -267,14 +268,17 @@ STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "
                 "window", "prompt-search"]
 CLICKS = ["grid", "scatter", "layer-view", "head-lines", "resid-norm"]
 RESULT_GRAPHS = {"type": "result", "kind": ALL, "name": ALL}  # the results panel's graphs (views.view_results)
+CIRCUIT_GRAPHS = {"type": "circuit", "kind": ALL, "name": ALL}  # the circuit panel's graphs (views.view_circuit)
 VIEW_OUTPUTS = {"head": [("head-heatmap", "figure"), ("head-summed", "figure"), ("head-summed", "style"),
                          ("head-lines", "figure")],
                 "layer": [("layer-view", "figure"), ("resid-norm", "figure")],
                 "metrics": [("scatter", "figure"), ("metrics-msg", "children")],
                 "results": [("panel-results", "children")],
                 "qk": [("qk", "figure"), ("qk-msg", "children")],
-                "compare": [("compare-graph", "figure"), ("compare-msg", "children")]}
-OUT_KEYS = {("panel-results", "children"): "results", ("head-summed", "style"): "head-summed-style"}
+                "compare": [("compare-graph", "figure"), ("compare-msg", "children")],
+                "circuit": [("panel-circuit", "children")]}
+OUT_KEYS = {("panel-results", "children"): "results", ("panel-circuit", "children"): "circuit",
+            ("head-summed", "style"): "head-summed-style"}
 
 
 def state_outputs(s: ViewState) -> list[Any]:
@@ -309,14 +313,16 @@ def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> d
         [Output("state", "data"), Output("url", "search")] + [Output(c, "value") for c in STATE_INPUTS],
         [Input("url", "search")] + [Input(c, "value") for c in STATE_INPUTS]
         + [Input(c, "clickData") for c in CLICKS] + [Input("prev", "n_clicks"), Input("next", "n_clicks"),
-                                                     Input(RESULT_GRAPHS, "clickData")],
+                                                     Input(RESULT_GRAPHS, "clickData"),
+                                                     Input(CIRCUIT_GRAPHS, "clickData")],
         State("state", "data"),
     )
     def sync_state(search, *values):
-        *values, _results, stored = values
+        *values, _results, _circuit, stored = values
         trigger, value = ctx.triggered_id, None
-        if isinstance(trigger, dict):  # a results-panel graph: which kind says what a click selects
-            trigger, value = f"result-{trigger.get('kind')}", ctx.triggered[0]["value"] if ctx.triggered else None
+        if isinstance(trigger, dict):  # a results or circuit panel's graph: its kind says what a click selects
+            trigger = f"{trigger.get('type')}-{trigger.get('kind')}"
+            value = ctx.triggered[0]["value"] if ctx.triggered else None
         else:
             value = dict(zip(STATE_INPUTS + CLICKS, values)).get(trigger)
         state = next_state(search, stored, trigger, value, registry)

@@ -12,6 +12,7 @@ keeps the reader's message and the views show that message.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -400,6 +401,41 @@ class RunData:
         """The selected head's number in every per-head table."""
         return {name: values[(layer, head)] for name, values in self._analyses()[2].items()
                 if (layer, head) in values}
+
+    # -------------------------------------------------------------- a circuit (probe circuit)
+    def circuit_table(self, kind: ResultKind) -> Result | None:
+        """The run's table of one circuit kind (circuit_heads, circuit_edges,
+        circuit_attribution): the one named after the kind, else the first found; None when
+        the run has none."""
+        tables = self.tables_of(kind)
+        return next((t for t in tables if t.name == kind.name), tables[0] if tables else None)
+
+    def circuit_summary(self) -> tuple[dict[str, Any] | None, str | None]:
+        """RUN/circuit/summary.json (the circuit's task, model, metric, clean metric,
+        faithfulness) and why it cannot be read: (None, None) when there is none, (None, why)
+        when it is damaged or not a JSON object. Re-read when the file changes."""
+        path = self.path / CIRCUIT_DIR / CIRCUIT_SUMMARY
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            return None, f"{CIRCUIT_DIR}/{CIRCUIT_SUMMARY} cannot be read ({error_message(e)})"
+        return self._cache.get(("circuit-summary", st.st_mtime_ns, st.st_size), lambda: _read_summary(path))
+
+
+CIRCUIT_DIR, CIRCUIT_SUMMARY = "circuit", "summary.json"  # what `probe circuit ... -o RUN` writes beside its tables
+
+
+def _read_summary(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    shown = f"{CIRCUIT_DIR}/{CIRCUIT_SUMMARY}"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, f"{shown} cannot be read ({type(e).__name__})"
+    if not isinstance(summary, dict):
+        return None, f"{shown} is not a JSON object"
+    return summary, None
 
 
 class Registry:

@@ -420,10 +420,14 @@ def _layer_curves(table: pd.DataFrame, curves: tuple[tuple[str, str], ...], titl
 
 
 def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tuple[int, int] | None = None,
-                       diverging: bool = True) -> go.Figure:
-    """A [layer, head] table as a heatmap (ablation effect, head patching, coref accuracy)."""
+                       diverging: bool = True, shape: tuple[int, int] | None = None) -> go.Figure:
+    """A [layer, head] table as a heatmap (ablation effect, head patching, coref accuracy).
+    ``shape`` (layers, heads): draw every head of the model, heads the table lacks (or holds
+    NaN for) blank; without it, the layers and heads the table has numbers for."""
     grid = table.pivot_table(index="layer", columns="head", values=value, aggfunc="mean")
-    z = grid.to_numpy()
+    if shape is not None:
+        grid = grid.reindex(index=range(shape[0]), columns=range(shape[1]))
+    z = grid.to_numpy(dtype=float)
     L, H = z.shape
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
     # x and y are the table's head and layer numbers, so a click reports them (app.apply_event)
@@ -431,12 +435,162 @@ def layer_head_heatmap(table: pd.DataFrame, value: str, title: str, selected: tu
                                colorscale="RdBu" if diverging else "Viridis", reversescale=diverging,
                                zmid=0 if diverging else None, zmin=-bound if diverging else None,
                                zmax=bound if diverging else None,
-                               hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>",
+                               hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>", hoverongaps=False,
                                colorbar={"title": value}))
     fig.update_layout(grid_axes(L, H, title))
     if selected is not None:
         fig.update_layout(shapes=grid_selection(*selected))
     return fig
+
+
+# ----------------------------------------------------------------------- circuits
+# One fixed colour per head class of a circuit (IOI's classes, Wang et al. 2022; induction's),
+# none of them the selection's red or the grey of heads outside the circuit.
+HEAD_CLASS_COLOURS = {"name mover": "#1f77b4", "negative name mover": "#9467bd", "backup name mover": "#17becf",
+                      "S-inhibition": "#ff7f0e", "induction": "#2ca02c", "duplicate token": "#8c564b",
+                      "previous token": "#e377c2"}
+EXTRA_CLASS_COLOURS = ("#393b79", "#637939", "#7b4173", "#843c39", "#bcbd22")  # classes not named above
+UNCLASSIFIED = "circuit (no class)"  # the trace of circuit heads without a class
+OTHER_HEADS = "other heads"  # the trace of heads outside the circuit
+OTHER_COLOUR = "#c7c7c7"
+# an edge's sign: negative = the path carries the behaviour (patching it lowers the metric);
+# the ends of the reversed RdBu scale the heatmaps use, so blue means the same everywhere
+EDGE_COLOURS = {True: "rgba(33,102,172,0.6)", False: "rgba(178,24,43,0.6)"}
+EDGE_DASH = {"q": "solid", "k": "dash", "v": "dot"}  # the receiver's input a path enters by
+EDGE_WIDTH = (1.0, 9.0)  # the thinnest and thickest edge: width grows with |effect|
+
+
+def head_class(value) -> str:
+    """A head's class from a circuit_heads table: its text, "" for none (empty or NaN)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    return str(value).strip()
+
+
+def is_true(value) -> bool:
+    """An in_circuit cell as a bool (a CSV reads True/False as bools, or as text next to a blank)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    try:
+        return bool(value) and not (isinstance(value, float) and not np.isfinite(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def evidence_columns(table: pd.DataFrame, skip: tuple[str, ...] = ("layer", "head")) -> list[str]:
+    """The numeric columns of a per-head table (dla, atp_star, exact, attn_io, ...), bools excluded."""
+    return [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])
+            and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def circuit_classes(heads: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
+    """The circuit's heads by class, in the fixed order of HEAD_CLASS_COLOURS, then any other
+    class, then circuit heads without one (UNCLASSIFIED); heads outside the circuit are none of them."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for layer, head, cls, inside in zip(heads["layer"], heads["head"], heads["head_class"], heads["in_circuit"]):
+        if is_true(inside):
+            found.setdefault(head_class(cls) or UNCLASSIFIED, []).append((int(layer), int(head)))
+    order = [c for c in HEAD_CLASS_COLOURS if c in found] + sorted(c for c in found if c not in HEAD_CLASS_COLOURS
+                                                                   and c != UNCLASSIFIED)
+    return {c: sorted(found[c]) for c in order + ([UNCLASSIFIED] if UNCLASSIFIED in found else [])}
+
+
+def class_colour(cls: str, classes: list[str]) -> str:
+    if cls in HEAD_CLASS_COLOURS:
+        return HEAD_CLASS_COLOURS[cls]
+    if cls == UNCLASSIFIED:
+        return "#555555"
+    extra = [c for c in classes if c not in HEAD_CLASS_COLOURS and c != UNCLASSIFIED]
+    return EXTRA_CLASS_COLOURS[extra.index(cls) % len(EXTRA_CLASS_COLOURS)] if cls in extra else OTHER_COLOUR
+
+
+def edge_widths(effects: np.ndarray) -> np.ndarray:
+    """Line width per edge, proportional to |effect| between EDGE_WIDTH's ends (the
+    strongest edge the thickest)."""
+    size = np.abs(np.asarray(effects, dtype=float))
+    top = float(size.max()) if size.size else 0.0
+    lo, hi = EDGE_WIDTH
+    return lo + (hi - lo) * (size / top if top > 0 else np.zeros_like(size))
+
+
+def circuit_graph(heads: pd.DataFrame, edges: pd.DataFrame | None, n_layers: int, n_heads: int,
+                  selected: tuple[int, int] | None = None, title: str = "") -> go.Figure:
+    """A circuit as a layered graph: every head of ``heads`` (a circuit_heads table) at x =
+    layer, y = head; the circuit's heads coloured by class (a trace, and a legend entry, per
+    class), the others small and grey; each edge of ``edges`` (circuit_edges) a line from
+    sender to receiver, its width proportional to |effect|, blue where the path carries the
+    behaviour (effect < 0), red where it works against it, dashed by the receiver's input
+    (q solid, k dashed, v dotted). Hover names the head ("L{layer}H{head}"), its class and its
+    evidence; each head's customdata is [layer, head], so a click selects it."""
+    classes = circuit_classes(heads)
+    in_class = {lh: c for c, members in classes.items() for lh in members}
+    evidence = evidence_columns(heads)
+    info: dict[tuple[int, int], str] = {}
+    for _, row in heads.iterrows():
+        lh = (int(row["layer"]), int(row["head"]))
+        cls = head_class(row["head_class"])
+        lines = [f"<b>{head_label(*lh)}</b>", (cls or "no class") + (" (in the circuit)" if lh in in_class
+                                                                     else " (not in the circuit)")]
+        lines += [f"{c}: {float(row[c]):.3g}" for c in evidence if np.isfinite(float(row[c]))]
+        info[lh] = "<br>".join(lines)
+    traces: list[dict] = []
+    shown_sign: set[bool] = set()
+    if edges is not None and len(edges):
+        e = edges.assign(effect=pd.to_numeric(edges["effect"], errors="coerce"))
+        e = e[np.isfinite(e["effect"])]
+        widths = edge_widths(e["effect"].to_numpy())
+        for i in np.argsort(-widths, kind="stable"):  # thickest first, so thin edges stay visible on top
+            row = e.iloc[int(i)]
+            s, r = (int(row["sender_layer"]), int(row["sender_head"])), (int(row["receiver_layer"]),
+                                                                          int(row["receiver_head"]))
+            effect, inp = float(row["effect"]), str(row["receiver_input"])
+            carries = effect < 0
+            text = f"{head_label(*s)} → {head_label(*r)} ({inp}): effect {effect:+.3f}"
+            traces.append(dict(
+                type="scatter", x=[s[0], (s[0] + r[0]) / 2, r[0]], y=[s[1], (s[1] + r[1]) / 2, r[1]], mode="lines",
+                line=dict(color=EDGE_COLOURS[carries], width=float(widths[i]), dash=EDGE_DASH.get(inp, "solid")),
+                name="path carries the behaviour (effect < 0)" if carries else "path works against it (effect > 0)",
+                legendgroup=f"edges-{carries}", showlegend=carries not in shown_sign, hovertext=[text] * 3,
+                hovertemplate="%{hovertext}<extra></extra>", meta={"edge": [*s, *r], "input": inp}))
+            shown_sign.add(carries)
+    n_edges = len(traces)
+    others = sorted(lh for lh in info if lh not in in_class)
+    groups = [(OTHER_HEADS, others)] + list(classes.items())
+    for cls, members in groups:
+        if not members:
+            continue
+        other = cls == OTHER_HEADS
+        traces.append(dict(
+            type="scatter", x=[lh[0] for lh in members], y=[lh[1] for lh in members], mode="markers",
+            name=cls, customdata=[list(lh) for lh in members],  # lists: a typed array's row reaches Dash as a dict
+            hovertext=[info[lh] for lh in members], hovertemplate="%{hovertext}<extra>click to select</extra>",
+            marker=dict(size=7 if other else 15, color=OTHER_COLOUR if other else class_colour(cls, list(classes)),
+                        line=dict(color="white", width=0 if other else 1.5))))
+    layout = dict(
+        title={"text": title or f"circuit: {sum(map(len, classes.values()))} of {len(info)} heads, "
+                                f"{n_edges} paths (line width = |effect|; q solid, k dashed, v dotted)"},
+        xaxis=dict(title={"text": "layer"}, tickmode="array", tickvals=list(range(n_layers)),
+                   ticktext=[f"L{layer}" for layer in range(n_layers)], range=[-0.5, n_layers - 0.5]),
+        yaxis=dict(title={"text": "head"}, tickmode="array", tickvals=list(range(n_heads)),
+                   ticktext=[f"H{h}" for h in range(n_heads)], range=[n_heads - 0.5, -0.5]),
+        height=max(320, min(800, 26 * n_heads + 140)), clickmode="event", legend=dict(itemsizing="constant"))
+    if selected is not None:
+        layer, head = selected
+        layout["shapes"] = [dict(type="circle", x0=layer - 0.3, x1=layer + 0.3, y0=head - 0.45, y1=head + 0.45,
+                                 line=dict(color=SELECTED, width=3))]
+    return figure(traces, layout)
+
+
+def attribution_maps(table: pd.DataFrame) -> pd.DataFrame:
+    """The whole-head rows (position "all") of a circuit_attribution table, one per (layer,
+    head): atp, atp_star, exact and difference = atp_star - |exact|, AtP*'s estimate of the
+    effect's size against the size measured, NaN where exact was not measured."""
+    rows = table[table["position"].astype(str).str.strip() == "all"]
+    cols = [c for c in ("atp", "atp_star", "exact") if c in rows.columns]
+    values = rows[["layer", "head"]].astype(int).join(rows[cols].apply(pd.to_numeric, errors="coerce"))
+    out = values.groupby(["layer", "head"], as_index=False)[cols].mean()
+    out["difference"] = out["atp_star"] - out["exact"].abs()
+    return out
 
 
 def layer_position_heatmap(table: pd.DataFrame, value: str, title: str) -> go.Figure:

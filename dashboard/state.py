@@ -1,5 +1,6 @@
 """The view state and its URL query string, so that a view can be shared and reloaded:
 ``?run=0&prompt=1&layer=3&head=1&view=head&metric=induction&compare=0&q=10,11&window=200&search=tired``.
+The circuit view (``view=circuit``) needs no field of its own: the selected head is layer/head.
 
 Parsing never fails: a value that is missing or malformed falls back to its default (the
 app then checks ranges against the run, which only it knows).
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import parse_qs, urlencode
 
-VIEWS = ("head", "layer", "metrics", "results", "qk", "compare")
+VIEWS = ("head", "layer", "metrics", "results", "qk", "compare", "circuit")
 THUMBNAILS = ""  # the grid's metric when it shows pattern thumbnails
 
 

@@ -8,9 +8,21 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from dash import dcc, html, no_update
 
-from analyses.results import ABLATION, COREF, HEAD_METRICS, PATCH_HEADS, PATCH_RESID, PROBES, ResultKind
+from analyses.results import (
+    ABLATION,
+    CIRCUIT_ATTRIBUTION,
+    CIRCUIT_EDGES,
+    CIRCUIT_HEADS,
+    COREF,
+    HEAD_METRICS,
+    PATCH_HEADS,
+    PATCH_RESID,
+    PROBES,
+    ResultKind,
+)
 from probe.head_labels import head_label
 
 from . import figures
@@ -62,12 +74,21 @@ def _kv_note(data: RunData, head: int) -> list:
     return [html.Span(f" uses {kv_label(data, head)}", className="kv-head")]
 
 
-def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
+def head_pattern_figure(data: RunData, s: ViewState):
+    """The selected head's [query, key] pattern on the selected prompt (the head view's
+    heatmap; the circuit view shows it for the head clicked there)."""
     pattern = data.pattern(s.prompt, s.layer, s.head)
     tokens = data.str_tokens(s.prompt)
     window = figures.crop_window(len(tokens), focus=list(s.queries), start=s.window)
     title = f"{head_label(s.layer, s.head)} on prompt {s.prompt}"
-    out = {"head-heatmap": figures.head_heatmap(pattern, tokens, title, window, list(s.queries)),
+    return figures.head_heatmap(pattern, tokens, title, window, list(s.queries))
+
+
+def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
+    pattern = data.pattern(s.prompt, s.layer, s.head)
+    tokens = data.str_tokens(s.prompt)
+    window = figures.crop_window(len(tokens), focus=list(s.queries), start=s.window)
+    out = {"head-heatmap": head_pattern_figure(data, s),
            "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
            "head-card": head_card(data, s.layer, s.head)}
     # without selected queries the bar is hidden, not redrawn: every Plotly draw costs the browser
@@ -143,6 +164,114 @@ def view_results(data: RunData, s: ViewState) -> dict[str, Any]:
     return {"results": parts}
 
 
+SUMMARY_KEYS = ("task", "model", "metric", "clean_metric", "faithfulness")  # a circuit's headline, in this order
+
+
+def _summary_value(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int | float):
+        return f"{v:.4g}" if np.isfinite(v) else "n/a"
+    return str(v)[:80]
+
+
+def summary_text(summary: dict[str, Any], most: int = 12) -> str:
+    """The headline of RUN/circuit/summary.json as one line: task, model, metric, clean
+    metric and faithfulness first (null as n/a), then its other plain values (lists and
+    objects left out), at most ``most`` in all."""
+    keys = [k for k in SUMMARY_KEYS if k in summary] + [
+        k for k, v in summary.items() if k not in SUMMARY_KEYS and (v is None or isinstance(v, str | int | float))]
+    return "; ".join(f"{k}: {_summary_value(summary[k])}" for k in keys[:most])
+
+
+def circuit_head_card(heads: pd.DataFrame | None, attribution: pd.DataFrame | None, layer: int,
+                      head: int) -> html.Div:
+    """The selected head in the circuit: its class, evidence, and attribution per position."""
+    parts: list[Any] = [html.B(head_label(layer, head))]
+    if heads is not None:
+        row = heads[(heads["layer"] == layer) & (heads["head"] == head)]
+        if len(row):
+            r = row.iloc[0]
+            cls = figures.head_class(r["head_class"]) or "no class"
+            inside = "in the circuit" if figures.is_true(r["in_circuit"]) else "not in the circuit"
+            evidence = [f"{c} {float(r[c]):.3g}" for c in figures.evidence_columns(heads) if np.isfinite(float(r[c]))]
+            parts.append(html.Span(f": {cls}, {inside}" + (f"; {', '.join(evidence)}" if evidence else "")))
+    if attribution is not None:
+        rows = attribution[(attribution["layer"] == layer) & (attribution["head"] == head)]
+        cols = [c for c in ("atp", "atp_star", "exact") if c in rows.columns]
+        if len(rows):
+            cell = lambda v: f"{v:+.3g}" if np.isfinite(v) else "-"  # noqa: E731
+            parts.append(html.Table(
+                [html.Tr([html.Th("position"), *[html.Th(c) for c in cols]])]
+                + [html.Tr([html.Td(str(r["position"])), *[html.Td(cell(float(pd.to_numeric(r[c], errors="coerce"))))
+                                                           for c in cols]]) for _, r in rows.iterrows()],
+                className="card"))
+    return html.Div(parts, className="circuit-head")
+
+
+def view_circuit(data: RunData, s: ViewState) -> dict[str, Any]:
+    """The circuit `probe circuit` saved beside the run: its headline (RUN/circuit/
+    summary.json), the heads by class with the paths between them, AtP* against exact
+    patching per head, and the selected head's pattern on the selected prompt. A click on
+    a head in any of the figures selects it."""
+    parts: list[Any] = _problems(data)
+    heads, edges, attribution = (data.circuit_table(k) for k in (CIRCUIT_HEADS, CIRCUIT_EDGES, CIRCUIT_ATTRIBUTION))
+    summary, why = data.circuit_summary()
+    if why:
+        parts.append(html.Div(why, className="missing", style={"color": "#a00"}))
+    if summary:
+        parts.append(html.Div(summary_text(summary), className="circuit-summary"))
+    if heads is None and edges is None and attribution is None:
+        return {"circuit": parts + [_missing(CIRCUIT_HEADS)]}
+    L, H = data.n_layers, data.n_heads
+    sel = (s.layer, s.head)
+
+    def graph(fig, kind: str, name: str, **style):
+        # a pattern-matching id: app.sync_state hears clicks on each ("graph": customdata; "head": x, y)
+        return dcc.Graph(figure=fig, config=GRAPH_CONFIG, id={"type": "circuit", "kind": kind, "name": name},
+                         style=style)
+
+    if heads is not None or edges is not None:
+        table = heads.table if heads is not None else pd.DataFrame(
+            {"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L), "head_class": "",
+             "in_circuit": False})
+        parts.append(graph(figures.circuit_graph(table, edges.table if edges is not None else None, L, H, sel),
+                           "graph", "circuit"))
+    if heads is None:
+        parts.append(_missing(CIRCUIT_HEADS))
+    if edges is None:
+        parts.append(_missing(CIRCUIT_EDGES))
+    elif not len(edges.table):
+        parts.append(html.Div(f"{edges.name}: no paths were saved (path patching found none, or was not run).",
+                              className="missing"))
+    if attribution is None:
+        parts.append(_missing(CIRCUIT_ATTRIBUTION))
+    else:
+        maps = figures.attribution_maps(attribution.table)
+        side = {"flex": "1 1 0", "minWidth": "260px"}
+        name = attribution.name
+        parts.append(html.Div([
+            graph(figures.layer_head_heatmap(maps, "atp_star", f"{name}: AtP* (estimated |effect|), whole heads", sel,
+                                             diverging=False, shape=(L, H)), "head", "atp_star", **side),
+            graph(figures.layer_head_heatmap(maps, "exact", "exact patching (measured effect; blank: not measured)",
+                                             sel, shape=(L, H)), "head", "exact", **side),
+            graph(figures.layer_head_heatmap(maps, "difference", "AtP* - |exact| (blank where exact is missing)",
+                                             sel, shape=(L, H)), "head", "difference", **side),
+        ], style={"display": "flex", "flexWrap": "wrap", "gap": "8px"}))
+    parts.append(circuit_head_card(heads.table if heads is not None else None,
+                                   attribution.table if attribution is not None else None, s.layer, s.head))
+    if why := data.missing_patterns():
+        parts.append(html.Div(why, className="missing"))
+    elif data.n_prompts == 0:
+        parts.append(html.Div("no prompts published yet; press Refresh while the run is being recorded",
+                              className="missing"))
+    else:
+        parts.append(dcc.Graph(figure=head_pattern_figure(data, s), config=GRAPH_CONFIG, id="circuit-pattern"))
+    return {"circuit": parts}
+
+
 def view_qk(data: RunData, s: ViewState) -> dict[str, Any]:
     vectors = data.qk_vectors(s.layer, s.head, include=s.prompt)
     if vectors is None:
@@ -188,7 +317,7 @@ def view_compare(data: RunData, s: ViewState) -> dict[str, Any]:
 
 VIEW_FUNCS: dict[str, Callable[[RunData, ViewState], dict[str, Any]]] = {
     "head": view_head, "layer": view_layer, "metrics": view_metrics, "results": view_results, "qk": view_qk,
-    "compare": view_compare}
+    "compare": view_compare, "circuit": view_circuit}
 NEEDS_PATTERNS = {"head", "layer", "compare"}
 
 
@@ -200,7 +329,7 @@ def render_view(registry: Registry, s: ViewState) -> tuple[dict[str, Any], str |
             return {}, data.error
         if s.view in NEEDS_PATTERNS and (why := data.missing_patterns()):
             return {}, why
-        if data.n_prompts == 0 and s.view not in ("metrics", "results"):
+        if data.n_prompts == 0 and s.view not in ("metrics", "results", "circuit"):
             return {}, f"run {data.label} has no published prompts yet; press Refresh while it is being recorded"
         return VIEW_FUNCS[s.view](data, s), None
     except READ_ERRORS as e:

@@ -75,7 +75,8 @@ class AttentionMask:
 class Embed(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        # initialised as GPT-2 (and TransformerLens) do: torch.empty would leave garbage (1e35)
+        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) * 0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [b, p] -> [b, p, m]
         return F.embedding(tokens, self.W_E)
@@ -86,7 +87,7 @@ class PosEmbed(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.02)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:  # [b, p] -> [b, p, m]
         return F.embedding(positions, self.W_pos)
@@ -112,7 +113,7 @@ class SinusoidalPosEmbed(nn.Module):
 class TokenTypeEmbed(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.W_token_type = nn.Parameter(torch.empty(cfg.n_token_types, cfg.d_model))
+        self.W_token_type = nn.Parameter(torch.randn(cfg.n_token_types, cfg.d_model) * 0.02)
 
     def forward(self, token_type_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(token_type_ids, self.W_token_type)
