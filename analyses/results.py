@@ -42,6 +42,7 @@ class ResultKind:
     description: str  # one line: what the table is (a noun phrase: "No {description} saved")
     file_names: tuple[str, ...]  # file-name patterns (fnmatch) that mean this kind when none is given
     one_of: tuple[str, ...] = ()  # at least one of these too (a probe's accuracy or its R^2)
+    labelled: tuple[str, ...] = ()  # index columns that hold labels, not numbers (a circuit's "IO", "S2", "all")
 
     def missing(self, columns: Iterable[str]) -> list[str]:
         """What the columns lack to be a table of this kind ([] when nothing)."""
@@ -91,9 +92,10 @@ CIRCUIT_EDGES = ResultKind(
     CIRCUIT_COMMAND, "circuit edges (path patching from a sender head to receiver heads' inputs)", ("circuit_edges",))
 CIRCUIT_ATTRIBUTION = ResultKind(
     "circuit_attribution", ("layer", "head", "position", "atp", "atp_star", "exact"), CIRCUIT_COMMAND,
-    "circuit attribution (AtP, AtP* and exact patching effects per head and position)", ("circuit_attribution",))
-KINDS: dict[str, ResultKind] = {k.name: k for k in (ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF, HEAD_METRICS,
-                                                    CIRCUIT_HEADS, CIRCUIT_EDGES, CIRCUIT_ATTRIBUTION)}
+    "circuit attribution (AtP, AtP* and exact patching effects per head and position)", ("circuit_attribution",),
+    labelled=("position",))
+KINDS: dict[str, ResultKind] = {k.name: k for k in (ABLATION, PATCH_RESID, PATCH_HEADS, PROBES, COREF, CIRCUIT_HEADS,
+                                                    CIRCUIT_EDGES, CIRCUIT_ATTRIBUTION, HEAD_METRICS)}
 
 
 def kind_named(name: str | ResultKind) -> ResultKind:
@@ -254,10 +256,10 @@ def _load_one(path: Path, problems: list[str]) -> Result | None:
         return None
     if missing := kind.missing(table.columns):
         raise _NotShown(f"its sidecar says {kind.name}, but it lacks the columns {missing}")
-    if why := index_problem(table):
+    if why := index_problem(table, kind.labelled):
         raise _NotShown(why)
     for col in INDEX_COLUMNS:  # 1.0 from a float CSV is layer 1
-        if col in table.columns:
+        if col in table.columns and col not in kind.labelled:
             table[col] = pd.to_numeric(table[col]).astype(int)
     return Result(path.stem, kind.name, table, sidecar, path)
 
@@ -296,11 +298,11 @@ def _kind_of(table: pd.DataFrame, sidecar: dict[str, Any] | None, stem: str) -> 
     return KINDS[kind]
 
 
-def index_problem(table: pd.DataFrame) -> str | None:
+def index_problem(table: pd.DataFrame, labelled: Sequence[str] = ()) -> str | None:
     """Why a table's layer/head/position columns cannot index a grid (not whole numbers,
-    e.g. "L0" from a foreign tool), or None when they can."""
+    e.g. "L0" from a foreign tool), or None when they can; ``labelled`` columns hold labels."""
     for col in INDEX_COLUMNS:
-        if col not in table.columns:
+        if col not in table.columns or col in labelled:
             continue
         values = pd.to_numeric(table[col], errors="coerce")
         if values.isna().any() or not (values == values.round()).all():

@@ -567,8 +567,10 @@ def circuit_graph(heads: pd.DataFrame, edges: pd.DataFrame | None, n_layers: int
             marker=dict(size=7 if other else 15, color=OTHER_COLOUR if other else class_colour(cls, list(classes)),
                         line=dict(color="white", width=0 if other else 1.5))))
     layout = dict(
-        title={"text": title or f"circuit: {sum(map(len, classes.values()))} of {len(info)} heads, "
-                                f"{n_edges} paths (line width = |effect|; q solid, k dashed, v dotted)"},
+        title={"text": title or f"circuit: {sum(map(len, classes.values()))} of {len(info)} heads, {n_edges} paths"
+                                "<br><sub>line width = |effect|; into the receiver's q solid, k dashed, v dotted; "
+                                "click a head to select it</sub>"},
+        margin=dict(LAYOUT["margin"], t=80),
         xaxis=dict(title={"text": "layer"}, tickmode="array", tickvals=list(range(n_layers)),
                    ticktext=[f"L{layer}" for layer in range(n_layers)], range=[-0.5, n_layers - 0.5]),
         yaxis=dict(title={"text": "head"}, tickmode="array", tickvals=list(range(n_heads)),
@@ -579,6 +581,15 @@ def circuit_graph(heads: pd.DataFrame, edges: pd.DataFrame | None, n_layers: int
         layout["shapes"] = [dict(type="circle", x0=layer - 0.3, x1=layer + 0.3, y0=head - 0.45, y1=head + 0.45,
                                  line=dict(color=SELECTED, width=3))]
     return figure(traces, layout)
+
+
+def circuit_map(maps: pd.DataFrame, value: str, title: str, selected: tuple[int, int] | None,
+                shape: tuple[int, int], diverging: bool = True) -> go.Figure:
+    """One column of `attribution_maps` as a [layer, head] heatmap of every head (blank where
+    it holds NaN), its title above the head labels, for three side by side."""
+    fig = layer_head_heatmap(maps, value, title, selected, diverging, shape)
+    fig.update_layout(title=dict(y=1, yanchor="top", pad=dict(t=30)), margin=dict(t=110))  # below the modebar
+    return fig
 
 
 def attribution_maps(table: pd.DataFrame) -> pd.DataFrame:

@@ -253,13 +253,16 @@ def view_circuit(data: RunData, s: ViewState) -> dict[str, Any]:
         side = {"flex": "1 1 0", "minWidth": "260px"}
         name = attribution.name
         parts.append(html.Div([
-            graph(figures.layer_head_heatmap(maps, "atp_star", f"{name}: AtP* (estimated |effect|), whole heads", sel,
-                                             diverging=False, shape=(L, H)), "head", "atp_star", **side),
-            graph(figures.layer_head_heatmap(maps, "exact", "exact patching (measured effect; blank: not measured)",
-                                             sel, shape=(L, H)), "head", "exact", **side),
-            graph(figures.layer_head_heatmap(maps, "difference", "AtP* - |exact| (blank where exact is missing)",
-                                             sel, shape=(L, H)), "head", "difference", **side),
+            graph(figures.circuit_map(maps, "atp_star", "AtP* (estimated |effect|)", sel, (L, H), diverging=False),
+                  "head", "atp_star", **side),
+            graph(figures.circuit_map(maps, "exact", "exact patching (blank: not measured)", sel, (L, H)),
+                  "head", "exact", **side),
+            graph(figures.circuit_map(maps, "difference", "AtP* - |exact|", sel, (L, H)), "head", "difference",
+                  **side),
         ], style={"display": "flex", "flexWrap": "wrap", "gap": "8px"}))
+        parts.append(html.Div(f"{name}: whole heads (position \"all\"); AtP*'s estimate of each head's effect size "
+                              "against the size exact patching measured (blank where the head was not measured).",
+                              style={"fontSize": "12px", "color": "#555"}))
     parts.append(circuit_head_card(heads.table if heads is not None else None,
                                    attribution.table if attribution is not None else None, s.layer, s.head))
     if why := data.missing_patterns():

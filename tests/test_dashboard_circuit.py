@@ -104,14 +104,11 @@ def circuit_view(registry: Registry, state: ViewState) -> tuple[list, dict]:
     return out["circuit"], graphs(out["circuit"])
 
 
-def attribution_or_xfail(run) -> None:
-    """analyses.results refuses a circuit_attribution table whose position column holds
-    labels ("all", "IO": it checks every position column for whole numbers); until it takes
-    them, the maps cannot come from the run (the figures are still checked on the table)."""
+def attribution_loads(run) -> None:
+    """The circuit_attribution table (its position column holds labels: "all", "IO") loads."""
     problems: list[str] = []
     load_results(run, problems)
-    if why := next((p for p in problems if "circuit_attribution" in p), None):
-        pytest.xfail(f"analyses.results does not load the table: {why}")
+    assert problems == []
 
 
 # ------------------------------------------------------------------------------ the graph
@@ -202,7 +199,7 @@ def test_difference_map_is_atp_star_minus_abs_exact(runs):
     maps = figures.attribution_maps(table)
     check({name: figure_dict(figures.layer_head_heatmap(maps, name, name, shape=(L, H))) for name in expected})
     # and the view, from the run
-    attribution_or_xfail(run)
+    attribution_loads(run)
     check(circuit_view(Registry([run]), ViewState())[1])
 
 

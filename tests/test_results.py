@@ -104,6 +104,11 @@ def test_load_results_round_trips_every_kind(run_dir):
         "probes_gender": pd.DataFrame({"layer": [0, 1], "test_acc": [0.6, 0.9]}),
         "probes_n_chars": pd.DataFrame({"layer": [0, 1], "test_r2": [-0.3, 0.7]}),  # a ridge probe's
         "coref/coref_heads": heads_table(accuracy=[.5, .6, .7, .8], ci_low=[.4, .5, .6, .7], ci_high=[.6, .7, .8, .9]),
+        "circuit_heads": heads_table(head_class=["name mover", "", "induction", ""], in_circuit=[True, False, True, False]),
+        "circuit_edges": pd.DataFrame({"sender_layer": [0], "sender_head": [1], "receiver_layer": [1], "receiver_head": [0],
+                                       "receiver_input": ["q"], "effect": [-0.2]}),
+        "circuit_attribution": pd.DataFrame({"layer": [0, 0], "head": [1, 1], "position": ["all", "S2"],
+                                             "atp": [0.1, 0.2], "atp_star": [0.3, 0.2], "exact": [0.1, float("nan")]}),
     }
     for name, table in tables.items():
         save_result(run_dir, name, table, command=f"probe something {name}")
@@ -113,11 +118,13 @@ def test_load_results_round_trips_every_kind(run_dir):
     assert {n: r.kind for n, r in results.items()} == {
         "head_metrics": "head_metrics", "ablation_accuracy": "ablation", "patch_heads_antecedent": "patch_heads",
         "patch_resid_antecedent": "patch_resid", "probes_gender": "probes", "probes_n_chars": "probes",
-        "coref_heads": "coref"}
+        "coref_heads": "coref", "circuit_heads": "circuit_heads", "circuit_edges": "circuit_edges",
+        "circuit_attribution": "circuit_attribution"}
     assert set(r.kind for r in results.values()) == set(KINDS)
     for name, table in tables.items():
         r = results[Path(name).name]
-        pd.testing.assert_frame_equal(r.table, table, check_dtype=False)
+        loaded = r.table.fillna({"head_class": ""}) if "head_class" in r.table else r.table  # CSV: "" reads as NaN
+        pd.testing.assert_frame_equal(loaded, table, check_dtype=False)
         assert r.path == run_dir / "analyses" / f"{name}.csv"
         assert r.sidecar == json.loads(r.path.with_suffix(".json").read_text())
         assert r.sidecar["command"] == f"probe something {name}"
