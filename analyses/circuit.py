@@ -147,7 +147,7 @@ def head_patching(model: HookedTransformer, task: CircuitTask, heads: Sequence[H
         for layer, members in by_layer.items():
             source = corrupt[act_name("z", layer)]
 
-            def patch(z, hook, members=members, source=source):
+            def patch(z, hook, members=members, source=source, b=b):
                 z = z.clone()
                 for i, head in enumerate(members):
                     z[i * b:(i + 1) * b, :, head] = source[:, :, head]
@@ -228,7 +228,7 @@ def path_patching(model: HookedTransformer, task: CircuitTask, senders: Sequence
             start = min(layer for layer, _ in chunk)
             seen: dict[str, torch.Tensor] = {}
 
-            def freeze(z, hook, chunk=chunk):  # step 1: every head clean but the copy's sender
+            def freeze(z, hook, chunk=chunk, clean=clean, corrupt=corrupt, copies=copies, b=b):  # step 1: all clean but the sender
                 layer = int(hook.name.split(".")[1])
                 z = clean[hook.name].repeat(copies, 1, 1, 1)
                 for i, (s_layer, s_head) in enumerate(chunk):
@@ -236,7 +236,7 @@ def path_patching(model: HookedTransformer, task: CircuitTask, senders: Sequence
                         z[i * b:(i + 1) * b, :, s_head] = corrupt[hook.name][:, :, s_head]
                 return z
 
-            def record(x, hook):
+            def record(x, hook, seen=seen):
                 seen[hook.name] = x.clone()
                 return x
 

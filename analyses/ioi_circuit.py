@@ -23,11 +23,17 @@ The steps and the choices made at each (the report repeats them):
    logits) and its negative (the same with -OV).
 6. **Classes**, in Wang et al.'s order, each with its rule (thresholds relative to the clean logit
    difference LD, in `THRESHOLDS`):
+   Copying scores are computed for the candidates only (each head costs a product with the
+   unembedding per prompt), so only candidates can be classed by the rules that use them.
    * name mover: direct effect >= 10% of LD, attends END->IO more than END->S2, copying score >= 0.5;
    * negative name mover: direct effect <= -10% of LD, attends END->IO more than END->S2, negative
      copying score >= 0.5;
-   * backup name mover: not a name mover; its direct effect rises by >= 5% of LD when the name
-     movers are mean-ablated;
+   * S suppressor (no GPT-2 class of Wang et al.'s; the copy-suppression pattern of McDougall et
+     al. 2023 pointed at S): direct effect >= 10% of LD, attends END->S2 more than END->IO, negative
+     copying score >= 0.5 (it writes against the subject's name);
+   * backup name mover: a candidate outside the classes above whose direct effect rises by >= 5% of
+     LD when the name movers are mean-ablated, and which behaves as one (attends END->IO more than
+     END->S2, copying score >= 0.5);
    * S-inhibition: path patching to the name movers' (and negative name movers') queries at END
      lowers the metric by >= 5% of LD, and it attends END->S2 more than END->IO;
    * induction / duplicate token: path patching to the S-inhibition heads' values (at S2) lowers
@@ -43,11 +49,9 @@ The steps and the choices made at each (the report repeats them):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -58,13 +62,22 @@ from probe.errors import InputError
 from probe.prompts import Prompt
 
 from .attribution import attribution_patching
-from .circuit import CircuitChecks, CircuitTask, Receiver, TaskBatch, circuit_checks, group_means, head_patching, \
-    logit_diff_at, path_patching
+from .circuit import (
+    CircuitChecks,
+    CircuitTask,
+    Receiver,
+    TaskBatch,
+    circuit_checks,
+    group_means,
+    head_patching,
+    logit_diff_at,
+    path_patching,
+)
 from .ioi import IOIBaseline, ioi_baseline, ioi_batches
 
 POSITIONS = ("IO", "S1", "S1+1", "S2", "END")
-CLASSES = ("name mover", "negative name mover", "backup name mover", "S-inhibition", "induction", "duplicate token",
-           "previous token")
+CLASSES = ("name mover", "negative name mover", "S suppressor", "backup name mover", "S-inhibition", "induction",
+           "duplicate token", "previous token")
 THRESHOLDS = {"direct": 0.10, "backup": 0.05, "s_inhibition": 0.05, "induction": 0.02, "previous": 0.02,
               "copy": 0.5, "prev_attention": 0.3}
 
@@ -134,28 +147,29 @@ def attention_evidence(model: HookedTransformer, task: CircuitTask) -> pd.DataFr
 
 
 @torch.no_grad()
-def copying_scores(model: HookedTransformer, task: CircuitTask, top: int = 5) -> pd.DataFrame:
-    """Per head: the share of prompts whose IO token is among the ``top`` logits of the head's OV
-    applied to the stream after block 0 at IO (``copy``), and the same for -OV (``neg_copy``)."""
-    cfg = model.cfg
-    hits = torch.zeros(2, cfg.n_layers, cfg.n_heads)
-    W_OV = torch.einsum("lhmd,lhdn->lhmn", model.W_V.float(), model.W_O.float())  # [l, h, m, m]
+def copying_scores(model: HookedTransformer, task: CircuitTask, heads: Sequence[tuple[int, int]],
+                   top: int = 5) -> pd.DataFrame:
+    """Per head of ``heads``: the share of prompts whose IO token is among the ``top`` logits of the
+    head's OV applied to the stream after block 0 at IO (``copy``), and the same for -OV
+    (``neg_copy``). Only for the given heads: each costs a [prompts, vocab] product per sign."""
+    heads = list(heads)
+    hits = torch.zeros(2, len(heads))
+    W_V, W_O = model.W_V.float(), model.W_O.float()
     for batch in task.batches:
         _, cache = model.run_with_cache(batch.clean.to(model.device), names_filter=act_name("resid_post", 0))
         rows = torch.arange(len(batch.clean))
         x = cache[act_name("resid_post", 0)][rows, batch.positions["IO"]].float()  # [b, m]
         io = batch.answer.to(x.device)
-        for layer in range(cfg.n_layers):  # one layer at a time: [b, h, vocab] logits
-            out = torch.einsum("bm,hmn->bhn", x, W_OV[layer])
+        for i, (layer, head) in enumerate(heads):
+            out = x @ W_V[layer, head] @ W_O[layer, head]  # [b, m]
             for idx, sign in enumerate((1, -1)):
                 y = sign * out
                 y = model.ln_final(y.to(model.W_U.dtype)) if model.ln_final is not None else y
-                top_ids = (y.float() @ model.W_U.float()).topk(top, dim=-1).indices  # [b, h, top]
-                hits[idx, layer] += (top_ids == io[:, None, None]).any(-1).float().sum(0).cpu()
+                top_ids = (y.float() @ model.W_U.float()).topk(top, dim=-1).indices  # [b, top]
+                hits[idx, i] += (top_ids == io[:, None]).any(-1).float().sum().cpu()
     hits /= task.n
-    layers, heads = np.indices((cfg.n_layers, cfg.n_heads)).reshape(2, -1)
-    return pd.DataFrame({"layer": layers, "head": heads, "copy": hits[0].reshape(-1).numpy(),
-                         "neg_copy": hits[1].reshape(-1).numpy()})
+    return pd.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads],
+                         "copy": hits[0].numpy(), "neg_copy": hits[1].numpy()})
 
 
 @torch.no_grad()
@@ -169,7 +183,7 @@ def direct_effects(model: HookedTransformer, task: CircuitTask, ablate: Sequence
     for bi, batch in enumerate(task.batches):
         seen: dict[str, torch.Tensor] = {}
 
-        def ablated(z, hook, bi=bi):
+        def ablated(z, hook, bi=bi, seen=seen):
             layer = int(hook.name.split(".")[1])
             heads = [h for lyr, h in ablate if lyr == layer]
             if heads:
@@ -178,7 +192,7 @@ def direct_effects(model: HookedTransformer, task: CircuitTask, ablate: Sequence
             seen[hook.name] = z
             return z
 
-        def scale(x, hook):
+        def scale(x, hook, seen=seen):
             seen["scale"] = x
             return x
 
@@ -285,7 +299,7 @@ def ioi_circuit(model: HookedTransformer, prompts: Sequence[Prompt], n_candidate
                          "circuit to find")
     lap("baseline")
     say("direct logit attribution, attention and copying scores")
-    heads = attention_evidence(model, task).merge(copying_scores(model, task), on=["layer", "head"])
+    heads = attention_evidence(model, task)
     heads["dla"] = direct_effects(model, task).reshape(-1)
     lap("evidence")
     say(f"AtP and AtP* over {cfg.n_layers * cfg.n_heads} heads x positions")
@@ -312,6 +326,8 @@ def ioi_circuit(model: HookedTransformer, prompts: Sequence[Prompt], n_candidate
     heads["candidate"] = heads.candidate.fillna(False).astype(bool)
     whole = attribution[attribution.position == "all"][["layer", "head", "atp", "atp_star"]]
     heads = heads.merge(whole, on=["layer", "head"])
+    say(f"OV copying scores of the {len(candidates)} candidates")
+    heads = heads.merge(copying_scores(model, task, candidates), on=["layer", "head"], how="left")
     attribution = attribution.merge(exact[["layer", "head", "effect"]].assign(position="all").rename(
         columns={"effect": "exact"}), on=["layer", "head", "position"], how="left")
 
@@ -324,14 +340,16 @@ def ioi_circuit(model: HookedTransformer, prompts: Sequence[Prompt], n_candidate
             classes[key] = "name mover"
         elif r.dla <= -t["direct"] * ld and to_io and r.neg_copy >= t["copy"]:
             classes[key] = "negative name mover"
+        elif r.dla >= t["direct"] * ld and not to_io and r.neg_copy >= t["copy"]:
+            classes[key] = "S suppressor"
     movers = [h for h, c in classes.items() if c == "name mover"]
     means = group_means(model, task)
     if movers:
         say(f"direct effects with the {len(movers)} name movers mean-ablated (backup name movers)")
         heads["dla_movers_ablated"] = direct_effects(model, task, movers, means).reshape(-1)
         for key, r in zip(idx, heads.itertuples()):
-            if key not in classes and key[0] > min(lyr for lyr, _ in movers) - 1 and \
-                    r.dla_movers_ablated - r.dla >= t["backup"] * ld:
+            if key not in classes and r.dla_movers_ablated - r.dla >= t["backup"] * ld and \
+                    r.attn_end_io > r.attn_end_s2 and r.copy >= t["copy"]:
                 classes[key] = "backup name mover"
     else:
         notes.append("no head met the name-mover rule, so no backup name movers, S-inhibition, induction or "

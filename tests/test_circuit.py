@@ -73,7 +73,10 @@ def test_head_patching_equals_exact_patching_of_whole_heads(mha, gqa):
     for model in (mha, gqa):
         task = task_of()
         batch = task.batches[0]
-        metric = (lambda logits, batch=batch: task.metric(logits, batch).mean())
+
+        def metric(logits, batch=batch, task=task):
+            return task.metric(logits, batch).mean()
+
         exact = exact_patching(model, batch.clean, batch.corrupt, metric, node="z", per_position=False)
         heads = [(2, 1), (0, 3), (1, 0), (0, 0)]
         ours = head_patching(model, task, heads)

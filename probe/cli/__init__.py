@@ -15,7 +15,7 @@ import sys
 
 # The order of `probe --help`: the seed question, then the pipeline in the order it is used
 # (record a run, analyse it, intervene, browse it), then training the toy models.
-COMMANDS = ("demo", "attend", "record", "heads", "probes", "coref", "ablate", "patch", "dashboard", "train")
+COMMANDS = ("demo", "attend", "record", "heads", "probes", "coref", "ablate", "patch", "circuit", "dashboard", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
