@@ -190,7 +190,7 @@ def _evidence(cls: str, r: pd.Series, ld: float) -> str:
         extra = (f", direct after name movers ablated {r.dla_movers_ablated:+.2f}"
                  if cls == "backup name mover" and "dla_movers_ablated" in r else "")
         return (f"{name}: direct {r.dla:+.2f}, END->IO {r.attn_end_io:.2f} / END->S2 {r.attn_end_s2:.2f}, "
-                f"copy {r.copy:.2f} / -copy {r.neg_copy:.2f}{extra}{exact}")
+                f"copy {r['copy']:.2f} / -copy {r.neg_copy:.2f}{extra}{exact}")
     if cls == "S-inhibition":
         return (f"{name}: path to name-mover queries {r.path_to_movers / ld:+.0%}, END->S2 {r.attn_end_s2:.2f} / "
                 f"END->IO {r.attn_end_io:.2f}{exact}")

@@ -45,7 +45,10 @@ def circuit_study(task: str, model_name: str, out: str | Path, n_prompts: int | 
 
         if not model.cfg.causal:
             raise InputError(f"{model_name} is not a causal language model; IOI asks for the next token")
+        from .ioi_circuit import ioi_task
+
         prompts = ioi_prompts(n_prompts or 64, tokenizer=model.tokenizer)
+        ioi_task(model, prompts)  # every prompt checked (names one token each, aligned versions) before a file is written
         say(f"recording the {len(prompts)} prompts into {out}")
         record(model, prompts, out, overwrite=overwrite, progress=False)
         circuit = ioi_circuit(model, prompts, n_candidates=n_candidates, n_controls=n_controls, seed=seed,

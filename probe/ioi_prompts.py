@@ -79,11 +79,13 @@ ORDERS = ("ABBA", "BABA")
 
 def single_token_words(tokenizer: Any, words: Iterable[str]) -> list[str]:
     """The words of ``words`` that ``tokenizer`` encodes as exactly one token after a space (" Mary"),
-    in their order. A Hugging Face tokenizer; special tokens (a BOS it adds) are not counted."""
+    in their order. A Hugging Face tokenizer; special tokens (a BOS it adds) are not counted, and a
+    word the tokenizer does not know (its unknown token) is not one of its tokens."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
     kept = []
     for word in words:
         ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1:
+        if len(ids) == 1 and (unknown is None or ids[0] != unknown):
             kept.append(word)
     return kept
 
