@@ -21,10 +21,10 @@ Conventions (each a choice a circuits paper makes; written down here and in the 
   at its clean output (MLPs and norms recomputed), and record the receivers' inputs; (2) run the
   clean prompts with only those receiver inputs replaced. Receiver inputs: ``q`` (the head's query,
   at the given positions), ``v`` (its values at the given key positions: the head's output is
-  corrected by its own attention times the change of the value, so a key/value head shared by
-  several query heads, grouped-query attention, is changed for that head only) and ``k`` (its
-  keys; only where every query head has its own key head, since a key change cannot be confined
-  to one head of a group without recomputing its softmax).
+  corrected by its own attention times the change of the value) and ``k`` (its keys at the given
+  key positions: its attention scores recomputed against the recorded keys, after rotary where the
+  model has it, then its softmax as usual). Both change the receiving head alone, so on a
+  grouped-query model the key/value head it shares with others is changed for it only.
 * **Mean ablation** replaces a head's output by its mean over the corrupted prompts of the same
   group (same template, order and length, so the mean is taken over aligned positions), as Wang
   et al. do with their ABC distribution; ``group`` in a batch says which prompts share a mean.
@@ -181,9 +181,6 @@ def _check_receivers(model: HookedTransformer, receivers: Sequence[Receiver]) ->
     for r in receivers:
         if r.kind not in ("q", "k", "v"):
             raise InputError(f"a receiver's input is q, k or v, got {r.kind!r}")
-        if r.kind == "k" and model.cfg.n_kv_heads != model.cfg.n_heads:
-            raise InputError("path patching to keys needs one key head per query head; this model shares key heads "
-                             f"({model.cfg.n_heads} query heads, {model.cfg.n_kv_heads} key heads): use q or v receivers")
 
 
 def _position_mask(batch: TaskBatch, position: str | None, p: int) -> torch.Tensor:
@@ -216,7 +213,7 @@ def path_patching(model: HookedTransformer, task: CircuitTask, senders: Sequence
     for batch in task.batches:
         b, p = batch.clean.shape
         zs = _z_names(model)
-        rec_inputs = sorted({act_name(r.kind, r.layer) for r in receivers})
+        rec_inputs = sorted({_input_name(model, r) for r in receivers})
         clean = _caches(model, batch, zs + [act_name("resid_pre", layer) for layer in range(cfg.n_layers)], "clean")
         corrupt = _caches(model, batch, zs, "corrupt")
         base = task.metric(model(batch.clean.to(model.device)), batch).float()
@@ -256,9 +253,20 @@ def path_patching(model: HookedTransformer, task: CircuitTask, senders: Sequence
                          for layer, head in senders])
 
 
+def _input_name(model: HookedTransformer, r: Receiver) -> str:
+    """The hook whose value step 1 records for a receiver: the query (pre-rotary, as it is put back
+    there), the value, or the key as the score reads it (after rotary, where the model has it)."""
+    if r.kind == "k" and model.cfg.positional == "rotary":
+        return f"blocks.{r.layer}.attn.hook_rot_k"
+    return act_name(r.kind, r.layer)
+
+
 def _receiver_hooks(model, receivers, masks, seen, copies, kv_of):
-    """Step 2's hooks: q and k receivers take the recorded input at their positions; v receivers
-    get their output corrected by their own (live) attention times the value change there."""
+    """Step 2's hooks, each changing the receiving head alone: a q receiver takes the recorded
+    query at its positions; a k receiver gets its scores against the recorded keys at its key
+    positions recomputed (so a key head shared by several query heads changes for this one only;
+    the softmax and everything after it run as usual); a v receiver gets its output corrected by its
+    own (live) attention times the value change there."""
     hooks = []
     live: dict[str, torch.Tensor] = {}
 
@@ -267,16 +275,28 @@ def _receiver_hooks(model, receivers, masks, seen, copies, kv_of):
         return x
 
     for r in receivers:
-        name = act_name(r.kind, r.layer)
+        name = _input_name(model, r)
         mask = masks[r].repeat(copies, 1)  # [copies * b, p]
-        if r.kind in ("q", "k"):
+        if r.kind == "q":
             def put(x, hook, r=r, name=name, mask=mask):
                 x = x.clone()
-                where = mask[:, :, None]  # [b, p, 1]
-                x[:, :, r.head] = torch.where(where, seen[name][:, :, r.head], x[:, :, r.head])
+                x[:, :, r.head] = torch.where(mask[:, :, None], seen[name][:, :, r.head], x[:, :, r.head])
                 return x
 
             hooks.append((name, put))
+        elif r.kind == "k":
+            q_name = name.replace("rot_k", "rot_q") if name.endswith("rot_k") else act_name("q", r.layer)
+            scale = model.blocks[r.layer].attn.scale
+
+            def rescore(scores, hook, r=r, name=name, q_name=q_name, mask=mask, scale=scale):
+                kv = r.head // kv_of
+                new = torch.einsum("bqd,bkd->bqk", live[q_name][:, :, r.head], seen[name][:, :, kv]) * scale
+                old = scores[:, r.head]
+                scores = scores.clone()
+                scores[:, r.head] = torch.where(mask[:, None, :] & torch.isfinite(old), new.to(old.dtype), old)
+                return scores
+
+            hooks += [(q_name, keep), (act_name("attn_scores", r.layer), rescore)]
         else:
             pattern = act_name("pattern", r.layer)
 

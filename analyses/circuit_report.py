@@ -60,6 +60,7 @@ def summary(c: IOICircuit, command: str | None = None) -> dict:
         "faithfulness": fin(checks.faithfulness) if checks else None,
         "f_circuit": fin(checks.circuit) if checks else None, "f_empty": fin(checks.empty) if checks else None,
         "f_random_circuits": [fin(x) for x in checks.random] if checks else [],
+        "faithfulness_top_k": {int(r.kept): fin(r.fraction) for r in c.curve.itertuples()},
         "classes": {cls: [label(*h) for h in sorted(h for h, k in c.classes.items() if k == cls)] for cls in CLASSES},
         "attribution_check": attribution_check(c), "thresholds": c.thresholds,
         "seconds": {k: round(v, 1) for k, v in c.seconds.items()}, "notes": list(c.notes),
@@ -102,6 +103,10 @@ def render_ioi_report(c: IOICircuit, command: str | None = None) -> str:
                   f"the ABC prompts, LD is {ch.circuit:+.2f} of the full model's {ch.full:+.2f}: "
                   f"**{ch.faithfulness:.0%}** (every head ablated: {ch.empty:+.2f}, {ch.empty / ch.full:.0%})."
                   + verdict + " (Wang et al. report 87% for GPT-2 small.)", ""]
+    if len(c.curve):
+        lines += ["How many heads it takes: every head mean-ablated but the top k candidates by |exact effect| "
+                  "(whatever their class): " + "; ".join(f"k = {int(r.kept)}: {r.fraction:.0%}"
+                                                          for r in c.curve.itertuples()) + ".", ""]
     lines += ["## The circuit", "", "| class | heads | evidence (means over prompts) |", "|---|---|---|"]
     for cls in CLASSES:
         members = sorted(h for h, k in c.classes.items() if k == cls)
@@ -154,7 +159,10 @@ def render_ioi_report(c: IOICircuit, command: str | None = None) -> str:
         lines.append(f"The random non-candidates' largest |exact| is {chk['controls_max_abs_exact']:.3f} (the "
                      f"candidates' median {chk['candidates_median_abs_exact']:.3f}; "
                      f"{int(chk['controls_above_median'])} control(s) above it).")
-    lines.append("The full verification over every head x position is `bench/attribution.py` (README).")
+    lines.append("AtP's whole-head value is its per-position estimates summed (exactly its estimate of patching the "
+                 "whole head); AtP*'s is the sum of its per-position magnitudes, an upper bound, so its correlation "
+                 "with whole-head exact patching understates how well it ranks nodes. The verification over every "
+                 "head x position is `bench/attribution.py` (README).")
     if c.checks:
         lines += ["", "## Completeness", "",
                   "|F(C \\ K) - F(M \\ K)| for subsets K of the circuit (fraction of F(M)); small is complete.", "",
@@ -197,7 +205,7 @@ def _evidence(cls: str, r: pd.Series, ld: float) -> str:
     if cls in ("induction", "duplicate token"):
         return (f"{name}: path to S-inhibition values {r.path_to_s_inhibition / ld:+.0%}, S2->S1+1 "
                 f"{r.attn_s2_s1p1:.2f} / S2->S1 {r.attn_s2_s1:.2f}{exact}")
-    return f"{name}: S1+1->S1 {r.attn_s1p1_s1:.2f}{exact}"
+    return f"{name}: path to induction keys {r.path_to_induction_keys / ld:+.0%}, S1+1->S1 {r.attn_s1p1_s1:.2f}{exact}"
 
 
 def save_ioi_circuit(c: IOICircuit, run_path: str | Path, command: str | None = None) -> Path:

@@ -18,6 +18,12 @@ TASKS = ("ioi", "induction")
 MAX_IOI_PROMPTS = 256
 
 
+def default_run(task: str, model_name: str) -> Path:
+    """Where a study goes when no run is named: runs/circuit-TASK-MODEL (a checkpoint directory's
+    own name)."""
+    return Path("runs") / f"circuit-{task}-{Path(model_name).name}"
+
+
 def circuit_study(task: str, model_name: str, out: str | Path, n_prompts: int | None = None, n_candidates: int = 40,
                   n_controls: int = 10, seed: int = 0, overwrite: bool = False, command: str | None = None,
                   progress=None) -> Path:

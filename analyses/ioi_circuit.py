@@ -39,10 +39,8 @@ The steps and the choices made at each (the report repeats them):
    * induction / duplicate token: path patching to the S-inhibition heads' values (at S2) lowers
      the metric by >= 2% of LD; induction if its S2->S1+1 attention exceeds its S2->S1 attention,
      else duplicate token;
-   * previous token: a candidate below an induction head with S1+1->S1 attention >= 0.3 and a
-     whole-head exact effect <= -2% of LD (path patching to induction heads' keys needs one key head
-     per query head, which SmolLM2's grouped-query attention does not have; on such a model the
-     class rests on attention and the exact effect, and the report says so).
+   * previous token: path patching to the induction heads' keys at S1+1 lowers the metric by >= 2%
+     of LD, and it attends S1+1->S1 with >= 0.3.
 7. **Checks** (`analyses.circuit.circuit_checks`): faithfulness against random circuits with as
    many heads per layer; completeness; minimality.
 """
@@ -67,6 +65,7 @@ from .circuit import (
     CircuitTask,
     Receiver,
     TaskBatch,
+    ablated_metric,
     circuit_checks,
     group_means,
     head_patching,
@@ -263,6 +262,7 @@ class IOICircuit:
     edges: pd.DataFrame  # sender -> receiver input, effect (fraction of LD)
     checks: CircuitChecks | None
     classes: dict[tuple[int, int], str]
+    curve: pd.DataFrame  # kept (top-k candidates by |exact|), heads, f, fraction of F(M)
     thresholds: dict[str, float]
     seconds: dict[str, float]
     notes: tuple[str, ...] = field(default=())
@@ -389,27 +389,38 @@ def ioi_circuit(model: HookedTransformer, prompts: Sequence[Prompt], n_candidate
     lap("path to S-inhibition")
     inductions = [h for h, c in classes.items() if c == "induction"]
     if inductions:
-        top = max(lyr for lyr, _ in inductions)
-        for key in candidates:
-            r = idx[key]
-            effect = heads.loc[(heads.layer == key[0]) & (heads["head"] == key[1]), "exact"].iloc[0]
-            if key not in classes and key[0] < top and r.attn_s1p1_s1 >= t["prev_attention"] and \
-                    effect <= -t["previous"] * ld:
+        say(f"path patching: candidates -> the keys of {len(inductions)} induction heads at S1+1")
+        rec = [Receiver(lyr, h, "k", "S1+1") for lyr, h in inductions]
+        senders = [h for h in candidates if h[0] < max(lyr for lyr, _ in inductions) and h not in classes]
+        path = path_patching(model, task, senders, rec)
+        heads = heads.merge(path.rename(columns={"effect": "path_to_induction_keys"}), on=["layer", "head"], how="left")
+        for r in path.itertuples():
+            key = (int(r.layer), int(r.head))
+            if r.effect <= -t["previous"] * ld and idx[key].attn_s1p1_s1 >= t["prev_attention"]:
                 classes[key] = "previous token"
-        if cfg.n_kv_heads != cfg.n_heads:
-            notes.append("previous-token heads rest on attention (S1+1 -> S1) and their exact effect: path patching "
-                         "to the induction heads' keys needs one key head per query head, and this model shares them")
+        edges += _edges(model, task, [h for h, c in classes.items() if c == "previous token"], rec, ld)
+    lap("path to induction keys")
     heads["head_class"] = [classes.get((int(r.layer), int(r.head)), "") for r in heads.itertuples()]
     heads["in_circuit"] = heads.head_class != ""
     checks = None
     if classes:
         say(f"faithfulness, completeness and minimality of the {len(classes)} heads")
         checks = circuit_checks(model, task, classes, seed=seed)
+    curve = []
+    if checks:
+        say("faithfulness of the candidates kept by |exact effect|: the top 5, 10, 20, ...")
+        ranked = exact[exact.candidate].assign(size=lambda d: d.effect.abs()).sort_values("size", ascending=False)
+        order = [(int(r.layer), int(r.head)) for r in ranked.itertuples()]
+        for k in [k for k in (5, 10, 20, 40, 80) if k < len(order)] + [len(order)]:
+            kept = order[:k]
+            f = ablated_metric(model, task, kept, means)
+            curve.append({"kept": k, "heads": " ".join(label(*h) for h in kept), "f": f, "fraction": f / checks.full})
     lap("checks")
     edge_table = pd.DataFrame(edges, columns=["sender_layer", "sender_head", "receiver_layer", "receiver_head",
                                               "receiver_input", "effect"])
     return IOICircuit(model_name or cfg.model_name, task.n, baseline, heads, attribution, edge_table, checks, classes,
-                      dict(THRESHOLDS), seconds, tuple(notes))
+                      pd.DataFrame(curve, columns=["kept", "heads", "f", "fraction"]), dict(THRESHOLDS), seconds,
+                      tuple(notes))
 
 
 def _edges(model, task, senders, receivers, clean: float) -> list[dict]:

@@ -3,9 +3,10 @@
 - head patching equals `analyses.attribution.exact_patching` of whole heads (itself checked
   against TransformerLens's sweeps);
 - path patching equals a one-sender-at-a-time implementation with plain hooks (freeze every other
-  head, record the receivers' inputs, put them back), for query and value receivers; on a
-  grouped-query model the value path of one head equals the head's output recomputed with the new
-  values (its key/value head shared with others is changed for it alone);
+  head, record the receivers' inputs, put them back), for query, key and value receivers; on a
+  grouped-query rotary model the value and key paths of one head equal the head's output
+  recomputed with the new values or keys (its key/value head shared with others changed for it
+  alone);
 - mean ablation keeps the model when nothing is ablated, and with every head ablated equals
   hooks that write the group means computed by hand;
 - the checks: the circuit of every head is perfectly faithful and complete.
@@ -31,7 +32,6 @@ from analyses.circuit import (
     path_patching,
 )
 from models import HookedTransformer, TransformerConfig, act_name
-from probe.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-4
@@ -140,15 +140,18 @@ def test_path_patching_equals_a_hand_written_one_sender_at_a_time(mha):
     assert ours.effect.abs().max() > 1e-3  # the paths carry something on this random model
 
 
+@pytest.mark.parametrize("kind", ["v", "k"])
 @torch.no_grad()
-def test_value_path_on_grouped_query_heads_changes_only_the_receiving_head(gqa):
+def test_value_and_key_paths_on_grouped_query_heads_change_only_the_receiving_head(gqa, kind):
     task = task_of()
     batch = task.batches[0]
-    receiver = Receiver(2, 1, "v", "A")  # key/value head 0, shared with query head 0
+    receiver = Receiver(2, 1, kind, "A")  # key/value head 0, shared with query head 0
     sender = (0, 2)
     ours = path_patching(gqa, task, [sender], [receiver]).effect.iloc[0]
-    # reference: the values recorded under the frozen sender run; the receiving head's output
-    # recomputed from them (run A), then only that head's output put into a clean run (run B)
+    # reference: the values (keys, after rotary) recorded under the frozen sender run are put into
+    # the shared key/value head at the receiver's positions (run A, where every head of the group sees
+    # them); then only the receiving head's output from run A is put into a clean run (run B)
+    hook = "blocks.2.attn.hook_v" if kind == "v" else "blocks.2.attn.hook_rot_k"
     zs = [act_name("z", layer) for layer in range(3)]
     _, clean = gqa.run_with_cache(batch.clean, names_filter=zs)
     _, corrupt = gqa.run_with_cache(batch.corrupt, names_filter=zs)
@@ -160,16 +163,15 @@ def test_value_path_on_grouped_query_heads_changes_only_the_receiving_head(gqa):
             z[:, :, 2] = corrupt[hook.name][:, :, 2]
         return z
 
-    gqa.run_with_hooks(batch.clean, fwd_hooks=[(n, freeze) for n in zs]
-                       + [("blocks.2.attn.hook_v", lambda x, hook: seen.setdefault("v", x.clone()))])
+    gqa.run_with_hooks(batch.clean, fwd_hooks=[(n, freeze) for n in zs] + [(hook, lambda x, hook: seen.setdefault("x", x.clone()))])
     rows, pos = torch.arange(4), batch.positions["A"]
 
-    def put_v(x, hook):
+    def put(x, hook):
         x = x.clone()
-        x[rows, pos, 0] = seen["v"][rows, pos, 0]
+        x[rows, pos, 0] = seen["x"][rows, pos, 0]
         return x
 
-    with gqa.hooks(fwd_hooks=[("blocks.2.attn.hook_v", put_v)]):
+    with gqa.hooks(fwd_hooks=[(hook, put)]):
         _, run_a = gqa.run_with_cache(batch.clean, names_filter=zs[2])
 
     def put_z(z, hook):
@@ -181,11 +183,6 @@ def test_value_path_on_grouped_query_heads_changes_only_the_receiving_head(gqa):
            - task.metric(gqa(batch.clean), batch).mean())
     assert ours == pytest.approx(float(ref), abs=TOL)
     assert abs(ours) > 1e-4
-
-
-def test_key_receivers_are_refused_where_key_heads_are_shared(gqa):
-    with pytest.raises(InputError, match="key heads"):
-        path_patching(gqa, task_of(), [(0, 0)], [Receiver(2, 1, "k")])
 
 
 @torch.no_grad()

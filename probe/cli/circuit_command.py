@@ -14,8 +14,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("task", choices=["ioi", "induction"], help="ioi: indirect object identification (Wang et al. 2022); "
                                                               "induction: repeated random tokens (toy-induction)")
     p.add_argument("--model", required=True, help="a model name or checkpoint directory (smollm2, toy-induction, ...)")
-    p.add_argument("-o", "--out", required=True, metavar="RUN",
-                   help="the run to create: its prompts' activations, then the circuit in RUN/analyses and RUN/circuit")
+    p.add_argument("-o", "--out", metavar="RUN",
+                   help="the run to create: its prompts' activations, then the circuit in RUN/analyses and RUN/circuit "
+                        "(default runs/circuit-TASK-MODEL)")
     p.add_argument("--overwrite", action="store_true", help="replace RUN if it is a run")
     p.add_argument("--prompts", type=positive_int, help="how many prompts (ioi: default 64, at most 256; induction: "
                                                         "sequences, default 32)")
@@ -28,13 +29,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyses.circuit_studies import circuit_study
+    from analyses.circuit_studies import circuit_study, default_run
     from probe.cli.shared import command_line, stage_printer
 
-    report = circuit_study(args.task, args.model, args.out, n_prompts=args.prompts, n_candidates=args.candidates,
+    out = args.out or default_run(args.task, args.model)
+    report = circuit_study(args.task, args.model, out, n_prompts=args.prompts, n_candidates=args.candidates,
                            n_controls=args.controls, seed=args.seed, overwrite=args.overwrite,
                            command=command_line(), progress=stage_printer("circuit"))
     print(report.read_text())
     print(f"report: {report}")
-    print(f"dashboard: probe dashboard {args.out}")
+    print(f"dashboard: probe dashboard {out}")
     return 0
