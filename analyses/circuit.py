@@ -161,7 +161,7 @@ def head_patching(model: HookedTransformer, task: CircuitTask, heads: Sequence[H
                 sums[(layer, head)] += values[i].sum().item()
     n = task.n
     return pd.DataFrame([{"layer": layer, "head": head, "effect": (sums[(layer, head)] - base_total) / n}
-                         for layer, head in heads])
+                         for layer, head in heads], columns=["layer", "head", "effect"])
 
 
 # ------------------------------------------------------------------------------ path patching
@@ -250,7 +250,7 @@ def path_patching(model: HookedTransformer, task: CircuitTask, senders: Sequence
     n = task.n
     return pd.DataFrame([{"layer": layer, "head": head,
                           "effect": (totals[(layer, head)] - base_total) / n if (layer, head) in live else 0.0}
-                         for layer, head in senders])
+                         for layer, head in senders], columns=["layer", "head", "effect"])
 
 
 def _input_name(model: HookedTransformer, r: Receiver) -> str:
