@@ -204,8 +204,14 @@ def _evidence(cls: str, r: pd.Series, ld: float) -> str:
                 f"END->IO {r.attn_end_io:.2f}{exact}")
     if cls in ("induction", "duplicate token"):
         return (f"{name}: path to S-inhibition values {r.path_to_s_inhibition / ld:+.0%}, S2->S1+1 "
-                f"{r.attn_s2_s1p1:.2f} / S2->S1 {r.attn_s2_s1:.2f}{exact}")
-    return f"{name}: path to induction keys {r.path_to_induction_keys / ld:+.0%}, S1+1->S1 {r.attn_s1p1_s1:.2f}{exact}"
+                f"{r.attn_s2_s1p1:.2f} / S2->S1 {r.attn_s2_s1:.2f}{_detector(r, 'induction_random', 'induction')}"
+                f"{exact}")
+    return (f"{name}: path to induction keys {r.path_to_induction_keys / ld:+.0%}, S1+1->S1 {r.attn_s1p1_s1:.2f}"
+            f"{_detector(r, 'prev_token_random', 'previous-token')}{exact}")
+
+
+def _detector(r: pd.Series, column: str, name: str) -> str:
+    return f", {name} detector (random tokens) {r[column]:.2f}" if column in r and pd.notna(r[column]) else ""
 
 
 def save_ioi_circuit(c: IOICircuit, run_path: str | Path, command: str | None = None) -> Path:

@@ -17,7 +17,9 @@ The steps and the choices made at each (the report repeats them):
 4. **Exact patching** of every candidate (whole head, every position), and of ``n_controls``
    random non-candidates as a check of what AtP* left out.
 5. **Attention and copying evidence**: mean attention END->IO, END->S1, END->S2, S2->S1 (duplicate
-   token), S2->S1+1 (induction), S1+1->S1 (previous token); the OV copying score (Wang et al.
+   token), S2->S1+1 (induction), S1+1->S1 (previous token); the induction and previous-token
+   detectors on repeated random tokens (`analyses.head_metrics.random_repeat_scores`, 8 sequences;
+   evidence beside the rules, not part of them); the OV copying score (Wang et al.
    section 3.3: the residual stream after block 0 at the IO position, through the head's OV, the
    final norm and the unembedding; the share of prompts whose IO token is among the top 5
    logits) and its negative (the same with -OV).
@@ -72,6 +74,7 @@ from .circuit import (
     logit_diff_at,
     path_patching,
 )
+from .head_metrics import random_repeat_scores
 from .ioi import IOIBaseline, ioi_baseline, ioi_batches
 
 POSITIONS = ("IO", "S1", "S1+1", "S2", "END")
@@ -326,6 +329,10 @@ def ioi_circuit(model: HookedTransformer, prompts: Sequence[Prompt], n_candidate
     heads["candidate"] = heads.candidate.fillna(False).astype(bool)
     whole = attribution[attribution.position == "all"][["layer", "head", "atp", "atp_star"]]
     heads = heads.merge(whole, on=["layer", "head"])
+    say("induction and previous-token detectors on repeated random tokens")
+    detectors = random_repeat_scores(model, n=8, seed=seed)
+    heads["induction_random"] = detectors["induction_random"].reshape(-1)
+    heads["prev_token_random"] = detectors["prev_token_random"].reshape(-1)
     say(f"OV copying scores of the {len(candidates)} candidates")
     heads = heads.merge(copying_scores(model, task, candidates), on=["layer", "head"], how="left")
     attribution = attribution.merge(exact[["layer", "head", "effect"]].assign(position="all").rename(
