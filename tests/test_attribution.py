@@ -129,8 +129,10 @@ def test_qk_fix_recovers_a_saturated_head_plain_atp_misses():
     moves its attention elsewhere, a large effect; the gradient through the saturated softmax is
     nearly zero, so AtP reports almost nothing; recomputing the softmax gets it right."""
     cfg = TransformerConfig(d_model=16, n_layers=1, n_heads=2, d_vocab=12, n_ctx=8, attn_only=True, final_norm=False)
-    torch.manual_seed(0)
     model = HookedTransformer(cfg).eval()
+    # Seeded after construction, so the weights below do not depend on how the constructor
+    # initialises (an init change once moved this head off saturation).
+    torch.manual_seed(7)
     with torch.no_grad():
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.5)
@@ -138,7 +140,7 @@ def test_qk_fix_recovers_a_saturated_head_plain_atp_misses():
     clean, corrupt = torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[1, 2, 3, 4, 6]])
     one = logit_diff_metric([7], [8])
     _, cache = model.run_with_cache(clean)
-    head = 1
+    head = 0
     assert cache["pattern", 0][0, head, -1].max() > 0.999  # saturated
     exact = exact_patching(model, clean, corrupt, one, "q").values[0, -1, head]
     atp = attribution_patching(model, clean, corrupt, one, ["q"], method="atp")["q"].values[0, -1, head]
