@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe.errors import InputError
 from probe.hooks import HookPoint
 
 from .config import TransformerConfig
@@ -71,6 +72,15 @@ class AttentionMask:
         return cls(allowed[:, None], False, query_valid if not bool(query_valid.all()) else None)
 
 
+    @classmethod
+    def cross(cls, source_valid: torch.Tensor | None, target_valid: torch.Tensor | None) -> AttentionMask:
+        """Cross-attention's mask: every target query may read every real source key
+        (``source_valid`` [b, k]); rows of padded targets are zeroed (``target_valid`` [b, q])."""
+        allowed = None if source_valid is None or bool(source_valid.all()) else source_valid[:, None, None, :]
+        query_valid = None if target_valid is None or bool(target_valid.all()) else target_valid
+        return cls(allowed, False, query_valid)
+
+
 # ---------------------------------------------------------------- embeddings
 class Embed(nn.Module):
     def __init__(self, cfg: TransformerConfig):
@@ -87,23 +97,32 @@ class PosEmbed(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.02)
+        # BART's table has pos_offset unused rows in front (its learned positions start at 2)
+        self.offset = cfg.pos_offset
+        self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx + cfg.pos_offset, cfg.d_model) * 0.02)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:  # [b, p] -> [b, p, m]
-        return F.embedding(positions, self.W_pos)
+        return F.embedding(positions + self.offset if self.offset else positions, self.W_pos)
 
 
 class SinusoidalPosEmbed(nn.Module):
     """Fixed sinusoidal positions of Vaswani et al. (2017), section 3.5:
-    PE[pos, 2i] = sin(pos / 10000^(2i/m)), PE[pos, 2i+1] = cos(pos / 10000^(2i/m))."""
+    PE[pos, 2i] = sin(pos / 10000^(2i/m)), PE[pos, 2i+1] = cos(pos / 10000^(2i/m)); with
+    ``cfg.sinusoidal_layout == "halves"`` (Marian) the same sines fill the first half of the
+    row and the cosines the second."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         pos = torch.arange(cfg.n_ctx, dtype=torch.float64)[:, None]
         inv = 10000.0 ** (-torch.arange(0, cfg.d_model, 2, dtype=torch.float64) / cfg.d_model)
         table = torch.zeros(cfg.n_ctx, cfg.d_model, dtype=torch.float64)
-        table[:, 0::2] = torch.sin(pos * inv)
-        table[:, 1::2] = torch.cos(pos * inv)[:, : cfg.d_model // 2]
+        if cfg.sinusoidal_layout == "halves":
+            half = (cfg.d_model + 1) // 2
+            table[:, :half] = torch.sin(pos * inv)
+            table[:, half:] = torch.cos(pos * inv)[:, : cfg.d_model // 2]
+        else:
+            table[:, 0::2] = torch.sin(pos * inv)
+            table[:, 1::2] = torch.cos(pos * inv)[:, : cfg.d_model // 2]
         self.register_buffer("W_pos", table.float(), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
@@ -142,6 +161,42 @@ class Rotary(nn.Module):
         half = self.rotary_dim // 2
         rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
         return torch.cat((rot * cos + rotated * sin, rest), dim=-1)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's relative position bias (Raffel et al. 2020): a learned scalar per head for each bucket
+    of key position minus query position, added to the attention scores of every layer of a
+    stack. Buckets are exact for small distances and logarithmic up to ``relative_max_distance``;
+    the encoder's are bidirectional (half the buckets for keys after the query), the decoder's
+    look back only."""
+
+    def __init__(self, cfg: TransformerConfig, bidirectional: bool):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.n_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.W_rel = nn.Parameter(torch.randn(cfg.relative_buckets, cfg.n_heads) * 0.02)  # [buckets, h]
+        self.hook_position_bias = HookPoint()  # [1, h, q, k]
+
+    def bucket(self, relative: torch.Tensor) -> torch.Tensor:  # [q, k] key - query -> bucket ids
+        n, buckets = self.n_buckets, torch.zeros_like(relative)
+        if self.bidirectional:
+            n //= 2
+            buckets = buckets + (relative > 0).long() * n
+            distance = relative.abs()
+        else:
+            distance = (-relative).clamp(min=0)
+        exact = n // 2
+        # log-spaced buckets from `exact` to max_distance (clamped: the log of 0 is never taken)
+        far = exact + (torch.log(distance.float().clamp(min=1) / exact) / math.log(self.max_distance / exact)
+                       * (n - exact)).long()
+        return buckets + torch.where(distance < exact, distance, far.clamp(max=n - 1))
+
+    def forward(self, q_len: int, k_len: int, past_len: int = 0) -> torch.Tensor:  # -> [1, h, q, k]
+        device = self.W_rel.device
+        query = torch.arange(past_len, past_len + q_len, device=device)[:, None]
+        key = torch.arange(k_len, device=device)[None, :]
+        bias = F.embedding(self.bucket(key - query), self.W_rel)  # [q, k, h]
+        return self.hook_position_bias(bias.permute(2, 0, 1)[None])
 
 
 # ---------------------------------------------------------------- norms
@@ -217,10 +272,15 @@ def config_switch(name: str) -> property:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TransformerConfig, layer: int):
+    """Self-attention, or with ``cross`` the decoder's source-target attention of Vaswani et al.:
+    queries from the decoder's stream, keys and values from the encoder's output (``source``),
+    so its scores and pattern are [b, h, target_pos, source_pos]."""
+
+    def __init__(self, cfg: TransformerConfig, layer: int, cross: bool = False):
         super().__init__()
         self.cfg = cfg
         self.layer = layer
+        self.cross = cross
         h, kv, d, m = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
         assert d is not None and kv is not None
         # Stored as nn.Linear ([out, in]) so the unhooked path is three GEMMs, as in the
@@ -230,7 +290,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(m, kv * d, bias=cfg.attn_qkv_bias)
         self.o_proj = nn.Linear(h * d, m, bias=cfg.attn_out_bias)
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(d)
-        self.rotary = Rotary(cfg) if cfg.positional == "rotary" else None
+        self.rotary = Rotary(cfg) if cfg.positional == "rotary" and not cross else None
 
         self.hook_q = HookPoint()  # [b, p, h, d]
         self.hook_k = HookPoint()  # [b, p, kv, d]
@@ -312,15 +372,18 @@ class Attention(nn.Module):
         group = self.cfg.n_heads // self.cfg.n_kv_heads  # type: ignore[operator]
         return x.repeat_interleave(group, dim=0) if group > 1 else x
 
-    def _project(self, x: torch.Tensor | SplitInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _project(self, x: torch.Tensor | SplitInputs,
+                 source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [b, p, h, d], k and v [b, p, kv, d] from the residual [b, p, m] (three GEMMs), or
         from per-head inputs (TransformerLens's split qkv input: each head reads its own copy,
-        [b, p, h or kv, m], so a hook can change one head's input alone)."""
+        [b, p, h or kv, m], so a hook can change one head's input alone). Cross-attention's keys
+        and values come from ``source`` [b, s, m] (the encoder's output) instead."""
         cfg = self.cfg
         if isinstance(x, torch.Tensor):
+            kv_in = x if source is None else source
             q = einops.rearrange(self.q_proj(x), "b p (h d) -> b p h d", h=cfg.n_heads)
-            k = einops.rearrange(self.k_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads)
-            v = einops.rearrange(self.v_proj(x), "b p (h d) -> b p h d", h=cfg.n_kv_heads)
+            k = einops.rearrange(self.k_proj(kv_in), "b p (h d) -> b p h d", h=cfg.n_kv_heads)
+            v = einops.rearrange(self.v_proj(kv_in), "b p (h d) -> b p h d", h=cfg.n_kv_heads)
             return q, k, v
         q_in, k_in, v_in = x
         q = einops.einsum(q_in, self.W_Q, "b p h m, h m d -> b p h d") + self.b_Q
@@ -334,19 +397,29 @@ class Attention(nn.Module):
         mask: AttentionMask,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         kv_cache: KVCache | None = None,
+        source: torch.Tensor | None = None,  # [b, s, m]: the encoder's output, for cross-attention
+        position_bias: torch.Tensor | None = None,  # [1 or b, h, q, k] added to the scores (T5)
     ) -> torch.Tensor:
         cfg = self.cfg
-        q, k, v = self._project(x)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        if self.rotary is not None:
-            assert rotary is not None
-            q = self.hook_rot_q(self.rotary.apply(q, *rotary))
-            k = self.hook_rot_k(self.rotary.apply(k, *rotary))
-        if kv_cache is not None:
-            past = kv_cache.layers[self.layer]
-            if past is not None:
-                k, v = torch.cat((past[0], k), dim=1), torch.cat((past[1], v), dim=1)
-            kv_cache.layers[self.layer] = (k, v)
+        cached = kv_cache.layers[self.layer] if kv_cache is not None else None
+        if self.cross and cached is not None:
+            # Generation: the source's keys and values are the same at every step, computed once
+            # (their hooks fired then); only the query is new.
+            q = self.hook_q(einops.rearrange(self.q_proj(x), "b p (h d) -> b p h d", h=cfg.n_heads))
+            k, v = cached
+        else:
+            if self.cross and source is None:
+                raise InputError("cross-attention needs the encoder's output (source)")
+            q, k, v = self._project(x, source if self.cross else None)
+            q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+            if self.rotary is not None:
+                assert rotary is not None
+                q = self.hook_rot_q(self.rotary.apply(q, *rotary))
+                k = self.hook_rot_k(self.rotary.apply(k, *rotary))
+            if kv_cache is not None:
+                if cached is not None:
+                    k, v = torch.cat((cached[0], k), dim=1), torch.cat((cached[1], v), dim=1)
+                kv_cache.layers[self.layer] = (k, v)
 
         group = cfg.n_heads // cfg.n_kv_heads  # type: ignore[operator]
         if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
@@ -355,6 +428,8 @@ class Attention(nn.Module):
                 v = v.repeat_interleave(group, dim=2)
             # scores is a fresh temporary, so scale and mask it in place (no extra copies)
             scores = einops.einsum(q, k, "b q h d, b k h d -> b h q k").mul_(self.scale)
+            if position_bias is not None:
+                scores = scores + position_bias
             if mask.is_causal:
                 scores.masked_fill_(mask.future(scores.shape[-1], scores.device), float("-inf"))
             elif mask.allowed is not None:
@@ -368,12 +443,18 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(pattern)
             z = einops.einsum(pattern, v, "b h q k, b k h d -> b q h d")
         else:
+            attn_mask, is_causal = mask.allowed, mask.is_causal
+            if position_bias is not None:  # an additive float mask: the bias, -inf where masked
+                hide = mask.future(q.shape[1], q.device) if is_causal else (
+                    ~attn_mask if attn_mask is not None else None)
+                attn_mask = position_bias if hide is None else position_bias.masked_fill(hide, float("-inf"))
+                is_causal = False
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
                 k.transpose(1, 2),
                 v.transpose(1, 2),
-                attn_mask=mask.allowed,
-                is_causal=mask.is_causal,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
                 scale=self.scale,
                 enable_gqa=group > 1,
             ).transpose(1, 2)
@@ -482,11 +563,20 @@ class TransformerBlock(nn.Module):
     resid_post are the normalised stream that flows on and resid_post of layer l is
     resid_pre of layer l+1 in every family."""
 
-    def __init__(self, cfg: TransformerConfig, layer: int):
+    def __init__(self, cfg: TransformerConfig, layer: int, cross_attention: bool = False):
         super().__init__()
         self.cfg = cfg
         self.ln1 = make_norm(cfg)
         self.attn = Attention(cfg, layer)
+        self.has_cross = cross_attention
+        if cross_attention:
+            # The decoder's source-target attention, between self-attention and the MLP (names as
+            # TransformerLens's T5Block: cross_attn, hook_cross_attn_out, hook_resid_mid_cross;
+            # its norm is ln_cross here, so ln2 is the MLP's norm in every block of the project).
+            self.ln_cross = make_norm(cfg)
+            self.cross_attn = Attention(cfg, layer, cross=True)
+            self.hook_cross_attn_out = HookPoint()  # [b, p, m]
+            self.hook_resid_mid_cross = HookPoint()  # [b, p, m]
         self.hook_resid_pre = HookPoint()  # [b, p, m]
         # TransformerLens's opt-in inputs (each fires when its set_use_* flag is on or it is
         # hooked; cached by default only with the flag): per-head copies of the stream attention reads.
@@ -536,26 +626,33 @@ class TransformerBlock(nn.Module):
             return q_in, k_in, v_in
         return norm(q_in), norm(k_in), norm(v_in)
 
-    def forward(self, x, mask: AttentionMask, rotary, kv_cache: KVCache | None = None):
+    def forward(self, x, mask: AttentionMask, rotary, kv_cache: KVCache | None = None,
+                source: torch.Tensor | None = None, cross_mask: AttentionMask | None = None,
+                position_bias: torch.Tensor | None = None, cross_cache: KVCache | None = None):
+        """``source`` [b, s, m], ``cross_mask`` and ``cross_cache`` feed cross-attention (decoder
+        blocks of encoder-decoder models only); ``position_bias`` is T5's, for self-attention."""
         cfg = self.cfg
+        post = cfg.norm_position == "post"
         resid_pre = self.hook_resid_pre(x)
-        if cfg.norm_position == "post":
-            attn_out = self.hook_attn_out(self.attn(self._attention_input(resid_pre, None), mask, rotary, kv_cache))
-            if cfg.attn_only:
-                return self.hook_resid_post(self.ln1(resid_pre + attn_out))
-            resid_mid = self.hook_resid_mid(self.ln1(resid_pre + attn_out))
-            mlp_out = self.hook_mlp_out(self.mlp(self.hook_mlp_in(resid_mid)))
-            return self.hook_resid_post(self.ln2(resid_mid + mlp_out))
-
-        attn_out = self.hook_attn_out(self.attn(self._attention_input(resid_pre, self.ln1), mask, rotary, kv_cache))
+        attn_in = self._attention_input(resid_pre, None if post else self.ln1)
+        attn_out = self.hook_attn_out(self.attn(attn_in, mask, rotary, kv_cache, position_bias=position_bias))
         if cfg.attn_only:
-            return self.hook_resid_post(resid_pre + attn_out)
+            return self.hook_resid_post(self.ln1(resid_pre + attn_out) if post else resid_pre + attn_out)
         if cfg.parallel_attn_mlp:
             mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_pre))))
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)
-        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
-        return self.hook_resid_post(resid_mid + mlp_out)
+        # Post-norm (BERT, BART): each sublayer's sum is normalised and flows on; pre-norm: the
+        # sublayer reads the normalised stream and its output is added.
+        resid_mid = self.hook_resid_mid(self.ln1(resid_pre + attn_out) if post else resid_pre + attn_out)
+        if self.has_cross:
+            assert cross_mask is not None
+            cross_in = resid_mid if post else self.ln_cross(resid_mid)
+            cross_out = self.hook_cross_attn_out(self.cross_attn(cross_in, cross_mask, None, cross_cache, source=source))
+            summed = resid_mid + cross_out
+            resid_mid = self.hook_resid_mid_cross(self.ln_cross(summed) if post else summed)
+        mlp_in = self.hook_mlp_in(resid_mid)
+        mlp_out = self.hook_mlp_out(self.mlp(mlp_in if post else self.ln2(mlp_in)))
+        return self.hook_resid_post(self.ln2(resid_mid + mlp_out) if post else resid_mid + mlp_out)
 
 
 def _per_head(x: torch.Tensor, n: int) -> torch.Tensor:

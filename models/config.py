@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from probe.errors import InputError
 
-Positional = Literal["learned", "sinusoidal", "rotary", "none"]
+Positional = Literal["learned", "sinusoidal", "rotary", "relative", "none"]
 Norm = Literal["layernorm", "rmsnorm"]
 Act = Literal["gelu", "gelu_new", "relu", "silu"]
 
@@ -66,6 +66,20 @@ class TransformerConfig:
     eos_token_id: int | None = None
     default_prepend_bos: bool = False  # GPT-2 style tokenizers that do not add BOS themselves
 
+    # Encoder-decoder models (Vaswani et al. 2017; T5, BART, Marian): `HookedEncoderDecoder`.
+    # n_layers is then the encoder's depth; both stacks share the other sizes (as TransformerLens
+    # requires), the decoder's blocks adding cross-attention. causal describes the decoder.
+    encoder_decoder: bool = False
+    n_decoder_layers: int | None = None  # default n_layers
+    decoder_start_token_id: int | None = None  # the first target token generation starts from
+    embed_scale: float = 1.0  # token embeddings times this (BART/Marian's scale_embedding: sqrt(d_model))
+    pos_offset: int = 0  # learned positions read row position + offset (BART keeps rows 0-1 unused)
+    # "interleaved": sin/cos alternate (Vaswani et al.); "halves": sines then cosines (Marian)
+    sinusoidal_layout: Literal["interleaved", "halves"] = "interleaved"
+    relative_buckets: int = 32  # T5's relative position buckets (positional="relative")
+    relative_max_distance: int = 128
+    logit_scale: float = 1.0  # the last stream times this before the unembedding (tied T5: d_model^-0.5)
+
     model_name: str = "custom"
     family: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)  # provenance only; never read by forward
@@ -98,6 +112,14 @@ class TransformerConfig:
             self.rotary_dim = self.d_head
         if self.rotary_dim is not None and self.rotary_dim % 2:
             raise InputError(f"rotary_dim={self.rotary_dim} must be even")
+        if self.encoder_decoder:
+            if self.n_decoder_layers is None:
+                self.n_decoder_layers = self.n_layers
+            if self.parallel_attn_mlp or self.attn_only:
+                raise InputError("encoder-decoder models have sequential attention and MLP sublayers; "
+                                 "set parallel_attn_mlp and attn_only to false")
+        elif self.positional == "relative":
+            raise InputError("relative position buckets (T5) are implemented for encoder-decoder models only")
         if self.norm_position == "post" and self.final_norm:
             # Post-norm blocks already end in a norm; a second one would be a silent bug.
             raise InputError("post-norm models have no separate final norm; set final_norm=False")
@@ -177,8 +199,8 @@ class TransformerConfig:
 
 # Sizes a model cannot have zero (or fewer) of; the optional ones only when given.
 _POSITIVE = ("d_model", "n_layers", "n_heads", "d_vocab", "n_ctx")
-_POSITIVE_IF_GIVEN = ("d_head", "d_mlp", "n_kv_heads", "rotary_dim")
-_POSITIVE_FLOATS = ("norm_eps", "rotary_base")
+_POSITIVE_IF_GIVEN = ("d_head", "d_mlp", "n_kv_heads", "rotary_dim", "n_decoder_layers")
+_POSITIVE_FLOATS = ("norm_eps", "rotary_base", "embed_scale", "logit_scale")
 
 
 @functools.cache
@@ -241,5 +263,9 @@ def _check_ranges(cfg: TransformerConfig) -> None:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise InputError(f"{name} must be a positive finite number, not {value}")
-    if cfg.n_token_types < 0:
-        raise InputError(f"n_token_types must be 0 or more, not {cfg.n_token_types}")
+    for name in ("pos_offset", "n_token_types"):
+        if getattr(cfg, name) < 0:
+            raise InputError(f"{name} must be 0 or more, not {getattr(cfg, name)}")
+    for name in ("relative_buckets", "relative_max_distance"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"{name} must be a positive integer, not {getattr(cfg, name)}")
