@@ -138,7 +138,7 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
         cfg = probe_config(path / PROBE_CONFIG)
         state = read_weights(path)
         tokenizer = load_tokenizer(path)
-        model = HookedTransformer(cfg, tokenizer)
+        model = build(cfg, tokenizer)
         _load_state(model, state, display)
         return model
     if not (path / "config.json").exists():
@@ -148,6 +148,16 @@ def load_dir(path: Path, display: str | None = None) -> HookedTransformer:
         )
     hf = read_json_object(path / "config.json")
     return hf_model(hf, lambda: read_weights(path), lambda: load_tokenizer(path), display, f"{path}/config.json")
+
+
+def build(cfg: TransformerConfig, tokenizer: Any = None) -> Any:
+    """The model a config describes: `HookedEncoderDecoder` for encoder-decoder configs,
+    `HookedTransformer` for the rest."""
+    if cfg.encoder_decoder:
+        from .encoder_decoder import HookedEncoderDecoder
+
+        return HookedEncoderDecoder(cfg, tokenizer)
+    return HookedTransformer(cfg, tokenizer)
 
 
 def family_of(hf: dict[str, Any], config_file: str) -> Any:
@@ -179,7 +189,7 @@ def hf_model(hf: dict[str, Any], weights: Callable[[], dict[str, torch.Tensor]],
     if unused:
         warnings.warn(f"{display}: {len(unused)} checkpoint tensors are not used by the hooked model, "
                       f"e.g. {unused[:4]}", stacklevel=3)
-    model = HookedTransformer(cfg, tokenizer())
+    model = build(cfg, tokenizer())
     _load_state(model, ours, display)
     return model
 

@@ -27,8 +27,8 @@ Transform = Callable[[torch.Tensor, TransformerConfig], torch.Tensor]
 
 @dataclass(frozen=True)
 class WeightRule:
-    ours: str  # may contain {l}
-    theirs: str  # may contain {l}
+    ours: str  # may contain {l} (every layer; the encoder's in encoder-decoder models) or {d} (decoder layers)
+    theirs: str  # the same placeholder
     transform: Transform | None = None
     optional: bool = False  # e.g. an untied LM head that is absent when tied
 
@@ -38,12 +38,13 @@ def transpose(w: torch.Tensor, cfg: TransformerConfig) -> torch.Tensor:
 
 
 def family_for(model_type: str) -> ModuleType:
-    from . import bert, gpt2, llama, neox
+    from . import bart, bert, gpt2, llama, neox, t5
 
-    for fam in (gpt2, bert, llama, neox):
+    families = (gpt2, bert, llama, neox, bart, t5)
+    for fam in families:
         if model_type in fam.MODEL_TYPES:
             return fam
-    supported = sorted(t for fam in (gpt2, bert, llama, neox) for t in fam.MODEL_TYPES)
+    supported = sorted(t for fam in families for t in fam.MODEL_TYPES)
     raise UnsupportedArchitecture(
         f"model_type {model_type!r} is not supported; supported families: {supported}. "
         "A new family is a config mapping plus a weight table in models/families/."
@@ -59,10 +60,13 @@ def convert_state_dict(fam: ModuleType, cfg: TransformerConfig, theirs: dict[str
     used: set[str] = set()
     missing: list[str] = []
     for rule in fam.weight_table(cfg):
-        layers = range(cfg.n_layers) if "{l}" in rule.ours else [None]
+        if "{d}" in rule.ours:
+            layers = range(cfg.n_decoder_layers or 0)
+        else:
+            layers = range(cfg.n_layers) if "{l}" in rule.ours else [None]
         for layer in layers:
-            src = rule.theirs.format(l=layer)
-            dst = rule.ours.format(l=layer)
+            src = rule.theirs.format(l=layer, d=layer)
+            dst = rule.ours.format(l=layer, d=layer)
             if src not in theirs:
                 if not rule.optional:
                     missing.append(src)
