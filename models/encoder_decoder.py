@@ -176,6 +176,10 @@ class HookedEncoderDecoder(HookedModel):
         if mask is not None:
             if mask.shape != ids.shape:
                 raise InputError(f"the {side} attention mask is {tuple(mask.shape)}, its ids {tuple(ids.shape)}")
+            empty = (~mask.bool()).all(-1).nonzero().flatten().tolist()
+            if empty:
+                raise InputError(f"{side} row {empty[0]} is all padding (its attention mask has no 1); every "
+                                 f"{side} needs at least one real token")
             mask = None if bool(mask.all()) else mask.to(self.device).bool()
         return ids.to(self.device), mask
 

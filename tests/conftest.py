@@ -36,7 +36,7 @@ if not os.environ.get("PROBE_CACHE"):
     os.environ["PROBE_CACHE"] = tempfile.mkdtemp(prefix="probe-test-cache-")
 
 import pytest
-from helpers import FAMILIES, build_hf, record_coref_run, record_plain_run
+from helpers import FAMILIES, SEQ2SEQ_FAMILIES, build_hf, build_seq2seq, record_coref_run, record_plain_run
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +46,16 @@ def hf_checkpoints(tmp_path_factory):
     for family in FAMILIES:
         path = tmp_path_factory.mktemp(family)
         out[family] = (path, build_hf(family, path))
+    return out
+
+
+@pytest.fixture(scope="session")
+def seq2seq_checkpoints(tmp_path_factory):
+    """{family: (directory, hf model)} of the tiny encoder-decoders, built once per session."""
+    out = {}
+    for family in SEQ2SEQ_FAMILIES:
+        path = tmp_path_factory.mktemp(family)
+        out[family] = (path, build_seq2seq(family, path))
     return out
 
 

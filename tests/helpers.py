@@ -3,8 +3,9 @@
 import mode "prepend", tests/ is not a package). Its own checks are in test_helpers.py.
 
 - Tiny random-weight Hugging Face checkpoints of every supported family, saved with a small
-  offline word-level tokenizer (`build_hf`, `FAMILIES`, `VOCAB_WORDS`): conftest.py's
-  `hf_checkpoints` fixture builds them once per session.
+  offline word-level tokenizer (`build_hf`, `FAMILIES`, `VOCAB_WORDS`), and the encoder-decoder
+  ones (`build_seq2seq`, `SEQ2SEQ_FAMILIES`): conftest.py's `hf_checkpoints` and
+  `seq2seq_checkpoints` fixtures build them once per session.
 - `word_prompts`: random prompts from that vocabulary.
 - `padded_ids`: random token ids (optionally right-padded, with their mask); `tl_bridge`:
   TransformerLens's TransformerBridge on one of those checkpoints (the reference);
@@ -57,6 +58,8 @@ def make_tokenizer(kind: str):
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                        cls_token="[CLS]", sep_token="[SEP]")
+    if kind == "seq2seq":  # sources and targets end in </s>, as Marian's and T5's do
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
     if kind == "llama":
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
@@ -103,6 +106,48 @@ def hf_configs():
 
 
 FAMILIES = list(hf_configs())
+
+
+def seq2seq_configs():
+    """Tiny encoder-decoder configs: BART (learned positions, post-norm, embedding LayerNorm),
+    Marian (sinusoidal, scaled embeddings, SiLU, a deeper decoder), T5 v1.0 (ReLU, tied, scaled
+    logits) and v1.1 (gated GELU). Ids as make_tokenizer("seq2seq"): [PAD] 0, </s> 5."""
+    from transformers import BartConfig, MarianConfig, T5Config
+
+    sizes = dict(vocab_size=V, d_model=32, encoder_attention_heads=4, decoder_attention_heads=4,
+                 encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=40, pad_token_id=0, eos_token_id=5)
+    t5 = dict(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+              relative_attention_max_distance=16, pad_token_id=0, eos_token_id=5, decoder_start_token_id=0)
+    return {
+        "bart": BartConfig(**sizes, encoder_layers=2, decoder_layers=2, bos_token_id=4, decoder_start_token_id=5,
+                           forced_eos_token_id=None),
+        "marian": MarianConfig(**sizes, encoder_layers=2, decoder_layers=3, decoder_start_token_id=0),
+        "t5": T5Config(**t5, feed_forward_proj="relu"),
+        "t5_v1_1": T5Config(**t5, feed_forward_proj="gated-gelu", num_decoder_layers=3, tie_word_embeddings=False),
+    }
+
+
+SEQ2SEQ_FAMILIES = list(seq2seq_configs())
+
+
+def build_seq2seq(family: str, path, eos_boost: float = 0.5) -> torch.nn.Module:
+    """A random tiny encoder-decoder of ``family`` saved to ``path`` with the seq2seq tokenizer.
+    BART and Marian get ``eos_boost`` on the EOS logit, so decoded hypotheses end at different
+    lengths (random models rarely end otherwise)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    cfg = seq2seq_configs()[family]
+    model = AutoModelForSeq2SeqLM.from_config(cfg, attn_implementation="eager")
+    randomize(model, seed=sum(family.encode()))  # a seed stable across processes (str hashes are not)
+    if hasattr(model, "final_logits_bias"):
+        with torch.no_grad():
+            model.final_logits_bias.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+            model.final_logits_bias[0, cfg.eos_token_id] += eos_boost
+    model.save_pretrained(path)
+    make_tokenizer("seq2seq").save_pretrained(path)
+    # the reference is what transformers reads back (Marian recomputes its sinusoidal table,
+    # which randomize overwrote in memory and save_pretrained leaves out)
+    return AutoModelForSeq2SeqLM.from_pretrained(path, attn_implementation="eager").eval()
 
 
 def build_hf(family: str, path) -> torch.nn.Module:
