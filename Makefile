@@ -34,6 +34,7 @@ lint: $(VENV)/.installed-test
 toys: $(VENV)/.installed
 	$(BIN)/probe train induction -o models/zoo/toy-induction --seed 0 --overwrite
 	$(BIN)/probe train coref -o models/zoo/toy-coref --seed 0 --overwrite
+	$(BIN)/probe train translate -o models/zoo/toy-translate --seed 0 --overwrite
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

@@ -21,21 +21,28 @@ from probe.errors import InputError, StoreError
 from probe.paths import output_path_problem
 
 from .hooked_transformer import HookedTransformer
-from .loading import save
+from .loading import build, save
 from .tasks import SPECIALS, get_task
 
 
-def build_tokenizer(vocab: list[str]):
+def build_tokenizer(vocab: list[str], append: str | None = None):
     """A word-level Hugging Face tokenizer over ``vocab`` (specials first): splits on
-    whitespace and punctuation, prepends nothing (the model prepends <bos>)."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    whitespace and punctuation, prepends nothing (the model prepends <bos>); with ``append``
+    (the translator's <eos>) that token ends every text and is the tokenizer's EOS."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>")
+    extra = {}
+    if append is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"$A {append}",
+                                                           special_tokens=[(append, vocab.index(append))])
+        extra["eos_token"] = append
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
+                                   **extra)
 
 
 def init_weights(model: HookedTransformer) -> None:
@@ -112,7 +119,7 @@ def train(task: str, out_dir: str | os.PathLike, steps: int | None = None, seed:
 
 def _train(mod, task, out_dir, hp, vocab, seed, command, on_step, log_every) -> Path:
     torch.manual_seed(seed)
-    model = HookedTransformer(mod.model_config(len(vocab)), build_tokenizer(vocab))
+    model = build(mod.model_config(len(vocab)), build_tokenizer(vocab, getattr(mod, "APPEND_EOS", None)))
     init_weights(model)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -125,9 +132,13 @@ def _train(mod, task, out_dir, hp, vocab, seed, command, on_step, log_every) -> 
     for step in range(hp["steps"]):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, hp["steps"], hp["lr"], hp["warmup"])
-        ids, attention_mask, loss_mask = mod.sample_batch(data, hp["batch_size"])
-        logits = model(ids, attention_mask=attention_mask)
-        loss = F.cross_entropy(logits[:, :-1][loss_mask], ids[:, 1:][loss_mask])
+        batch = mod.sample_batch(data, hp["batch_size"])
+        if hasattr(mod, "training_loss"):
+            loss = mod.training_loss(model, batch)
+        else:  # a decoder-only language model: next-token loss where loss_mask says
+            ids, attention_mask, loss_mask = batch
+            logits = model(ids, attention_mask=attention_mask)
+            loss = F.cross_entropy(logits[:, :-1][loss_mask], ids[:, 1:][loss_mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

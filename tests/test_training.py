@@ -69,3 +69,15 @@ def test_a_checkpoint_path_that_is_a_file_or_under_one_is_refused_before_trainin
         err = capsys.readouterr().err
         assert err.startswith("probe train: error: cannot write the checkpoint: ") and len(err.splitlines()) == 1
     assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_the_translator_trains_deterministically_through_its_task_loss(tmp_path):
+    """The encoder-decoder task path (training_loss, the tokenizer appending <eos>)."""
+    a = train("translate", tmp_path / "a", steps=250, seed=2)
+    b = train("translate", tmp_path / "b", steps=250, seed=2)
+    wa, wb = models.load(a).state_dict(), models.load(b).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    curve = json.loads((a / "training_log.json").read_text())["loss_curve"]["loss"]
+    assert curve[-1] < 0.5 * curve[0], curve
+    model = models.load(a)
+    assert model.cfg.encoder_decoder and model.to_str_tokens("the dog")[-1] == "<eos>"

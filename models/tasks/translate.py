@@ -37,9 +37,11 @@ first; the target adds `EOS` after them so a decoder can stop (target ids are <b
 <eos>; source ids are the words alone). `vocabulary()` is their union, for a model with one
 embedding table. Plain Python (no torch): sampling uses ``random.Random(seed)``.
 
-Not registered in `get_task` yet: the encoder-decoder that would train on it (its
-model_config, sample_batch and evaluate) does not exist. The issue's target for the shipped
-toy: held-out sentences translated at >95% exact match (`exact_match`).
+The shipped toy translator (`models.load("toy-translate")`, `probe train translate`) is the
+original Transformer's configuration (`model_config`: sinusoidal positions, post-norm, ReLU,
+embeddings scaled by sqrt(d_model), one table for both languages and the output): it reads the
+source words then <eos>, and decodes from <bos> to <eos> (the tokenizer appends <eos> to both
+sides, as Marian's does). Its metric is held-out exact match (`evaluate`; the target is >95%).
 """
 
 from __future__ import annotations
@@ -49,8 +51,14 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from . import SPECIALS
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import TransformerConfig
 
 NAME = "translate"
 DESCRIPTION = "toy translator: a dictionary plus noun-adjective and verb-final reordering (held-out combinations)"
@@ -252,3 +260,96 @@ def exact_match(predicted: list[list[str] | str], examples: list[Example]) -> fl
     hits = sum((p.split() if isinstance(p, str) else list(p)) == list(e.target_words)
                for p, e in zip(predicted, examples))
     return hits / len(examples)
+
+
+# ------------------------------------------------------------------ the toy translator
+APPEND_EOS = EOS  # what the toy's tokenizer appends to every text (models.training.build_tokenizer)
+training_defaults = {"steps": 1500, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "warmup": 150}
+EVAL_SENTENCES = 512
+
+
+def model_config(vocab_size: int) -> TransformerConfig:
+    """Vaswani et al.'s base configuration, shrunk: 2 + 2 layers of width 64, 4 heads."""
+    import math
+
+    from ..config import TransformerConfig
+
+    index = _index("joint")
+    return TransformerConfig(
+        d_model=64, n_layers=2, n_decoder_layers=2, n_heads=4, d_mlp=256, d_vocab=vocab_size,
+        n_ctx=MAX_SOURCE_LEN + 2, encoder_decoder=True, causal=True, positional="sinusoidal",
+        norm="layernorm", norm_position="post", final_norm=False, act_fn="relu", embed_scale=math.sqrt(64),
+        tie_embeddings=True, pad_token_id=index["<pad>"], bos_token_id=index["<bos>"], eos_token_id=index[EOS],
+        decoder_start_token_id=index["<bos>"], model_name="toy-translate", family="toy",
+    )
+
+
+def joint_ids(example: Example) -> tuple[list[int], list[int]]:
+    """(source ids + <eos>, <bos> + target ids + <eos>) in the joint vocabulary: what the toy's
+    tokenizer gives for the source and (with the decoder start) for the target."""
+    index = _index("joint")
+    return ([index[w] for w in example.source_words] + [index[EOS]],
+            [index["<bos>"], *(index[w] for w in example.target_words), index[EOS]])
+
+
+def batch(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source [b, s], source mask, target [b, t], target mask), right-padded with <pad>."""
+    import torch
+
+    pad = _index("joint")["<pad>"]
+    pairs = [joint_ids(e) for e in examples]
+
+    def stack(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        return ids, mask
+
+    source, source_mask = stack([p[0] for p in pairs])
+    target, target_mask = stack([p[1] for p in pairs])
+    return source, source_mask, target, target_mask
+
+
+def sample_batch(generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Training pairs: sentences of the train split drawn by a seed from ``generator``."""
+    import torch
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return batch(sample_examples("train", batch_size, seed))
+
+
+def training_loss(model: Any, data: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Next-token cross-entropy of the target given the source (teacher forcing), real tokens only."""
+    import torch.nn.functional as F
+
+    source, source_mask, target, target_mask = data
+    logits = model(source, target, source_mask, target_mask)
+    keep = target_mask[:, 1:].bool()
+    return F.cross_entropy(logits[:, :-1][keep], target[:, 1:][keep])
+
+
+def translate(model: Any, examples: list[Example], max_new_tokens: int = MAX_SOURCE_LEN + 1) -> list[list[str]]:
+    """Greedy translations of the examples' sources, as target words (up to <eos>)."""
+    import torch
+
+    words = vocabulary()
+    source, source_mask, _, _ = batch(examples)
+    with torch.no_grad():
+        out = model.generate(source, attention_mask=source_mask, max_new_tokens=max_new_tokens)
+    result = []
+    for row in out[:, 1:].tolist():
+        result.append([])
+        for i in row:
+            if words[i] == EOS:
+                break
+            if words[i] not in SPECIALS:
+                result[-1].append(words[i])
+    return result
+
+
+def evaluate(model: Any, n: int = EVAL_SENTENCES, seed: int = 12345) -> dict[str, float]:
+    """Exact match of greedy translations on ``n`` held-out and ``n`` training sentences."""
+    test, train = sample_examples("test", n, seed), sample_examples("train", n, seed)
+    return {"exact_match_test": exact_match(translate(model, test), test),
+            "exact_match_train": exact_match(translate(model, train), train)}
+

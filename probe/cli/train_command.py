@@ -9,8 +9,8 @@ from probe.cli.shared import finite_positive_float, nonnegative_int, positive_in
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train a toy model with known ground truth (induction, coref)")
-    p.add_argument("task", help="induction or coref")
+    p = sub.add_parser("train", help="train a toy model with known ground truth (induction, coref, translate)")
+    p.add_argument("task", help="induction, coref or translate")
     p.add_argument("-o", "--output", required=True, help="checkpoint directory to write")
     p.add_argument("--steps", type=positive_int, help="optimisation steps (default: the task's)")
     p.add_argument("--seed", type=nonnegative_int, default=0)

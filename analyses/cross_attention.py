@@ -1,0 +1,218 @@
+"""Cross-attention heads of an encoder-decoder model against a gold word alignment: which heads
+align, and does the translation need them?
+
+The data is a `TranslationSet`: sources and targets as ids (targets as the decoder reads them,
+from the start token) with, for each target query position, the gold source position of the
+word that position predicts (-1 where there is none, e.g. the step predicting EOS). Query j of
+the decoder reads target tokens 0..j and predicts token j+1, so a head that looks up the word to
+translate next attends, at query j, to ``gold[j]``.
+
+Scores per cross-attention head (`alignment_scores`), over every gold query:
+- ``alignment``: how often the head's strongest source position is the gold one;
+- ``gold_attention``: its mean attention weight on the gold position;
+- ``previous``: how often its strongest position is the gold position of the word just read
+  (the query's own token: a head tracking what was emitted rather than what comes next).
+Baselines on the same queries: ``diagonal`` (the monotonic guess, target word j from source word
+j: what a position-only head scores; `diagonal_baseline`) and ``uniform`` (1 / the source's real
+length, in expectation, for a head attending at random).
+
+The intervention (`ablate_against_random`): the heads' z replaced during greedy decoding (zero,
+or the head's mean z over every real target position of the set: generation sees one position
+at a time, so the mean is position-free), scored by exact match of the decoded translations and
+by teacher-forced next-token accuracy, against as many random heads of the same layers
+(`analyses.ablation.same_layer_random_heads`), several draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.encoder_decoder import HookedEncoderDecoder
+from probe.errors import InputError
+from probe.head_labels import heads_text
+
+from .ablation import same_layer_random_heads, same_layer_sets
+
+Method = Literal["zero", "mean"]
+
+
+@dataclass(frozen=True)
+class TranslationSet:
+    source: torch.Tensor  # [b, s] ids
+    source_mask: torch.Tensor  # [b, s] 1 for real tokens
+    target: torch.Tensor  # [b, t] ids from the decoder start token
+    target_mask: torch.Tensor  # [b, t]
+    gold: torch.Tensor  # [b, t] the source position query j should read (-1: none)
+
+    def __post_init__(self) -> None:
+        b, t = self.target.shape
+        if self.gold.shape != (b, t) or self.source.shape[0] != b or self.source_mask.shape != self.source.shape \
+                or self.target_mask.shape != self.target.shape:
+            raise InputError(f"a TranslationSet needs sources [b, s], targets [b, t] and gold [b, t] with one b; got "
+                             f"{tuple(self.source.shape)}, {tuple(self.target.shape)}, {tuple(self.gold.shape)}")
+        lengths = self.source_mask.sum(-1)[:, None]
+        if bool(((self.gold >= lengths) | (self.gold < -1)).any()):
+            raise InputError("gold source positions must be -1 or inside the source's real tokens")
+
+
+def translation_set(examples: list, batch) -> TranslationSet:
+    """A `TranslationSet` from the toy translator's examples (``models.tasks.translate``'s
+    ``Example`` and ``batch``): query j predicts target word j, which translates source word
+    ``alignment[j]``; the query predicting EOS has none."""
+    source, source_mask, target, target_mask = batch(examples)
+    gold = torch.full(target.shape, -1, dtype=torch.long)
+    for row, e in enumerate(examples):
+        gold[row, : len(e.alignment)] = torch.tensor(e.alignment)
+    return TranslationSet(source, source_mask, target, target_mask, gold)
+
+
+def check_model(model) -> None:
+    if not isinstance(model, HookedEncoderDecoder):
+        raise InputError(f"{model.cfg.model_name} is not an encoder-decoder model: it has no cross-attention")
+
+
+@torch.no_grad()
+def cross_patterns(model: HookedEncoderDecoder, data: TranslationSet) -> torch.Tensor:
+    """Every cross-attention pattern under teacher forcing, [layer, b, head, t, s]."""
+    check_model(model)
+    names = [f"decoder.{layer}.cross_attn.hook_pattern" for layer in range(model.cfg.n_decoder_layers)]
+    _, cache = model.run_with_cache(data.source, decoder_input=data.target, attention_mask=data.source_mask,
+                                    decoder_attention_mask=data.target_mask, names_filter=names)
+    return torch.stack([cache[n] for n in names])
+
+
+def diagonal_baseline(data: TranslationSet) -> float:
+    """The monotonic-diagonal guess's alignment score: query j reads source position j (the last
+    real one past the source's end)."""
+    rows, cols = (data.gold >= 0).nonzero(as_tuple=True)
+    guess = torch.minimum(cols, data.source_mask.sum(-1)[rows] - 1)
+    return float((guess == data.gold[rows, cols]).float().mean())
+
+
+def alignment_scores(model: HookedEncoderDecoder, data: TranslationSet) -> pd.DataFrame:
+    """One row per cross-attention head (layer, head, label, alignment, gold_attention, previous,
+    diagonal, uniform), sorted by alignment."""
+    patterns = cross_patterns(model, data)  # [l, b, h, t, s]
+    rows, cols = (data.gold >= 0).nonzero(as_tuple=True)
+    if len(rows) == 0:
+        raise InputError("no target position has a gold source position to score against")
+    gold = data.gold[rows, cols]
+    previous_gold = torch.where(cols > 0, data.gold[rows, (cols - 1).clamp(min=0)], -1)
+    at = patterns.permute(1, 3, 0, 2, 4)[rows, cols].permute(1, 0, 2, 3)  # [l, q, h, s]
+    strongest = at.argmax(-1)  # [l, q, h]
+    uniform = float((1.0 / data.source_mask.sum(-1)[rows].float()).mean())
+    diagonal = diagonal_baseline(data)
+    out = []
+    for layer in range(at.shape[0]):
+        for head in range(at.shape[2]):
+            top = strongest[layer, :, head]
+            has_prev = previous_gold >= 0
+            out.append({"layer": layer, "head": head, "label": f"L{layer}H{head}",
+                        "alignment": float((top == gold).float().mean()),
+                        "gold_attention": float(at[layer, torch.arange(len(gold)), head, gold].mean()),
+                        "previous": float((top[has_prev] == previous_gold[has_prev]).float().mean()),
+                        "diagonal": diagonal, "uniform": uniform})
+    return pd.DataFrame(out).sort_values("alignment", ascending=False, ignore_index=True)
+
+
+@torch.no_grad()
+def mean_z(model: HookedEncoderDecoder, data: TranslationSet) -> dict[int, torch.Tensor]:
+    """Each decoder layer's cross-attention z averaged over every real target position, [h, d]."""
+    names = [f"decoder.{layer}.cross_attn.hook_z" for layer in range(model.cfg.n_decoder_layers)]
+    _, cache = model.run_with_cache(data.source, decoder_input=data.target, attention_mask=data.source_mask,
+                                    decoder_attention_mask=data.target_mask, names_filter=names)
+    real = data.target_mask.bool()
+    return {layer: cache[n][real].mean(0) for layer, n in enumerate(names)}
+
+
+def ablation_hooks(heads: list[tuple[int, int]], method: Method, means: dict[int, torch.Tensor] | None) -> list:
+    """Forward hooks replacing the cross-attention z of ``heads`` (zero, or the position-free mean)."""
+    if method not in ("zero", "mean"):
+        raise InputError(f"cross-attention heads are ablated by 'zero' or 'mean', not {method!r}")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def replacing(layer: int, hs: list[int]):
+        def hook(z, hook):  # z [b, t, h, d]
+            z = z.clone()
+            for h in hs:
+                z[:, :, h] = 0 if method == "zero" else means[layer][h]  # type: ignore[index]
+            return z
+
+        return hook
+
+    return [(f"decoder.{layer}.cross_attn.hook_z", replacing(layer, hs)) for layer, hs in by_layer.items()]
+
+
+@torch.no_grad()
+def translation_metrics(model: HookedEncoderDecoder, data: TranslationSet, hooks: list = ()) -> dict[str, float]:
+    """Exact match of greedy decoding (up to EOS) and teacher-forced next-token accuracy over real
+    target tokens, with ``hooks`` active in both."""
+    eos = model.cfg.eos_token_id
+    with model.hooks(list(hooks)):
+        decoded = model.generate(data.source, attention_mask=data.source_mask,
+                                 max_new_tokens=data.target.shape[1], return_type="tokens")
+        logits = model(data.source, data.target, data.source_mask, data.target_mask)
+    hits = 0
+    for row in range(data.target.shape[0]):
+        want = data.target[row, 1: int(data.target_mask[row].sum())].tolist()
+        got = decoded[row, 1:].tolist()
+        got = got[: got.index(eos) + 1] if eos in got else got
+        hits += got == want
+    keep = data.target_mask[:, 1:].bool()
+    accuracy = (logits[:, :-1].argmax(-1) == data.target[:, 1:])[keep].float().mean()
+    return {"exact_match": hits / data.target.shape[0], "token_accuracy": float(accuracy)}
+
+
+def check_heads(model: HookedEncoderDecoder, heads: list[tuple[int, int]]) -> None:
+    check_model(model)
+    bad = [(layer, h) for layer, h in heads if not (0 <= layer < model.cfg.n_decoder_layers and 0 <= h < model.cfg.n_heads)]
+    if bad:
+        raise InputError(f"no cross-attention head L{bad[0][0]}H{bad[0][1]}: the decoder has "
+                         f"{model.cfg.n_decoder_layers} layers of {model.cfg.n_heads} heads")
+    if not heads:
+        raise InputError("no heads to ablate")
+
+
+def ablate_against_random(model: HookedEncoderDecoder, data: TranslationSet, heads: list[tuple[int, int]],
+                          draws: int = 20, method: Method = "mean", seed: int = 0,
+                          reference: TranslationSet | None = None) -> pd.DataFrame:
+    """Translation metrics clean, with ``heads`` ablated together, and with each of ``draws``
+    random sets of as many heads of the same layers (distinct sets only: a layer of few heads has
+    few). Rows: condition (clean, heads, random), draw, heads, exact_match, token_accuracy."""
+    check_heads(model, heads)
+    means = mean_z(model, reference or data) if method == "mean" else None
+    rows = [{"condition": "clean", "draw": -1, "heads": "", **translation_metrics(model, data)},
+            {"condition": "heads", "draw": -1, "heads": heads_text(heads, " "),
+             **translation_metrics(model, data, ablation_hooks(heads, method, means))}]
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[tuple[int, int], ...]] = set()
+    possible = same_layer_sets(heads, model.cfg.n_heads)
+    while len(seen) < min(draws, possible):
+        other = tuple(same_layer_random_heads(heads, model.cfg.n_heads, rng))
+        if other in seen:
+            continue
+        seen.add(other)
+        rows.append({"condition": "random", "draw": len(seen) - 1, "heads": heads_text(list(other), " "),
+                     **translation_metrics(model, data, ablation_hooks(list(other), method, means))})
+    return pd.DataFrame(rows)
+
+
+def ablation_sweep(model: HookedEncoderDecoder, data: TranslationSet, method: Method = "mean",
+                   reference: TranslationSet | None = None) -> pd.DataFrame:
+    """Each cross-attention head ablated alone: rows (layer, head, label, exact_match,
+    token_accuracy), the clean model's as layer -1."""
+    check_model(model)
+    means = mean_z(model, reference or data) if method == "mean" else None
+    rows = [{"layer": -1, "head": -1, "label": "clean", **translation_metrics(model, data)}]
+    for layer in range(model.cfg.n_decoder_layers):
+        for head in range(model.cfg.n_heads):
+            rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}",
+                         **translation_metrics(model, data, ablation_hooks([(layer, head)], method, means))})
+    return pd.DataFrame(rows)
