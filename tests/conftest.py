@@ -42,21 +42,18 @@ from helpers import FAMILIES, SEQ2SEQ_FAMILIES, build_hf, build_seq2seq, record_
 @pytest.fixture(scope="session")
 def hf_checkpoints(tmp_path_factory):
     """{family: (directory, hf model)} built once per session."""
-    out = {}
-    for family in FAMILIES:
-        path = tmp_path_factory.mktemp(family)
-        out[family] = (path, build_hf(family, path))
-    return out
+    return _saved(tmp_path_factory, FAMILIES, build_hf)
 
 
 @pytest.fixture(scope="session")
 def seq2seq_checkpoints(tmp_path_factory):
     """{family: (directory, hf model)} of the tiny encoder-decoders, built once per session."""
-    out = {}
-    for family in SEQ2SEQ_FAMILIES:
-        path = tmp_path_factory.mktemp(family)
-        out[family] = (path, build_seq2seq(family, path))
-    return out
+    return _saved(tmp_path_factory, SEQ2SEQ_FAMILIES, build_seq2seq)
+
+
+def _saved(tmp_path_factory, families, build):
+    paths = {family: tmp_path_factory.mktemp(family) for family in families}
+    return {family: (path, build(family, path)) for family, path in paths.items()}
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,6 @@ def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path):
     r = run_cli("attend", "the cat sat", "--from", "dog", "--to", "sat")
     assert r.returncode == 2
     assert "word 'dog' does not occur" in r.stderr and "Traceback" not in r.stderr
-    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    (tmp_path / "config.json").write_text('{"model_type": "mamba"}')
     r = run_cli("demo", "--model", str(tmp_path))
     assert r.returncode == 2 and "not supported" in r.stderr and "Traceback" not in r.stderr

@@ -19,8 +19,8 @@ def test_unknown_model_name():
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
-    with pytest.raises(models.UnsupportedArchitecture, match="'t5' is not supported.*bert.*gpt2"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "d_model": 8}))
+    with pytest.raises(models.UnsupportedArchitecture, match="'mamba' is not supported.*bert.*gpt2.*t5"):
         models.load(tmp_path)
 
 
