@@ -100,6 +100,8 @@ def ablation_study(model_name: str | None = None, *, task: str | None = None, pr
     if top_induction is not None or draws is not None:
         return _top_induction(model_name, top_induction, draws, task, prompts, run, metric, together_heads,
                               together_mlp, method, n, seed)
+    if run is not None and run.is_encoder_decoder:
+        return _cross_attention_on_run(run, model_name, metric, together_heads, together_mlp, method)
     if run is not None:
         return _on_run(run, model_name, metric, together_heads, together_mlp, parse_heads(heads), layer, query,
                        method, seed, top)
@@ -186,6 +188,48 @@ def has_coref_labels(run, query: str) -> bool:
     from .coref import REQUIRED
 
     return any(all(k in labels for k in (*REQUIRED, query)) for labels in map(run.labels, range(run.n_prompts)))
+
+
+def _cross_attention_on_run(run, model_name, metric, together_heads, together_mlp, method) -> AblationStudy:
+    """An encoder-decoder run: its cross-attention heads (``--ablate-heads`` names them, LxHy
+    for decoder layer x) ablated during greedy decoding of the run's sources, measured by exact
+    match with the run's targets (`analyses.cross_attention`); the sweep goes next to the run
+    as ablation_exact_match."""
+    from .cross_attention import (
+        ablation_hooks,
+        ablation_sweep,
+        check_heads,
+        mean_z,
+        run_translation_set,
+        translation_metrics,
+    )
+    from .run_inputs import run_model
+
+    if metric not in (None, "exact-match"):
+        raise InputError(f"--metric {metric} does not apply to an encoder-decoder run; its metric is exact-match "
+                         "(greedy translations against the run's targets)")
+    if together_mlp:
+        raise InputError("--ablate-mlp is not implemented for encoder-decoder runs; ablate cross-attention heads")
+    if method not in ("zero", "mean"):
+        raise InputError("cross-attention heads are ablated by --method mean (the head's mean z over the run's "
+                         "target positions) or zero")
+    model = run_model(run, model_name)
+    data = run_translation_set(run)
+    what = f"exact match of greedy translations on the {run.n_prompts} prompts (cross-attention heads)"
+    if together_heads:
+        check_heads(model, together_heads)
+        means = mean_z(model, data) if method == "mean" else None
+        clean = translation_metrics(model, data)["exact_match"]
+        ablated = translation_metrics(model, data, ablation_hooks(together_heads, method, means))["exact_match"]
+        table = pd.DataFrame([{"method": method, "heads": heads_text(together_heads, " "), "mlp": "", "clean": clean,
+                               "ablated": ablated, "effect": ablated - clean}])
+        return AblationStudy(table, True, model.cfg.model_name, method, what, "")
+    sweep = ablation_sweep(model, data, method)
+    clean = sweep[sweep.layer == -1].iloc[0]
+    table = sweep[sweep.layer >= 0].rename(columns={"exact_match": "ablated"}).reset_index(drop=True)
+    table = table.assign(clean=clean.exact_match, effect=table.ablated - clean.exact_match,
+                         token_accuracy_clean=clean.token_accuracy, metric="exact_match", method=method)
+    return AblationStudy(table, False, model.cfg.model_name, method, what, f"on {run.path}", "ablation_exact_match")
 
 
 def _on_run(run, model_name, metric, together_heads, together_mlp, heads, layer, query, method, seed,

@@ -71,6 +71,25 @@ def translation_set(examples: list, batch) -> TranslationSet:
     return TranslationSet(source, source_mask, target, target_mask, gold)
 
 
+def run_translation_set(run) -> TranslationSet:
+    """The sources and targets an encoder-decoder run recorded, right-padded, with the gold
+    alignment of its prompts' ``alignment`` labels where they have them (else -1)."""
+    from models.tokens import pad
+
+    n = run.n_prompts
+    if n == 0:
+        raise InputError(f"{run.path} has no published prompts yet")
+    sources = [run.tokens(i).tolist() for i in range(n)]
+    targets = [run.tokens(i, "target").tolist() for i in range(n)]
+    source, target = pad(sources, 0, "right"), pad(targets, 0, "right")
+    gold = torch.full(target.ids.shape, -1, dtype=torch.long)
+    for i in range(n):
+        if "alignment" in run.labels(i):
+            g = gold_of_prompt(run.labels(i), len(targets[i]), len(sources[i]), i)
+            gold[i, : len(g)] = torch.from_numpy(g)
+    return TranslationSet(source.ids, source.attention_mask, target.ids, target.attention_mask, gold)
+
+
 def check_model(model) -> None:
     if not isinstance(model, HookedEncoderDecoder):
         raise InputError(f"{model.cfg.model_name} is not an encoder-decoder model: it has no cross-attention")
@@ -216,3 +235,102 @@ def ablation_sweep(model: HookedEncoderDecoder, data: TranslationSet, method: Me
             rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}",
                          **translation_metrics(model, data, ablation_hooks([(layer, head)], method, means))})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ over a recorded run
+def gold_of_prompt(labels: dict, n_target: int, n_source: int, prompt: int) -> np.ndarray:
+    """[n_target] the gold source token of each decoder query (-1: none) from a prompt's
+    ``alignment`` label: for target word j, the source token it translates, which query j (the
+    decoder's input up to word j-1, from the start token) predicts."""
+    alignment = labels.get("alignment")
+    if not isinstance(alignment, list) or not all(isinstance(a, int) and not isinstance(a, bool) for a in alignment):
+        raise InputError(f"prompt {prompt} has no 'alignment' label (a list of source token positions, one per "
+                         "target word); the alignment score needs the gold alignment")
+    if len(alignment) > n_target or any(not 0 <= a < n_source for a in alignment):
+        raise InputError(f"prompt {prompt}'s alignment {alignment} does not fit its {n_source} source and "
+                         f"{n_target} target tokens")
+    gold = np.full(n_target, -1)
+    gold[: len(alignment)] = alignment
+    return gold
+
+
+def encoder_decoder_head_metrics(run, prompts: list[int] | None = None) -> pd.DataFrame:
+    """`probe heads` on an encoder-decoder run: one row per head of the encoder's and the
+    decoder's self-attention (``attention`` "encoder"/"decoder"; the decoder-only metrics of
+    `analyses.head_metrics.pattern_metrics` over that stack's tokens) and of cross-attention
+    ("cross": entropy, and where the prompts carry ``alignment`` labels the alignment score,
+    the attention on the gold word, and the diagonal and uniform baselines, as `alignment_scores`)."""
+    from .head_metrics import METRICS, pattern_metrics
+
+    cfg = run.config
+    prompts = list(range(run.n_prompts)) if prompts is None else prompts
+    stacks = {"encoder": (cfg["n_layers"], "source"), "decoder": (cfg["n_decoder_layers"], "target")}
+    for stack, (n_layers, _) in stacks.items():
+        names = [f"{stack}.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+        missing = [n for n in names if n not in run.hooks]
+        if missing:
+            raise InputError(f"head metrics need every layer's pattern; the run lacks {missing[0]}; record it "
+                             f"with `probe record --names '{stack}.*.attn.hook_pattern' ...`")
+    n_heads = cfg["n_heads"]
+    rows = []
+    for stack, (n_layers, sequence) in stacks.items():
+        sums = {m: np.zeros((n_layers, n_heads)) for m in METRICS}
+        counts = {m: np.zeros(n_layers) for m in METRICS}
+        for i in prompts:
+            tokens = np.asarray(run.tokens(i, sequence))
+            for layer in range(n_layers):
+                for m, (s, c) in pattern_metrics(run.prompt_activation(f"{stack}.{layer}.attn.hook_pattern", i),
+                                                 tokens).items():
+                    sums[m][layer] += s
+                    counts[m][layer] += c
+        rows += [{"attention": stack, "layer": layer, "head": head,
+                  **{m: sums[m][layer, head] / counts[m][layer] for m in METRICS}}
+                 for layer in range(n_layers) for head in range(n_heads)]
+    rows += _cross_rows(run, prompts, cfg["n_decoder_layers"], n_heads)
+    return pd.DataFrame(rows)
+
+
+def _cross_rows(run, prompts: list[int], n_layers: int, n_heads: int) -> list[dict]:
+    names = [f"decoder.{layer}.cross_attn.hook_pattern" for layer in range(n_layers)]
+    if any(n not in run.hooks for n in names):
+        return []
+    labelled = all("alignment" in run.labels(i) for i in prompts)
+    entropy = np.zeros((n_layers, n_heads))
+    hits, mass, previous = (np.zeros((n_layers, n_heads)) for _ in range(3))
+    queries = prev_queries = diagonal = 0
+    uniform = 0.0
+    for i in prompts:
+        n_source, n_target = len(run.tokens(i)), len(run.tokens(i, "target"))
+        gold = gold_of_prompt(run.labels(i), n_target, n_source, i) if labelled else None
+        for layer, name in enumerate(names):
+            p = run.prompt_activation(name, i).astype(np.float64)  # [head, target, source]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                entropy[layer] += -np.where(p > 0, p * np.log(p), 0.0).sum((-1, -2))
+            if gold is None:
+                continue
+            q = np.nonzero(gold >= 0)[0]
+            top = p[:, q].argmax(-1)  # [head, queries]
+            hits[layer] += (top == gold[q]).sum(-1)
+            mass[layer] += p[:, q, gold[q]].sum(-1)
+            qp = q[q > 0]
+            qp = qp[gold[qp - 1] >= 0]
+            previous[layer] += (p[:, qp].argmax(-1) == gold[qp - 1]).sum(-1)
+        if gold is not None:
+            q = np.nonzero(gold >= 0)[0]
+            queries += len(q)
+            qp = q[q > 0]
+            prev_queries += int((gold[qp - 1] >= 0).sum())
+            diagonal += int((np.minimum(q, n_source - 1) == gold[q]).sum())
+            uniform += len(q) / n_source
+    n_queries_all = sum(len(run.tokens(i, "target")) for i in prompts)
+    rows = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            row = {"attention": "cross", "layer": layer, "head": head,
+                   "entropy": entropy[layer, head] / n_queries_all}
+            if labelled and queries:
+                row.update(alignment=hits[layer, head] / queries, gold_attention=mass[layer, head] / queries,
+                           previous=previous[layer, head] / max(prev_queries, 1), diagonal=diagonal / queries,
+                           uniform=uniform / queries)
+            rows.append(row)
+    return rows

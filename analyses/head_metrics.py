@@ -180,6 +180,10 @@ def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFr
     """A tidy table, one row per (layer, head), one column per metric, over the run's
     published prompts (or the given ones); with ``model`` (the run's) also the scores on
     repeated random tokens (``induction_random``, ``prev_token_random``)."""
+    if run.is_encoder_decoder:  # encoder, decoder and cross-attention heads, with the alignment score
+        from .cross_attention import encoder_decoder_head_metrics
+
+        return encoder_decoder_head_metrics(run, prompts)
     cfg = run.config
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     require_layer_hooks(run, "attn.hook_pattern", "head metrics")

@@ -200,13 +200,15 @@ class HookedEncoderDecoder(HookedModel):
             raise InputError(f"{source.shape[0]} sources but {target.shape[0]} targets; pass one target per source")
         encoder_out = self.encode(source, source_valid)
         x = self.decode(target, encoder_out, source_valid, target_valid)
+        if return_type is None:  # a run for its hooks
+            return None
         if return_type == "hidden":
             return x
-        logits = self.unembed(x * self.cfg.logit_scale if self.cfg.logit_scale != 1.0 else x)
+        logits = self.logits_from(x)
         if return_type in ("loss", "both"):
             loss = lm_loss(logits, target, target_valid)
             return loss if return_type == "loss" else (logits, loss)
-        return None if return_type is None else logits
+        return logits
 
     def encode(self, source: TextOrIds, source_valid: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's output [b, s, m] (after its final norm), what cross-attention reads."""

@@ -52,3 +52,21 @@ def block_of(name: str) -> int | None:
     """The layer of a per-block hook ("blocks.3.attn.hook_z" -> 3); None for the others."""
     m = _BLOCK.match(name)
     return int(m.group(1)) if m else None
+
+
+# Encoder-decoder models run two sequences: the source (the encoder's) and the target (the
+# decoder's). Cross-attention's keys and values are over the source; its scores and pattern are
+# [head, target, source].
+_TARGET_PREFIXES = ("decoder.", "hook_decoder_", "decoder_")
+_SOURCE_SIDE_OF_CROSS = (".cross_attn.hook_k", ".cross_attn.hook_v")
+
+
+def sequence_of(name: str) -> str:
+    """Which sequence a hook's positions run over: "source" (the encoder's, and the one sequence
+    of decoder-only and encoder-only models), "target" (the decoder's) or, for cross-attention's
+    scores and pattern, "cross" (queries over the target, keys over the source)."""
+    if not name.startswith(_TARGET_PREFIXES):
+        return "source"
+    if is_attention_hook(name):
+        return "cross" if ".cross_attn." in name else "target"
+    return "source" if name.endswith(_SOURCE_SIDE_OF_CROSS) else "target"

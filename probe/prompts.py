@@ -3,7 +3,7 @@
 `load_prompts(source)` accepts
 
 * a **bundled set name** (`bundled_sets()` lists them): ``seed``, ``winobias``, ``winobias-dev``,
-  ``winobias-test``, ``winogender``, ``ud-ewt-dev``, ``ud-ewt-test``, ``toy-coref-test``, ``ioi``;
+  ``winobias-test``, ``winogender``, ``ud-ewt-dev``, ``ud-ewt-test``, ``toy-coref-test``, ``toy-translate-test``, ``ioi``;
 * a **.txt file**: one prompt per line, UTF-8 (a leading byte-order mark is ignored);
 * a **.jsonl file**: one JSON object per line with a non-empty string field ``"text"``; every other
   field is kept, unchanged, as the prompt's labels;
@@ -120,6 +120,8 @@ _BUNDLED: dict[str, str] = {
     "ud-ewt-test": "UD English-EWT test, 2,077 sentences with word spans and UPOS tags (CC BY-SA 4.0)",
     "winogender": "WinoGender (Rudinger et al. 2018), 720 sentences: 120 templates x 2 participants x 3 pronoun genders",
     "toy-coref-test": "the toy coreference task's held-out split (3,332 prompts, generated; for toy-coref)",
+    "toy-translate-test": "512 held-out sentences of the toy translation task with their reference targets and "
+                          "gold alignments (generated; for toy-translate)",
     "ioi": "indirect object identification (Wang et al. 2022 style), 256 prompts, ABBA/BABA, with ABC and "
            "name-swapped versions; names single tokens for SmolLM2 (generated: probe.ioi_prompts)",
 }
@@ -431,6 +433,10 @@ def _load_bundled(name: str) -> list[Prompt]:
         from models.tasks.coref import prompt_records
 
         return [Prompt(r["text"], {k: v for k, v in r.items() if k != "text"}) for r in prompt_records("test")]
+    if name == "toy-translate-test":
+        from models.tasks.translate import prompt_records as translation_records
+
+        return [Prompt(r["text"], {k: v for k, v in r.items() if k != "text"}) for r in translation_records("test")]
     if name.startswith("ud-ewt-"):
         return _load_conllu(name.removeprefix("ud-ewt-"))
     if name == "winogender":

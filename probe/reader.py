@@ -166,11 +166,30 @@ class Run:
         shard = bisect.bisect_right(self._first_prompt, prompt) - 1
         return shard, prompt - self._first_prompt[shard]
 
-    def _span(self, prompt: int) -> tuple[int, int, int]:
+    def _span(self, prompt: int, sequence: str = "source") -> tuple[int, int, int]:
         shard, local = self._locate(prompt)
-        off = self._file(shard)["offsets"]
+        off = self._file(shard)[_OFFSETS[self._sequence_checked(sequence)]]
         a, b = off[local:local + 2]
         return shard, int(a), int(b)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """Whether the run holds two sequences per prompt (an encoder-decoder model's source and target)."""
+        return bool(self.config.get("encoder_decoder"))
+
+    def _sequence_checked(self, sequence: str) -> str:
+        if sequence not in ("source", "target"):
+            raise InputError(f"sequence must be 'source' or 'target', not {sequence!r}")
+        if sequence == "target" and not self.is_encoder_decoder:
+            raise InputError(f"{self.model_name} is not an encoder-decoder model: its run has one sequence per "
+                             "prompt, the source")
+        return sequence
+
+    def sequence(self, name: str) -> str:
+        """Which sequence the hook's positions run over: "source", "target", or "cross" for
+        cross-attention's [head, target, source] scores and pattern."""
+        self._check(name)
+        return self.manifest["hooks"][name].get("sequence", "source")
 
     def _check(self, name: str) -> None:
         if name not in self.manifest["hooks"]:
@@ -178,13 +197,14 @@ class Run:
                            f"({len(self.hooks)} in all). Record it with `probe record --names {name}`")
 
     # ------------------------------------------------------------------ access
-    def tokens(self, prompt: int) -> np.ndarray:
-        shard, a, b = self._span(prompt)
-        return self._file(shard)["token_ids"][a:b]
+    def tokens(self, prompt: int, sequence: str = "source") -> np.ndarray:
+        """The prompt's token ids; ``sequence="target"``: the decoder's, in encoder-decoder runs."""
+        shard, a, b = self._span(prompt, sequence)
+        return self._file(shard)[_PREFIX[sequence] + "token_ids"][a:b]
 
-    def str_tokens(self, prompt: int) -> list[str]:
-        shard, a, b = self._span(prompt)
-        return [s.decode() if isinstance(s, bytes) else s for s in self._file(shard)["token_str"][a:b]]
+    def str_tokens(self, prompt: int, sequence: str = "source") -> list[str]:
+        shard, a, b = self._span(prompt, sequence)
+        return [s.decode() if isinstance(s, bytes) else s for s in self._file(shard)[_PREFIX[sequence] + "token_str"][a:b]]
 
     def token_spans(self, prompt: int) -> np.ndarray:
         """[n, 2] character offsets of the prompt's tokens in its text; (-1, -1) for
@@ -211,24 +231,32 @@ class Run:
         query, key]: ``index=h`` gives the head's [query, key], ``index=(h, q)`` one query's
         row. Only that hyperslab is read from the shard, not the whole prompt (what a view
         of one head needs). Negative integers count from the end."""
-        self._check(name)
+        sequence = self.sequence(name)
         shard, local = self._locate(prompt)
         f = self._file(shard)
-        a, b = (int(x) for x in f["offsets"][local:local + 2])
-        n = b - a
-        if is_attention_hook(name):
-            return self._attention_slice(f, name, local, n, index)
-        pick = self._trailing(name, index, tuple(self.manifest["hooks"][name]["shape"]))
-        return f["act"][name][(slice(a, b), *pick)]
 
-    def _attention_slice(self, f, name: str, local: int, n: int, index: int | tuple[int, ...] | None) -> np.ndarray:
-        """The prompt's [head, n, n] attention block, or the part ``index`` picks. The block
+        def length(seq: str) -> tuple[int, int]:
+            a, b = (int(x) for x in f[_OFFSETS[seq]][local:local + 2])
+            return a, b - a
+
+        if is_attention_hook(name):
+            # [head, query, key]: queries and keys over the source, the target, or (cross) target x source
+            queries = length("source" if sequence == "source" else "target")[1]
+            keys = length("target" if sequence == "target" else "source")[1]
+            return self._attention_slice(f, name, local, queries, keys, index, _ATTN_OFFSETS[sequence])
+        a, n = length(sequence)
+        pick = self._trailing(name, index, tuple(self.manifest["hooks"][name]["shape"]))
+        return f["act"][name][(slice(a, a + n), *pick)]
+
+    def _attention_slice(self, f, name: str, local: int, q: int, k: int, index: int | tuple[int, ...] | None,
+                         offsets: str = "attn_offsets") -> np.ndarray:
+        """The prompt's [head, q, k] attention block, or the part ``index`` picks. The block
         is stored row-major on a flat axis, so any leading selection is one contiguous range."""
         n_heads = self.manifest["hooks"][name]["shape"][0]
-        pick = self._trailing(name, index, (n_heads, n, n))
-        strides = (n * n, n, 1)  # values per head, per query row, per key
-        start = int(f["attn_offsets"][local]) + sum(i * st for i, st in zip(pick, strides))
-        shape = (n_heads, n, n)[len(pick):]
+        pick = self._trailing(name, index, (n_heads, q, k))
+        strides = (q * k, k, 1)  # values per head, per query row, per key
+        start = int(f[offsets][local]) + sum(i * st for i, st in zip(pick, strides))
+        shape = (n_heads, q, k)[len(pick):]
         return f["attn"][name][start:start + int(np.prod(shape))].reshape(shape)
 
     def _trailing(self, name: str, index: int | tuple[int, ...] | None, sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -298,6 +326,12 @@ class Run:
         self.close()
 
 
+# Where each sequence's token ranges and attention blocks are in a shard (docs/cache-format.md).
+_OFFSETS = {"source": "offsets", "target": "target_offsets"}
+_PREFIX = {"source": "", "target": "target_"}
+_ATTN_OFFSETS = {"source": "attn_offsets", "target": "target_attn_offsets", "cross": "cross_attn_offsets"}
+
+
 def _run_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a manifest says about the run itself, leaving out what recording it changes."""
     return {k: v for k, v in manifest.items() if k not in ("shards", "complete", "finished")}
@@ -313,17 +347,20 @@ class TokenView:
 
     def __init__(self, run: Run, name: str):
         self.run, self.name = run, name
+        # a decoder hook of an encoder-decoder run lies on the target tokens' axis
+        self.count = "n_target_tokens" if run.sequence(name) == "target" else "n_tokens"
+        self.n = sum(s.get(self.count, 0) for s in run.manifest["shards"])
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.run.n_tokens, *self.run.manifest["hooks"][self.name]["shape"])
+        return (self.n, *self.run.manifest["hooks"][self.name]["shape"])
 
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.run.manifest["dtype"])
 
     def __len__(self) -> int:
-        return self.run.n_tokens
+        return self.n
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = self[:]
@@ -342,8 +379,10 @@ class TokenView:
         """The rows at ``rows`` (sorted, distinct) of the flat token axis, shard by shard;
         only the shards holding some of them are opened."""
         run, parts = self.run, []
-        for s, first in enumerate(run._first_token):
-            lo, hi = np.searchsorted(rows, [first, first + run.manifest["shards"][s]["n_tokens"]])
+        sizes = [shard.get(self.count, 0) for shard in run.manifest["shards"]]
+        starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        for s, first in enumerate(starts):
+            lo, hi = np.searchsorted(rows, [first, first + sizes[s]])
             if lo < hi:
                 parts.append(_read_rows(run._file(s)["act"][self.name], rows[lo:hi] - first))
         return np.concatenate(parts) if parts else _empty(run, self.name)

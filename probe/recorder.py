@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .hook_names import default_hook_names, is_attention_hook, name_matcher
+from .hook_names import default_hook_names, is_attention_hook, name_matcher, sequence_of
 from .store import (
     RunWriter,
     StoreError,
@@ -126,7 +126,12 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     hooks = select_hooks(model, names)
     token_rows, truncated = tokenize_all(model, prompts, truncate)
     n_tokens = sum(len(r) for r in token_rows)
-    hook_info = hook_shapes(model, hooks, token_rows[0])
+    # Encoder-decoder models: each prompt's "target" label is the decoder's input (the reference
+    # translation); the run holds both sequences (docs/cache-format.md, "Encoder-decoder runs").
+    target_rows = tokenize_targets(model, prompts, truncate) if is_encoder_decoder(model) else None
+    if target_rows is not None:
+        hooks = [h for h in hooks if not h.endswith("hook_position_bias")]  # [1, head, q, k]: not per prompt
+    hook_info = hook_shapes(model, hooks, token_rows[0], target_rows[0] if target_rows else None)
     settings = {
         "model": {"name": model.cfg.model_name, "family": model.cfg.family, "config": model.cfg.to_dict(),
                   "weights_sha256": weights_digest(model), "tokenizer": tokenizer_identity(model.tokenizer)},
@@ -134,6 +139,8 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         "shard_mb": shard_mb, "prompts_sha256": prompt_set_fingerprint(prompts), "n_prompts": len(prompts),
         "n_tokens": n_tokens, "truncated_prompts": truncated,
     }
+    if target_rows is not None:
+        settings["n_target_tokens"] = sum(len(r) for r in target_rows)
     try:
         # a directory killed before its first manifest holds nothing published: resume starts it anew
         if resume and path.exists() and run_state(path) != "unstarted":
@@ -165,14 +172,19 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     try:
         for b0 in range(start, len(prompts), batch_size):
             rows = token_rows[b0:b0 + batch_size]
-            acts = run_batch(model, rows, hooks, dtype, torch)
+            targets = target_rows[b0:b0 + batch_size] if target_rows is not None else None
+            acts = run_batch(model, rows, hooks, dtype, torch, targets)
             if shard is None:
                 shard = writer.open_shard(hook_info, dtype, compression)
             ids = np.concatenate([np.asarray(r) for r in rows])
             strs = [s for r in rows for s in model.to_str_tokens(r)]
             spans = np.concatenate([char_spans(model, prompts[i].text, len(token_rows[i]))
                                     for i in range(b0, b0 + len(rows))])
-            shard.add([len(r) for r in rows], n_heads, ids, strs, acts, spans)
+            target = None
+            if targets is not None:
+                target = ([len(r) for r in targets], np.concatenate([np.asarray(r) for r in targets]),
+                          [s for r in targets for s in model.to_str_tokens(r)])
+            shard.add([len(r) for r in rows], n_heads, ids, strs, acts, spans, target)
             if shard.nbytes >= budget:
                 writer.publish(shard)
                 shard = None
@@ -240,40 +252,78 @@ def tokenize_all(model: HookedTransformer, prompts: list, truncate: bool) -> tup
     return rows, truncated
 
 
-def hook_shapes(model: HookedTransformer, hooks: list[str], row: list[int]) -> dict[str, dict]:
-    """Per-token shape of each hook (attention hooks are per prompt [head, n, n])."""
+def is_encoder_decoder(model: Any) -> bool:
+    return bool(getattr(model.cfg, "encoder_decoder", False))
+
+
+def tokenize_targets(model: Any, prompts: list, truncate: bool) -> list[list[int]]:
+    """The decoder's input ids of every prompt's ``target`` label (from the decoder start
+    token), checked up front like the sources."""
+    from .errors import InputError
+
+    rows = []
+    for i, p in enumerate(prompts):
+        target = p.labels.get("target")
+        if not isinstance(target, str) or not target.strip():
+            raise StoreError(f"prompt {i} ({p.text[:40]!r}) has no 'target' text; an encoder-decoder model records "
+                             "a source and a target per prompt: give each JSONL line a \"target\" field")
+        try:
+            rows.append(model.tokenize(target, side="target", truncate=truncate).ids[0].tolist())
+        except InputError as e:
+            raise StoreError(f"prompt {i}'s target ({target[:40]!r}...): {e}") from None
+    return rows
+
+
+def hook_shapes(model: HookedTransformer, hooks: list[str], row: list[int],
+                target_row: list[int] | None = None) -> dict[str, dict]:
+    """Per-token shape of each hook (attention hooks are per prompt [head, n, n]); for
+    encoder-decoder models also the sequence its positions run over."""
     import torch
 
+    extra = {} if target_row is None else {"decoder_input": torch.tensor([target_row])}
     with torch.no_grad():
-        _, cache = model.run_with_cache(torch.tensor([row]), names_filter=hooks)
+        _, cache = model.run_with_cache(torch.tensor([row]), names_filter=hooks, **extra)
     info = {}
     for name in hooks:
         if is_attention_hook(name):
             info[name] = {"kind": "attention", "shape": [model.cfg.n_heads]}
         else:
             info[name] = {"kind": "token", "shape": list(cache[name].shape[2:])}
+        if target_row is not None:
+            info[name]["sequence"] = sequence_of(name)
     return info
 
 
-def run_batch(model: HookedTransformer, rows: list[list[int]], hooks: list[str], dtype: str, torch) -> dict:
+def run_batch(model: HookedTransformer, rows: list[list[int]], hooks: list[str], dtype: str, torch,
+              target_rows: list[list[int]] | None = None) -> dict:
     """One forward pass; returns each hook's activations without padding, as numpy in
-    ``dtype``: [tokens, ...] for per-token hooks, flat [head, n, n] blocks for attention."""
+    ``dtype``: [tokens, ...] for per-token hooks, flat [head, q, k] blocks for attention
+    (encoder-decoder models: each hook over its own sequence, cross-attention target x source)."""
     from models.tokens import pad
 
     batch = pad(rows, 0, "right")
-    mask = batch.attention_mask.bool().to(model.device)
-    lengths = [len(r) for r in rows]
+    sides = {"source": (batch, [len(r) for r in rows])}
+    if target_rows is not None:
+        sides["target"] = (pad(target_rows, 0, "right"), [len(r) for r in target_rows])
+    masks = {side: b.attention_mask.bool().to(model.device) for side, (b, _) in sides.items()}
     tdtype = getattr(torch, dtype)
     out: dict[str, np.ndarray] = {}
 
     def save(x, hook):
+        sequence = sequence_of(hook.name) if target_rows is not None else "source"
         if is_attention_hook(hook.name):
-            parts = [x[i, :, :n, :n].reshape(-1) for i, n in enumerate(lengths)]
-            flat = torch.cat(parts)
+            queries = sides["source" if sequence == "source" else "target"][1]
+            keys = sides["target" if sequence == "target" else "source"][1]
+            flat = torch.cat([x[i, :, :q, :k].reshape(-1) for i, (q, k) in enumerate(zip(queries, keys))])
         else:
-            flat = x[mask]
+            flat = x[masks[sequence]]
         out[hook.name] = flat.detach().to(device="cpu", dtype=tdtype).numpy()
 
     with torch.no_grad(), model.hooks([(n, save) for n in hooks]):
-        model(batch.ids.to(model.device), attention_mask=batch.attention_mask.to(model.device))
+        if target_rows is None:
+            model(batch.ids.to(model.device), attention_mask=batch.attention_mask.to(model.device))
+        else:
+            target = sides["target"][0]
+            model(batch.ids.to(model.device), target.ids.to(model.device), batch.attention_mask.to(model.device),
+                  target.attention_mask.to(model.device), return_type=None)
     return out

@@ -27,7 +27,16 @@ import numpy as np
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest layout this version reads and writes
+# Version 2 adds the target sequence of encoder-decoder runs (docs/cache-format.md); runs of the
+# other models stay version 1, so every reader that read them still does, and a version-1
+# reader refuses an encoder-decoder run rather than reading its decoder hooks at the wrong offsets.
+TWO_SEQUENCES = 2
+
+
+def schema_version(manifest: dict[str, Any]) -> int:
+    """The layout version a run with this manifest is written in."""
+    return TWO_SEQUENCES if manifest.get("model", {}).get("config", {}).get("encoder_decoder") else 1
 MANIFEST = "run.json"
 PROMPTS = "prompts.jsonl"
 SHARD_DIR = "shards"
@@ -107,15 +116,26 @@ class ShardWriter:
         self.token_spans: list[np.ndarray] = []
         self.batches: dict[str, list[np.ndarray]] = {name: [] for name in hooks}
         self.n_tokens = self.n_attn = self.nbytes = 0
+        # encoder-decoder runs: the target side (the decoder's tokens) of each prompt
+        self.target_lengths: list[int] = []
+        self.target_ids: list[np.ndarray] = []
+        self.target_str: list[str] = []
 
     @property
     def n_prompts(self) -> int:
         return len(self.lengths)
 
     def add(self, lengths: list[int], n_heads: int, token_ids: np.ndarray, token_str: list[str],
-            acts: dict[str, np.ndarray], token_spans: np.ndarray | None = None) -> None:
+            acts: dict[str, np.ndarray], token_spans: np.ndarray | None = None,
+            target: tuple[list[int], np.ndarray, list[str]] | None = None) -> None:
         """Add a batch: ``acts[name]`` is [tokens, ...] for per-token hooks and the flat
-        concatenation of each prompt's [head, n, n] block for attention hooks."""
+        concatenation of each prompt's [head, n, n] block for attention hooks. Encoder-decoder
+        runs give ``target`` (lengths, ids, strings of the decoder's tokens); their hooks'
+        positions run over the sequence their manifest entry's ``sequence`` names."""
+        if target is not None:
+            self.target_lengths += target[0]
+            self.target_ids.append(target[1].astype(np.int32))
+            self.target_str += target[2]
         self.lengths += lengths
         self.n_heads = n_heads
         self.token_ids.append(token_ids.astype(np.int32))
@@ -134,7 +154,7 @@ class ShardWriter:
 
         lengths = np.asarray(self.lengths, np.int64)
         with h5py.File(sink, "w", libver="latest") as f:
-            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["schema_version"] = TWO_SEQUENCES if self.target_lengths else 1
             f.attrs["first_prompt"] = self.first_prompt
             f.attrs["n_prompts"] = self.n_prompts
             f.attrs["n_tokens"] = self.n_tokens
@@ -144,14 +164,27 @@ class ShardWriter:
             f.create_dataset("token_str", data=np.array(self.token_str, dtype=object),
                              dtype=h5py.string_dtype("utf-8"))
             f["token_spans"] = np.concatenate(self.token_spans)
+            sizes = {"source": (self.n_tokens, self.n_attn)}
+            if self.target_lengths:
+                target = np.asarray(self.target_lengths, np.int64)
+                f.attrs["n_target_tokens"] = int(target.sum())
+                f["target_offsets"] = np.concatenate([[0], np.cumsum(target)])
+                f["target_attn_offsets"] = np.concatenate([[0], np.cumsum(self.n_heads * target * target)])
+                f["cross_attn_offsets"] = np.concatenate([[0], np.cumsum(self.n_heads * target * lengths)])
+                f["target_token_ids"] = np.concatenate(self.target_ids)
+                f.create_dataset("target_token_str", data=np.array(self.target_str, dtype=object),
+                                 dtype=h5py.string_dtype("utf-8"))
+                sizes["target"] = (int(target.sum()), int(f["target_attn_offsets"][-1]))
+                sizes["cross"] = (0, int(f["cross_attn_offsets"][-1]))
             act, attn = f.create_group("act"), f.create_group("attn")
             for name, parts in self.batches.items():
                 info = self.hooks[name]
                 rest = tuple(info["shape"])
+                n_tokens, n_attn = sizes[info.get("sequence", "source")]
                 if info["kind"] == "attention":
-                    shape, chunks, group = (self.n_attn,), (min(ATTN_CHUNK, self.n_attn),), attn
+                    shape, chunks, group = (n_attn,), (min(ATTN_CHUNK, n_attn),), attn
                 else:
-                    shape, chunks, group = (self.n_tokens, *rest), (min(TOKEN_CHUNK, self.n_tokens), *rest), act
+                    shape, chunks, group = (n_tokens, *rest), (min(TOKEN_CHUNK, n_tokens), *rest), act
                 ds = group.create_dataset(name, shape, self.dtype, chunks=chunks if self.comp else None,
                                           **self.comp)
                 at = 0
@@ -175,8 +208,11 @@ class ShardWriter:
             raise
         sink.close()
         fsync_dir(self.final.parent)
-        return {"file": f"{SHARD_DIR}/{self.final.name}", "first_prompt": self.first_prompt,
-                "n_prompts": self.n_prompts, "n_tokens": self.n_tokens}
+        entry = {"file": f"{SHARD_DIR}/{self.final.name}", "first_prompt": self.first_prompt,
+                 "n_prompts": self.n_prompts, "n_tokens": self.n_tokens}
+        if self.target_lengths:
+            entry["n_target_tokens"] = sum(self.target_lengths)
+        return entry
 
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -484,7 +520,7 @@ class RunWriter:
         try:
             lock = RunLock.acquire(path)
             (path / SHARD_DIR).mkdir()
-            manifest = {**manifest, "schema_version": SCHEMA_VERSION,
+            manifest = {**manifest, "schema_version": schema_version(manifest),
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False, "shards": []}
             writer = cls(path, manifest, lock)
             atomic_write_text(path / PROMPTS, prompts_jsonl)

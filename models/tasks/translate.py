@@ -353,3 +353,12 @@ def evaluate(model: Any, n: int = EVAL_SENTENCES, seed: int = 12345) -> dict[str
     return {"exact_match_test": exact_match(translate(model, test), test),
             "exact_match_train": exact_match(translate(model, train), train)}
 
+
+def prompt_records(split: str = "test", n: int = EVAL_SENTENCES, seed: int = 7) -> list[dict[str, Any]]:
+    """Sentences as prompt records for `probe record`: the source as ``text``, the reference
+    translation as ``target``, ``alignment`` (for target word j, the source word it translates,
+    which is its source token: the toy's tokenizer has one token per word and nothing in front)
+    and ``template``."""
+    return [{"text": e.source, "target": e.target, "alignment": list(e.alignment), "template": e.template}
+            for e in sample_examples(split, n, seed)]
+

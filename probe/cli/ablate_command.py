@@ -17,12 +17,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     data.add_argument("--run", help="a run with gold antecedents (seed, winobias, toy-coref-test): sweep on its "
                                     "held-out prompts with --metric; a decoder run without them: next-token loss on "
                                     "its prompts; saved next to the run")
-    p.add_argument("--metric", choices=["loss", "logit-diff", "accuracy", "antecedent-score"],
+    p.add_argument("--metric", choices=["loss", "logit-diff", "accuracy", "antecedent-score", "exact-match"],
                    help="loss (default for --task, --prompts and runs without gold antecedents): next-token loss; "
                         "logit-diff: logit[answer] - logit[wrong] at the last token (--prompts JSONL); with --run "
                         "(default accuracy): accuracy = the model's own answer where it gives one (toy-coref), else "
                         "an antecedent probe at --layer; antecedent-score = attention from the pronoun to the gold "
-                        "minus the other candidate, averaged over --heads")
+                        "minus the other candidate, averaged over --heads; exact-match (the default and only metric of an encoder-decoder run): greedy translations of the run's sources against its targets, the heads "
+                        "named being cross-attention heads")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ablate-heads", nargs="+", metavar="LxHy",
                        help="instead of the sweep, ablate these heads together (e.g. L1H0 L1H2) and print the "

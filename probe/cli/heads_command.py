@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {args.run} is still being recorded; using the {run.n_prompts} prompts published so far",
               file=sys.stderr)
     model = None
-    if not args.no_model:  # for the scores on repeated random tokens
+    if not args.no_model and not run.is_encoder_decoder:  # for the scores on repeated random tokens
         model, why = induction_model(run, args.model)
         if why is not None:
             print(f"note: induction_random and prev_token_random left out: the run's model {run.model_name!r} "
@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     table = head_metrics(run, model=model)
     out = save_result(args.run, "head_metrics", table, kind="head_metrics", command=command_line())
     print(f"head metrics over {run.n_prompts} prompts -> {out}")
+    if run.is_encoder_decoder:
+        _print_encoder_decoder(table, args.top)
+        return 0
     for metric, lowest in ranked_metrics(table):
         values = table[metric].dropna()
         if len(values) and values.min() == values.max():  # no ranking to print (e.g. no prompt repeats a token)
@@ -51,3 +54,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {metric:<17} {'lowest' if lowest else 'highest'}: "
               f"{top_heads_text(table, metric, args.top, ascending=lowest)}")
     return 0
+
+
+def _print_encoder_decoder(table, top: int) -> None:
+    """The top heads of each attention (encoder, decoder, cross) per metric it has; the
+    cross-attention alignment score with its baselines."""
+    from analyses.head_metrics import ranked_metrics
+    from probe.head_labels import top_heads_text
+
+    for attention in ("encoder", "decoder", "cross"):
+        part = table[table["attention"] == attention]
+        metrics = [(m, low) for m, low in ranked_metrics(part) if part[m].notna().any()]
+        if attention == "cross" and "alignment" in part:
+            metrics += [("alignment", False), ("gold_attention", False)]
+        print(f"  {attention}:")
+        for metric, lowest in metrics:
+            print(f"    {metric:<17} {'lowest' if lowest else 'highest'}: "
+                  f"{top_heads_text(part, metric, top, ascending=lowest)}")
+        if attention == "cross" and "alignment" in part:
+            print(f"    baselines: monotonic diagonal {part['diagonal'].iloc[0]:.3f}, "
+                  f"uniform attention {part['uniform'].iloc[0]:.3f}")
+
