@@ -17,7 +17,7 @@ import dash
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures
-from .data import CACHE_BYTES, READ_ERRORS, Registry, RunData, error_message
+from .data import CACHE_BYTES, ENCODER_DECODER_ATTENTIONS, READ_ERRORS, Registry, RunData, error_message
 from .state import THUMBNAILS, VIEWS, ViewState, from_query, to_query
 from .views import (
     GRAPH_CONFIG,
@@ -97,14 +97,16 @@ def _fit(state: ViewState, data: RunData) -> ViewState:
     n = max(data.n_prompts, 1)
     prompt = min(max(state.prompt, 0), n - 1)
     compare = state.compare if state.compare is None or 0 <= state.compare < n else None
-    state = state.with_(prompt=prompt, compare=compare, layer=min(max(state.layer, 0), data.n_layers - 1),
+    attention = data.attention_of(state.attention)  # "" unless the run is an encoder-decoder's
+    state = state.with_(prompt=prompt, compare=compare, attention=attention,
+                        layer=min(max(state.layer, 0), data.n_layers_of(attention) - 1),
                         head=min(max(state.head, 0), data.n_heads - 1))
     cols = list(data.head_columns())
     if cols:
         x = state.x if state.x in cols else default_x(cols)
         state = state.with_(x=x, y=state.y if state.y in cols else default_y(cols, x))
     if (state.queries or state.window is not None) and data.n_prompts:
-        n_tok = len(data.str_tokens(prompt))
+        n_tok = len(data.query_tokens(prompt, attention))
         window = None if state.window is None or n_tok <= figures.MAX_TOKENS else \
             min(state.window, n_tok - figures.MAX_TOKENS)
         state = state.with_(queries=tuple(q for q in state.queries if q < n_tok), window=window)
@@ -116,10 +118,12 @@ def apply_event(state: ViewState, trigger: str | None, value: Any) -> ViewState:
     no value is ignored: Dash empties a dropdown whose value is not (yet) among its options,
     which happens while a shared URL loads, and that must not undo the URL's state."""
     if value is None and trigger in ("run", "prompt", "layer", "head", "view", "metric", "compare", "scatter-x",
-                                     "scatter-y"):
+                                     "scatter-y", "attention"):
         return state
     if trigger == "run":
-        return state.with_(run=str(value), prompt=0, compare=None, queries=(), window=None)
+        return state.with_(run=str(value), prompt=0, compare=None, queries=(), window=None, attention="")
+    if trigger == "attention":  # another attention has other query tokens
+        return state.with_(attention=str(value or ""), queries=(), window=None)
     if trigger == "prompt" and value is not None:
         return state.with_(prompt=int(value), queries=(), window=None) if int(value) != state.prompt else state
     if trigger in ("prev", "next"):
@@ -212,6 +216,10 @@ def layout(registry: Registry) -> html.Div:
             dcc.Input(id="prompt-search", type="search", placeholder="search prompts by text", debounce=True,
                       style={"width": "260px"}),
         ], style={"display": "flex", "alignItems": "center", "gap": "6px", "margin": "8px 0"}),
+        html.Div(["attention: ", dcc.RadioItems(
+            id="attention", options=[{"label": ATTENTION_LABELS[a], "value": a} for a in ENCODER_DECODER_ATTENTIONS],
+            value=None, inline=True, labelStyle={"marginRight": "10px"})],
+            id="attention-box", style=HIDDEN),  # shown for encoder-decoder runs (run_status)
         html.Div(id="prompt-text", style={"fontStyle": "italic"}),
         html.Div(id="prompt-labels", style={"fontSize": "12px", "color": "#555"}),
         html.Div(["query tokens (select to sum their attention): ",
@@ -265,7 +273,8 @@ def layout(registry: Registry) -> html.Div:
 
 # ----------------------------------------------------------------------- app
 STATE_INPUTS = ["run", "prompt", "layer", "head", "view", "metric", "compare", "queries", "scatter-x", "scatter-y",
-                "window", "prompt-search"]
+                "window", "prompt-search", "attention"]
+ATTENTION_LABELS = {"cross": "cross (target x source)", "encoder": "encoder (source)", "decoder": "decoder (target)"}
 CLICKS = ["grid", "scatter", "layer-view", "head-lines", "resid-norm"]
 RESULT_GRAPHS = {"type": "result", "kind": ALL, "name": ALL}  # the results panel's graphs (views.view_results)
 CIRCUIT_GRAPHS = {"type": "circuit", "kind": ALL, "name": ALL}  # the circuit panel's graphs (views.view_circuit)
@@ -283,7 +292,7 @@ OUT_KEYS = {("panel-results", "children"): "results", ("panel-circuit", "childre
 
 def state_outputs(s: ViewState) -> list[Any]:
     return [to_query(s), s.run, s.prompt, s.layer, s.head, s.view, s.metric, s.compare, list(s.queries),
-            s.x or None, s.y or None, s.window, s.search]
+            s.x or None, s.y or None, s.window, s.search, s.attention or None]
 
 
 def next_state(search: str | None, stored: str | None, trigger: str | None, value: Any,
@@ -343,17 +352,19 @@ def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> d
 
     @app.callback(Output("run-status", "children"), Output("layer", "options"), Output("head", "options"),
                   Output("metric", "options"), Output("scatter-x", "options"), Output("scatter-y", "options"),
-                  Input("run", "value"), Input("generation", "data"))
+                  Output("attention-box", "style"), Input("run", "value"), Input("generation", "data"))
     def run_status(run_id, _):
         try:
             data = registry.get(run_id)
         except READ_ERRORS as e:
-            return (error_message(e),) + (no_update,) * 5
+            return (error_message(e),) + (no_update,) * 6
         if data.error:
-            return (html.Span(data.error, style={"color": "#a00"}),) + (no_update,) * 5
+            return (html.Span(data.error, style={"color": "#a00"}),) + (no_update,) * 6
         metrics, columns = metric_options(data)
-        return (data.status(), [{"label": str(i), "value": i} for i in range(data.n_layers)],
-                [{"label": str(i), "value": i} for i in range(data.n_heads)], metrics, columns, columns)
+        n_layers = max([data.n_layers_of(a) for a in data.attentions] or [data.n_layers])
+        return (data.status(), [{"label": str(i), "value": i} for i in range(n_layers)],
+                [{"label": str(i), "value": i} for i in range(data.n_heads)], metrics, columns, columns,
+                SHOWN if data.attentions else HIDDEN)
 
     @app.callback(Output("prompt", "options"), Output("compare", "options"), Output("prompts-drawn", "data"),
                   Input("state", "data"), Input("generation", "data"), State("prompts-drawn", "data"))
@@ -371,7 +382,7 @@ def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> d
                   State("tokens-drawn", "data"))
     def tokens(query, generation, drawn):
         s = from_query(query)
-        key = [s.run, s.prompt, generation]
+        key = [s.run, s.prompt, s.attention, generation]
         if key == drawn:
             return no_update, no_update, no_update, no_update
         return (*token_checklist(registry, s), key)
@@ -380,7 +391,7 @@ def create_app(run_paths: list[str | Path], cache_bytes: int = CACHE_BYTES) -> d
                   Input("generation", "data"), State("grid-drawn", "data"))
     def grid(query, generation, drawn):
         s = from_query(query)
-        key = [s.run, s.prompt, s.metric, generation]
+        key = [s.run, s.prompt, s.metric, s.attention, generation]
         if key == drawn:  # only the selected head moved: OUTLINE_JS moves the outline in the browser
             return no_update, no_update
         return grid_figure(registry, s), key

@@ -29,6 +29,7 @@ from probe.errors import RunUnavailable, StoreError, UnknownRun, one_line
 # KeyError for a hook the run lacks, IndexError for a prompt/head out of range, and
 # ValueError from a truncated JSON or CSV file.
 READ_ERRORS = (StoreError, OSError, KeyError, IndexError, ValueError)
+ENCODER_DECODER_ATTENTIONS = ("cross", "encoder", "decoder")  # the first is what an encoder-decoder run opens on
 
 
 def error_message(e: BaseException) -> str:
@@ -48,7 +49,14 @@ def head_columns(tables: list[Result]) -> dict[str, pd.Series]:
         df = t.table.set_index(["layer", "head"]) if {"layer", "head"} <= set(t.table.columns) else None
         if df is None:
             continue
-        if t.kind == HEAD_METRICS.name:
+        if t.kind == HEAD_METRICS.name and "attention" in t.table.columns:
+            # an encoder-decoder run's heads: one column per (attention, metric), e.g. "cross:alignment"
+            for attention, part in t.table.groupby("attention", sort=False):
+                part = part.set_index(["layer", "head"])
+                for c in part.columns:
+                    if pd.api.types.is_numeric_dtype(part[c]) and part[c].notna().any():
+                        out[f"{attention}:{c}"] = part[c].astype(float)
+        elif t.kind == HEAD_METRICS.name:
             for c in df.columns:
                 if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
                     out[c if t.name == "head_metrics" else f"{t.name}.{c}"] = df[c].astype(float)
@@ -271,29 +279,72 @@ class RunData:
     def has_hook(self, name: str) -> bool:
         return name in self.run.manifest["hooks"]
 
-    def missing_patterns(self) -> str | None:
+    # -------------------------------------------------------------- encoder-decoder runs
+    # A run of an encoder-decoder model has three attentions: the encoder's self-attention over
+    # the source, the decoder's over the target, and cross-attention (target queries, source
+    # keys). The view state's ``attention`` picks one; "" is the only attention of other runs.
+    @property
+    def attentions(self) -> tuple[str, ...]:
+        return ENCODER_DECODER_ATTENTIONS if self.run.is_encoder_decoder else ()
+
+    def attention_of(self, attention: str) -> str:
+        """``attention`` if this run has it, else the run's default ("cross", or "")."""
+        return attention if attention in self.attentions else (self.attentions[0] if self.attentions else "")
+
+    def n_layers_of(self, attention: str = "") -> int:
+        if self.attention_of(attention) in ("decoder", "cross"):
+            return int(self.run.config["n_decoder_layers"])
+        return self.n_layers
+
+    def pattern_hook(self, layer: int, attention: str = "") -> str:
+        attention = self.attention_of(attention)
+        return {"": f"blocks.{layer}.attn.hook_pattern", "encoder": f"encoder.{layer}.attn.hook_pattern",
+                "decoder": f"decoder.{layer}.attn.hook_pattern",
+                "cross": f"decoder.{layer}.cross_attn.hook_pattern"}[attention]
+
+    def query_tokens(self, prompt: int, attention: str = "") -> list[str]:
+        """The tokens the attention's queries sit on: the target's for the decoder and cross-attention."""
+        if self.attention_of(attention) in ("decoder", "cross"):
+            self.check_prompt(prompt)
+            return self._cache.get(("target", prompt), lambda: self.run.str_tokens(prompt, "target"))
+        return self.str_tokens(prompt)
+
+    def key_tokens(self, prompt: int, attention: str = "") -> list[str]:
+        """The tokens the attention's keys sit on: the source's except for the decoder's self-attention."""
+        return self.query_tokens(prompt, "decoder") if self.attention_of(attention) == "decoder" \
+            else self.str_tokens(prompt)
+
+    def missing_patterns(self, attention: str = "") -> str | None:
         """Why attention views are empty, or None when patterns were recorded."""
-        if all(self.has_hook(f"blocks.{layer}.attn.hook_pattern") for layer in range(self.n_layers)):
+        if all(self.has_hook(self.pattern_hook(layer, attention)) for layer in range(self.n_layers_of(attention))):
             return None
-        return (f"run {self.label} has no attention patterns; record them with "
-                "`probe record ... --names 'blocks.*.attn.hook_pattern'`")
+        return (f"run {self.label} has no attention patterns{' of ' + attention if attention else ''}; record "
+                f"them with `probe record ... --names '{self.pattern_hook(0, attention).replace('.0.', '.*.')}'`")
 
     # -------------------------------------------------------------- slices
-    def pattern(self, prompt: int, layer: int, head: int) -> np.ndarray:
+    def pattern(self, prompt: int, layer: int, head: int, attention: str = "") -> np.ndarray:
         """[query, key] of one head: one contiguous read."""
         self.check_prompt(prompt)
-        self._check_head(layer, head)
-        return self._cache.get(("pattern", prompt, layer, head), lambda: self.run.pattern(prompt, layer, head))
+        self._check_head(layer, head, attention)
+        name, key = self.pattern_hook(layer, attention), self._which(attention)
+        return self._cache.get(("pattern", prompt, layer, head, *key),
+                               lambda: self.run.prompt_activation(name, prompt, head))
 
-    def layer_patterns(self, prompt: int, layer: int) -> np.ndarray:
+    def layer_patterns(self, prompt: int, layer: int, attention: str = "") -> np.ndarray:
         """[head, query, key] of one layer."""
         self.check_prompt(prompt)
-        self._check_head(layer, 0)
-        return self._cache.get(("layer", prompt, layer), lambda: self.run.pattern(prompt, layer))
+        self._check_head(layer, 0, attention)
+        name, key = self.pattern_hook(layer, attention), self._which(attention)
+        return self._cache.get(("layer", prompt, layer, *key), lambda: self.run.prompt_activation(name, prompt))
 
-    def all_patterns(self, prompt: int) -> np.ndarray:
+    def _which(self, attention: str) -> tuple[str, ...]:
+        """The attention's part of a slice's cache key (none for a run with one attention)."""
+        attention = self.attention_of(attention)
+        return (attention,) if attention else ()
+
+    def all_patterns(self, prompt: int, attention: str = "") -> np.ndarray:
         """[layer, head, query, key] of one prompt (for the grid's thumbnails)."""
-        return np.stack([self.layer_patterns(prompt, layer) for layer in range(self.n_layers)])
+        return np.stack([self.layer_patterns(prompt, layer, attention) for layer in range(self.n_layers_of(attention))])
 
     def residual_norms(self, prompt: int) -> tuple[np.ndarray, str] | None:
         """[layer, position] L2 norm of the residual stream, from the first kind of residual
@@ -349,9 +400,11 @@ class RunData:
         reads only that head's hyperslab, not every head's vectors."""
         return self.run.prompt_activation(name, prompt, head)
 
-    def _check_head(self, layer: int, head: int) -> None:
-        if not 0 <= layer < self.n_layers:
-            raise IndexError(f"layer {layer} is out of range: the model has {self.n_layers} layers")
+    def _check_head(self, layer: int, head: int, attention: str = "") -> None:
+        n_layers = self.n_layers_of(attention)
+        if not 0 <= layer < n_layers:
+            raise IndexError(f"layer {layer} is out of range: the model has {n_layers} layers"
+                             + (f" of {self.attention_of(attention)} attention" if attention else ""))
         if not 0 <= head < self.n_heads:
             raise IndexError(f"head {head} is out of range: the model has {self.n_heads} heads")
 

@@ -86,25 +86,33 @@ def summed_attention(pattern: np.ndarray, queries: list[int]) -> np.ndarray:
 
 # ----------------------------------------------------------------------- one head
 def head_heatmap(pattern: np.ndarray, tokens: list[str], title: str = "", window: tuple[int, int] | None = None,
-                 queries: list[int] | None = None) -> go.Figure:
+                 queries: list[int] | None = None, key_tokens: list[str] | None = None) -> go.Figure:
     """The [query, key] pattern with token labels on both axes and hover values. ``window``
-    crops both axes to [start, end); selected queries are marked on the query axis."""
+    crops both axes to [start, end); selected queries are marked on the query axis. With
+    ``key_tokens`` (cross-attention: target queries, source keys) the keys are another sequence,
+    shown whole; the window crops the queries only."""
     a, b = window or (0, len(tokens))
-    z = _round(pattern[a:b, a:b])
-    toks = tokens[a:b]
-    pos = list(range(a, b))
-    hover = [[f"query {q} {toks[i]!r} -> key {k} {toks[j]!r}" for j, k in enumerate(pos)] for i, q in enumerate(pos)]
-    tick = dict(tickmode="array", tickvals=pos, ticktext=toks, tickfont={"size": 10 if len(pos) < 48 else 7})
-    shapes = [dict(type="rect", x0=a - 0.5, x1=b - 0.5, y0=q - 0.5, y1=q + 0.5, line=dict(color=SELECTED, width=1))
+    ka, kb = (a, b) if key_tokens is None else (0, len(key_tokens))
+    keys = tokens if key_tokens is None else key_tokens
+    z = _round(pattern[a:b, ka:kb])
+    toks, ktoks = tokens[a:b], keys[ka:kb]
+    pos, kpos = list(range(a, b)), list(range(ka, kb))
+    hover = [[f"query {q} {toks[i]!r} -> key {k} {ktoks[j]!r}" for j, k in enumerate(kpos)] for i, q in enumerate(pos)]
+    size = {"size": 10 if max(len(pos), len(kpos)) < 48 else 7}
+    tick = dict(tickmode="array", tickvals=pos, ticktext=toks, tickfont=size)
+    ktick = dict(tickmode="array", tickvals=kpos, ticktext=ktoks, tickfont=size)
+    shapes = [dict(type="rect", x0=ka - 0.5, x1=kb - 0.5, y0=q - 0.5, y1=q + 0.5, line=dict(color=SELECTED, width=1))
               for q in queries or [] if a <= q < b]
     return figure(
-        [dict(type="heatmap", z=z, x=pos, y=pos, colorscale="Blues", zmin=0,
+        [dict(type="heatmap", z=z, x=kpos, y=pos, colorscale="Blues", zmin=0,
               zmax=max(float(np.nanmax(z)), 1e-6) if z.size else 1, hovertext=hover,
               hovertemplate="%{hovertext}: %{z:.3f}<extra></extra>", colorbar={"title": {"text": "attn"}})],
         dict(title={"text": title + (f" (positions {a}-{b - 1} of {len(tokens)}; set the window start, or select "
                                      "a query token, to move the window)" if (a, b) != (0, len(tokens)) else "")},
-             xaxis=dict(title={"text": "key"}, side="bottom", tickangle=-60, **tick),
-             yaxis=dict(title={"text": "query"}, autorange="reversed", **tick), shapes=shapes,
+             xaxis=dict(title={"text": "key" if key_tokens is None else "key (source)"}, side="bottom", tickangle=-60,
+                        **ktick),
+             yaxis=dict(title={"text": "query" if key_tokens is None else "query (target)"}, autorange="reversed",
+                        **tick), shapes=shapes,
              height=max(360, min(900, 14 * len(pos) + 140))))
 
 
@@ -112,21 +120,27 @@ LINE_BUCKETS = [(0.02, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.01)]  # weight ra
 
 
 def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None = None, top_k: int = TOP_K,
-              window: tuple[int, int] | None = None) -> go.Figure:
+              window: tuple[int, int] | None = None, key_tokens: list[str] | None = None) -> go.Figure:
     """bertviz-style: queries on the left, keys on the right, a line per (query, key) among
     each query's ``top_k`` keys, opacity and width by weight. ``window`` crops the queries
     only: each query's top keys come from its whole row, and a top key outside the window
     (a BOS sink, a distant antecedent) gets a row of its own, labelled with its position.
     Selected queries' lines are red and the key markers' size shows the attention they get
-    from the selected queries, summed. Clicking a query token selects it."""
+    from the selected queries, summed. Clicking a query token selects it. With ``key_tokens``
+    (cross-attention) the keys are the other sentence: the target on the left, the source on the
+    right, every source token drawn."""
     a, b = window or (0, len(tokens))
     rows = pattern[a:b]  # [window queries, every key]
     top = _top_keys(rows, top_k)  # [n, top_k] key positions, each row's strongest first
     weight = np.take_along_axis(rows, top, 1)
-    keys = np.union1d(np.arange(a, b), top[weight > 0])  # the key rows drawn, in position order
-    y_of = {int(k): i for i, k in enumerate(keys)}
     n = b - a
-    q_y = np.searchsorted(keys, np.arange(a, b))  # a query sits level with itself as a key
+    if key_tokens is None:
+        keys = np.union1d(np.arange(a, b), top[weight > 0])  # the key rows drawn, in position order
+        q_y = np.searchsorted(keys, np.arange(a, b))  # a query sits level with itself as a key
+    else:
+        keys, q_y = np.arange(len(key_tokens)), np.arange(n)
+    y_of = {int(k): i for i, k in enumerate(keys)}
+    ktoks = tokens if key_tokens is None else key_tokens
     sel = [q - a for q in queries or [] if a <= q < b]
     is_sel = np.isin(np.arange(n), sel)
     traces = []
@@ -141,8 +155,8 @@ def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None 
             traces.append(dict(type="scatter", x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                connectgaps=False, line=dict(color=color, width=(2 if selected else 1) + 4 * lo)))
     summed = summed_attention(rows, sel)[keys]
-    key_text = [tokens[k] if a <= k < b else f"{tokens[k]} @{k}" for k in keys]
-    where = ["<br>".join(f"{k} {tokens[k]!r} {w:.2f}" for k, w in zip(top[q], weight[q]) if w > 0) for q in range(n)]
+    key_text = [ktoks[k] if key_tokens is not None or a <= k < b else f"{ktoks[k]} @{k}" for k in keys]
+    where = ["<br>".join(f"{k} {ktoks[k]!r} {w:.2f}" for k, w in zip(top[q], weight[q]) if w > 0) for q in range(n)]
     traces.append(dict(type="scatter", x=[0] * n, y=q_y.tolist(), mode="markers+text", text=tokens[a:b],
                        textposition="middle left", name="queries", showlegend=False, customdata=list(range(a, b)),
                        hovertext=where, marker=dict(size=9, color=[SELECTED if s else "#1f77b4" for s in is_sel]),
@@ -154,7 +168,7 @@ def line_view(pattern: np.ndarray, tokens: list[str], queries: list[int] | None 
                        marker=dict(size=6 + 20 * np.sqrt(np.clip(summed, 0, None) / max(len(sel), 1)),
                                    color=SELECTED if sel else "#7f7f7f"),
                        hovertemplate="key %{text}: summed attention %{customdata}<extra></extra>"))
-    outside = len(keys) - n
+    outside = len(keys) - n if key_tokens is None else 0
     return figure(traces, dict(
         title={"text": f"token view: top {top_k} keys per query" + (
             f"; {len(sel)} selected queries, marker size = summed attention" if sel
@@ -177,16 +191,19 @@ def _top_keys(rows: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(idx, order, 1)
 
 
-def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int]) -> go.Figure:
-    """Bar per key: the attention the selected queries give it, summed."""
+def summed_bar(pattern: np.ndarray, tokens: list[str], queries: list[int],
+               key_tokens: list[str] | None = None) -> go.Figure:
+    """Bar per key: the attention the selected queries give it, summed (``key_tokens``: the
+    keys' own sequence, cross-attention's source)."""
     s = summed_attention(pattern, queries)
-    pos = list(range(len(tokens)))
+    keys = tokens if key_tokens is None else key_tokens
+    pos = list(range(len(keys)))
     return figure(
-        [dict(type="bar", x=pos, y=_round(s), hovertext=tokens, hovertemplate="%{hovertext}: %{y:.3f}<extra></extra>",
+        [dict(type="bar", x=pos, y=_round(s), hovertext=keys, hovertemplate="%{hovertext}: %{y:.3f}<extra></extra>",
               marker=dict(color=SELECTED))],
         dict(title={"text": "attention summed over the selected queries: " + ", ".join(repr(tokens[q])
                                                                                         for q in queries)},
-             xaxis=dict(tickmode="array", tickvals=pos, ticktext=tokens, tickangle=-60),
+             xaxis=dict(tickmode="array", tickvals=pos, ticktext=keys, tickangle=-60),
              yaxis=dict(title={"text": "summed attention"}), height=300))
 
 
@@ -198,14 +215,14 @@ def grid_thumbnails(patterns: np.ndarray, thumb: int = THUMB) -> go.Figure:
     spaced (x0/dx, not coordinate arrays), which Plotly draws as one image. Each thumbnail
     is scaled to its own maximum."""
     L, H = patterns.shape[:2]
-    small = pool(patterns, thumb)  # [L, H, t, t]
-    t = small.shape[-1]
+    small = pool(patterns, thumb)  # [L, H, tq, tk] (tq != tk for cross-attention)
+    tq, tk = small.shape[-2:]
     small = small / np.maximum(small.max(axis=(-2, -1), keepdims=True), 1e-9)
-    z = np.full((L, t + 1, H, t + 1), np.nan)
-    z[:, :t, :, :t] = small.transpose(0, 2, 1, 3)
-    step = 1 / (t + 1)
-    return figure([dict(type="heatmap", z=_round(z.reshape(L * (t + 1), H * (t + 1)), 3), x0=-0.5 + step / 2,
-                        dx=step, y0=-0.5 + step / 2, dy=step, colorscale="Blues", zmin=0, zmax=1, showscale=False,
+    z = np.full((L, tq + 1, H, tk + 1), np.nan)
+    z[:, :tq, :, :tk] = small.transpose(0, 2, 1, 3)
+    xstep, ystep = 1 / (tk + 1), 1 / (tq + 1)
+    return figure([dict(type="heatmap", z=_round(z.reshape(L * (tq + 1), H * (tk + 1)), 3), x0=-0.5 + xstep / 2,
+                        dx=xstep, y0=-0.5 + ystep / 2, dy=ystep, colorscale="Blues", zmin=0, zmax=1, showscale=False,
                         hoverongaps=False, hovertemplate="layer %{y:.0f} head %{x:.0f}<extra>click to select</extra>")],
                   grid_axes(L, H, "each head's pattern on this prompt (scaled to its maximum); click one to select it"))
 

@@ -1,5 +1,6 @@
 """The view state and its URL query string, so that a view can be shared and reloaded:
-``?run=0&prompt=1&layer=3&head=1&view=head&metric=induction&compare=0&q=10,11&window=200&search=tired``.
+``?run=0&prompt=1&layer=3&head=1&view=head&metric=induction&compare=0&q=10,11&window=200&search=tired``
+(and ``attention=cross`` on an encoder-decoder run).
 The circuit view (``view=circuit``) needs no field of its own: the selected head is layer/head.
 
 Parsing never fails: a value that is missing or malformed falls back to its default (the
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from urllib.parse import parse_qs, urlencode
 
 VIEWS = ("head", "layer", "metrics", "results", "qk", "compare", "circuit")
+ATTENTIONS = ("", "encoder", "decoder", "cross")
 THUMBNAILS = ""  # the grid's metric when it shows pattern thumbnails
 
 
@@ -29,6 +31,7 @@ class ViewState:
     y: str = ""
     window: int | None = None  # first position of a long prompt's heatmap window (None: automatic)
     search: str = ""  # the prompt picker's search text
+    attention: str = ""  # encoder-decoder runs: "encoder", "decoder" or "cross" ("": the run's default)
 
     def with_(self, **changes) -> ViewState:
         return replace(self, **changes)
@@ -68,7 +71,8 @@ def from_query(search: str | None) -> ViewState:
                      head=_int(q.get("head"), 0), view=text("view", DEFAULT.view, VIEWS),
                      metric=text("metric", THUMBNAILS), compare=_int(q.get("compare"), None),
                      queries=tuple(sorted(set(queries))), x=text("x", ""), y=text("y", ""),
-                     window=_int(q.get("window"), None), search=text("search", ""))
+                     window=_int(q.get("window"), None), search=text("search", ""),
+                     attention=text("attention", "", ATTENTIONS))
 
 
 def to_query(state: ViewState) -> str:

@@ -77,31 +77,45 @@ def _kv_note(data: RunData, head: int) -> list:
 def head_pattern_figure(data: RunData, s: ViewState):
     """The selected head's [query, key] pattern on the selected prompt (the head view's
     heatmap; the circuit view shows it for the head clicked there)."""
-    pattern = data.pattern(s.prompt, s.layer, s.head)
-    tokens = data.str_tokens(s.prompt)
+    pattern = data.pattern(s.prompt, s.layer, s.head, s.attention)
+    tokens, keys = data.query_tokens(s.prompt, s.attention), _other_keys(data, s)
     window = figures.crop_window(len(tokens), focus=list(s.queries), start=s.window)
-    title = f"{head_label(s.layer, s.head)} on prompt {s.prompt}"
-    return figures.head_heatmap(pattern, tokens, title, window, list(s.queries))
+    title = f"{_attention_label(data, s)}{head_label(s.layer, s.head)} on prompt {s.prompt}"
+    return figures.head_heatmap(pattern, tokens, title, window, list(s.queries), key_tokens=keys)
+
+
+def _attention_label(data: RunData, s: ViewState) -> str:
+    """"cross-attention " etc. on an encoder-decoder run; nothing on the others."""
+    attention = data.attention_of(s.attention)
+    return {"": "", "encoder": "encoder ", "decoder": "decoder ", "cross": "cross-attention "}[attention]
+
+
+def _other_keys(data: RunData, s: ViewState) -> list[str] | None:
+    """Cross-attention's keys (the source), which are not its queries' tokens; None otherwise."""
+    return data.key_tokens(s.prompt, s.attention) if data.attention_of(s.attention) == "cross" else None
 
 
 def view_head(data: RunData, s: ViewState) -> dict[str, Any]:
-    pattern = data.pattern(s.prompt, s.layer, s.head)
-    tokens = data.str_tokens(s.prompt)
+    pattern = data.pattern(s.prompt, s.layer, s.head, s.attention)
+    tokens, keys = data.query_tokens(s.prompt, s.attention), _other_keys(data, s)
     window = figures.crop_window(len(tokens), focus=list(s.queries), start=s.window)
     out = {"head-heatmap": head_pattern_figure(data, s),
-           "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window),
+           "head-lines": figures.line_view(pattern, tokens, list(s.queries), window=window, key_tokens=keys),
            "head-card": head_card(data, s.layer, s.head)}
     # without selected queries the bar is hidden, not redrawn: every Plotly draw costs the browser
-    out["head-summed"] = figures.summed_bar(pattern, tokens, list(s.queries)) if s.queries else no_update
+    out["head-summed"] = figures.summed_bar(pattern, tokens, list(s.queries), keys) if s.queries else no_update
     out["head-summed-style"] = SHOWN if s.queries else HIDDEN
     return out
 
 
 def view_layer(data: RunData, s: ViewState) -> dict[str, Any]:
-    tokens = data.str_tokens(s.prompt)
+    tokens = data.query_tokens(s.prompt, s.attention)
     kv_heads = [data.kv_head(h) for h in range(data.n_heads)]
-    out = {"layer-view": figures.layer_view(data.layer_patterns(s.prompt, s.layer), tokens, s.layer, s.head,
-                                            kv_heads=kv_heads)}
+    out = {"layer-view": figures.layer_view(data.layer_patterns(s.prompt, s.layer, s.attention), tokens, s.layer,
+                                            s.head, kv_heads=kv_heads)}
+    if data.attentions:  # the residual norms below read the decoder-only blocks' stream
+        out["resid-norm"] = figures.message_figure("residual norms are not drawn for encoder-decoder runs yet")
+        return out
     norms = data.residual_norms(s.prompt)
     out["resid-norm"] = figures.residual_norms(norms[0], tokens, norms[1]) if norms else figures.message_figure(
         "no residual stream recorded; record it with `probe record ... --names 'blocks.*.hook_resid_post'`")
@@ -322,6 +336,7 @@ VIEW_FUNCS: dict[str, Callable[[RunData, ViewState], dict[str, Any]]] = {
     "head": view_head, "layer": view_layer, "metrics": view_metrics, "results": view_results, "qk": view_qk,
     "compare": view_compare, "circuit": view_circuit}
 NEEDS_PATTERNS = {"head", "layer", "compare"}
+ENCODER_DECODER_VIEWS = {"head", "layer", "metrics"}  # the views that take an attention switch
 
 
 def render_view(registry: Registry, s: ViewState) -> tuple[dict[str, Any], str | None]:
@@ -330,7 +345,10 @@ def render_view(registry: Registry, s: ViewState) -> tuple[dict[str, Any], str |
         data = registry.get(s.run)
         if data.error:
             return {}, data.error
-        if s.view in NEEDS_PATTERNS and (why := data.missing_patterns()):
+        if data.attentions and s.view not in ENCODER_DECODER_VIEWS:
+            return {}, (f"the {s.view} view does not take encoder-decoder runs yet; the head, layer and head-metrics "
+                        "views do (switch encoder / decoder / cross above)")
+        if s.view in NEEDS_PATTERNS and (why := data.missing_patterns(s.attention)):
             return {}, why
         if data.n_prompts == 0 and s.view not in ("metrics", "results", "circuit"):
             return {}, f"run {data.label} has no published prompts yet; press Refresh while it is being recorded"
@@ -349,17 +367,18 @@ def grid_figure(registry: Registry, s: ViewState):
             cols = data.head_columns()
             if s.metric not in cols:
                 return figures.message_figure(f"no metric {s.metric!r} saved for this run")
-            values = np.full((data.n_layers, data.n_heads), np.nan)
+            n_layers = max([data.n_layers_of(a) for a in data.attentions] or [data.n_layers])
+            values = np.full((n_layers, data.n_heads), np.nan)
             for (layer, head), v in cols[s.metric].items():
-                if 0 <= layer < data.n_layers and 0 <= head < data.n_heads:
+                if 0 <= layer < n_layers and 0 <= head < data.n_heads:
                     values[int(layer), int(head)] = v
             fig = figures.grid_metric(values, s.metric)
         else:
-            if why := data.missing_patterns():
+            if why := data.missing_patterns(s.attention):
                 return figures.message_figure(why)
             if data.n_prompts == 0:
                 return figures.message_figure("no prompts published yet")
-            fig = figures.grid_thumbnails(data.all_patterns(s.prompt))
+            fig = figures.grid_thumbnails(data.all_patterns(s.prompt, s.attention))
         fig.update_layout(shapes=figures.grid_selection(s.layer, s.head))
         return fig
     except READ_ERRORS as e:
@@ -372,10 +391,13 @@ def token_checklist(registry: Registry, s: ViewState) -> tuple[list[dict], str, 
         data = registry.get(s.run)
         if data.error or data.n_prompts == 0:
             return [], "", ""
-        tokens = data.str_tokens(s.prompt)
+        tokens = data.query_tokens(s.prompt, s.attention)  # the target's, for the decoder and cross-attention
         labels = data.labels(s.prompt)
         shown = ", ".join(f"{k}: {v}" for k, v in labels.items() if not isinstance(v, list | dict))
-        return ([{"label": t, "value": i} for i, t in enumerate(tokens)], data.prompts()[s.prompt], shown)
+        text = data.prompts()[s.prompt]
+        if data.attentions:  # source and target, as the line view draws them
+            text = f"{text}  →  {' '.join(data.query_tokens(s.prompt, 'cross'))}"
+        return ([{"label": t, "value": i} for i, t in enumerate(tokens)], text, shown)
     except READ_ERRORS as e:
         return [], error_message(e), ""
 
