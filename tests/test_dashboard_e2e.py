@@ -158,3 +158,30 @@ def test_views_from_url_and_grid_by_metric(dash_duo, coref_run):
     dash_duo.wait_for_contains_text("#panel-results", "patch_resid")
     wait_until(lambda: "view=results" in dash_duo.driver.current_url, what="view=results in the URL")
     assert dash_duo.get_logs() == [], dash_duo.get_logs()
+
+
+def test_the_attention_switch_of_an_encoder_decoder_run(dash_duo, tmp_path):
+    """A toy-translate run opens on cross-attention (target tokens down, source tokens across);
+    the switch shows the encoder's self-attention over the source."""
+    import json
+
+    import models
+    from models.tasks import translate as tr
+    from probe.reader import Run
+    from probe.recorder import record
+
+    prompts = tmp_path / "pairs.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in tr.prompt_records("test", 4, seed=1)))
+    record(models.load("toy-translate"), prompts, tmp_path / "run", progress=False,
+           names=["encoder.*.attn.hook_pattern", "decoder.*.cross_attn.hook_pattern", "decoder.*.attn.hook_pattern"])
+    run = Run(tmp_path / "run")
+    dash_duo.driver.set_window_size(1500, 1200)
+    dash_duo.start_server(create_app([tmp_path / "run"]))
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "cross-attention L0H0 on prompt 0", timeout=15)
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap", "y") == run.str_tokens(0, "target"),
+               what="the target's tokens on the query axis")
+    assert tick_labels(dash_duo, "head-heatmap") == run.str_tokens(0)
+    dash_duo.find_element("#attention input[value='encoder']").click()
+    dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "encoder L0H0 on prompt 0")
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap", "y") == run.str_tokens(0), what="the source on both axes")
+    wait_until(lambda: "attention=encoder" in dash_duo.driver.current_url, what="the URL to hold the attention")
