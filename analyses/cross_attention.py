@@ -334,3 +334,79 @@ def _cross_rows(run, prompts: list[int], n_layers: int, n_heads: int) -> list[di
                            uniform=uniform / queries)
             rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------ patching
+def target_log_likelihood(model: HookedEncoderDecoder, data: TranslationSet, hooks: list = (),
+                          source: TranslationSet | None = None) -> float:
+    """Mean log-probability of the targets' real tokens given their prefixes (teacher forced),
+    reading the sources of ``source`` (default ``data``'s) with ``hooks`` active."""
+    src = source or data
+    with torch.no_grad(), model.hooks(list(hooks)):
+        logits = model(src.source, data.target, src.source_mask, data.target_mask)
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, data.target[:, 1:, None])[..., 0]
+    keep = data.target_mask[:, 1:].bool()
+    return float(logp[keep].mean())
+
+
+def patch_cross_heads(model: HookedEncoderDecoder, clean: TranslationSet, corrupt_sources: TranslationSet,
+                      direction: Literal["denoise", "noise"] = "denoise") -> pd.DataFrame:
+    """Activation patching of each cross-attention head between two sources read with the same
+    (clean) targets: the metric is the clean targets' log-likelihood (`target_log_likelihood`);
+    ``denoise`` runs the corrupted sources with one head's clean z patched in, ``noise`` the clean
+    sources with one head's corrupted z. A head's z is per target position, so the sources may
+    differ in length. Rows: layer, head, patched, normalized ((patched - corrupt) / (clean -
+    corrupt), as `analyses.patching`), direction, clean, corrupt."""
+    check_model(model)
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"direction must be 'denoise' or 'noise', not {direction!r}")
+    if clean.source.shape[0] != corrupt_sources.source.shape[0]:
+        raise InputError(f"{clean.source.shape[0]} clean and {corrupt_sources.source.shape[0]} corrupted sources; "
+                         "pair each clean sentence with one corrupted source")
+    clean_value = target_log_likelihood(model, clean)
+    corrupt_value = target_log_likelihood(model, clean, source=corrupt_sources)
+    if abs(clean_value - corrupt_value) < 1e-9:
+        raise InputError("the corrupted sources do not change the targets' likelihood; nothing to patch")
+    giver, runner = (clean, corrupt_sources) if direction == "denoise" else (corrupt_sources, clean)
+    names = [f"decoder.{layer}.cross_attn.hook_z" for layer in range(model.cfg.n_decoder_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(giver.source, decoder_input=clean.target, attention_mask=giver.source_mask,
+                                        decoder_attention_mask=clean.target_mask, names_filter=names)
+    rows = []
+    for layer, name in enumerate(names):
+        for head in range(model.cfg.n_heads):
+            def place(z, hook, head=head, given=cache[name]):
+                z = z.clone()
+                z[:, :, head] = given[:, :, head]
+                return z
+
+            patched = target_log_likelihood(model, clean, [(name, place)], source=runner)
+            rows.append({"layer": layer, "head": head, "patched": patched,
+                         "normalized": (patched - corrupt_value) / (clean_value - corrupt_value)})
+    return pd.DataFrame(rows).assign(direction=direction, clean=clean_value, corrupt=corrupt_value)
+
+
+def shuffled_sources(data: TranslationSet, seed: int = 0) -> TranslationSet:
+    """The same targets with each source replaced by another sentence's (a random derangement of
+    the rows): the corruption `patch_cross_heads` compares against when none is given."""
+    from .ablation import resample_pairing
+
+    rows = resample_pairing(data.source.shape[0], data.source.shape[0], seed)
+    return TranslationSet(data.source[rows], data.source_mask[rows], data.target, data.target_mask,
+                          torch.full_like(data.gold, -1))
+
+
+def run_cross_patching(model: HookedEncoderDecoder, run, direction: Literal["denoise", "noise"] = "denoise",
+                       seed: int = 0) -> tuple[pd.DataFrame, str]:
+    """`patch_cross_heads` on an encoder-decoder run's prompts against their sources shuffled
+    (`shuffled_sources`); returns the table and its result name next to the run
+    (patch_heads_cross, or patch_heads_cross_noise: noising reads the other way)."""
+    from .run_checks import check_model_matches
+
+    check_model_matches(model, run)
+    data = run_translation_set(run)
+    if data.source.shape[0] < 2:
+        raise InputError("cross-attention patching swaps sources between prompts; the run needs at least 2")
+    table = patch_cross_heads(model, data, shuffled_sources(data, seed), direction)
+    return table, "patch_heads_cross" + ("" if direction == "denoise" else "_noise")
+

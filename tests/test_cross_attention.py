@@ -5,6 +5,7 @@ scores themselves are checked on patterns the test writes."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,29 @@ def test_what_cannot_be_scored_is_refused(toy, held_out):
     with pytest.raises(InputError, match="gold source positions"):
         TranslationSet(held_out.source, held_out.source_mask, held_out.target, held_out.target_mask,
                        held_out.gold + 20)
+
+
+def test_patching_is_exact_where_only_one_head_reads_the_source(toy, held_out):
+    """Ground truth by construction: with every other cross-attention head's output weights zeroed,
+    L1H2 is the decoder's only path to the source, so patching it restores all of the clean
+    likelihood (denoise: 1) or loses all of it (noise: 0), and patching any other head does
+    nothing (0 and 1)."""
+    import copy
+
+    from analyses.cross_attention import patch_cross_heads, shuffled_sources
+
+    one_path = copy.deepcopy(toy)
+    d = one_path.cfg.d_head
+    with torch.no_grad():
+        for layer, block in enumerate(one_path.decoder):
+            for head in range(one_path.cfg.n_heads):
+                if (layer, head) != (1, 2):
+                    block.cross_attn.o_proj.weight[:, head * d:(head + 1) * d] = 0
+    corrupt = shuffled_sources(held_out)
+    for direction, mine, others in (("denoise", 1.0, 0.0), ("noise", 0.0, 1.0)):
+        table = patch_cross_heads(one_path, held_out, corrupt, direction).set_index(["layer", "head"])
+        assert table.loc[(1, 2), "normalized"] == pytest.approx(mine, abs=1e-4)
+        assert np.allclose(table.drop(index=(1, 2)).normalized, others, atol=1e-4)
+    # on the shipped toy the aligning heads carry most of what the source adds
+    table = patch_cross_heads(toy, held_out, corrupt).set_index(["layer", "head"])
+    assert table.normalized.idxmax() in {(1, 1), (1, 2)} and table.normalized.max() > 0.5

@@ -191,3 +191,15 @@ def test_inputs_that_cannot_be_answered_are_refused(loaded, hf_checkpoints):
         decoder_only.run_with_cache(torch.randint(6, 60, (1, 4)), names_filter="blocks.0.cross_attn.hook_pattern")
     with pytest.raises(InputError, match="not an encoder-decoder config"):
         HookedEncoderDecoder(decoder_only.cfg)
+
+
+def test_sampling_is_reproducible_by_seed_and_top_k_1_is_greedy(loaded):
+    ours = loaded["marian"]
+    source, source_mask, _, _ = pair(seed=4, b=4, s=6)
+    greedy = ours.generate(source, attention_mask=source_mask, max_new_tokens=6)
+    one = ours.generate(source, attention_mask=source_mask, max_new_tokens=6, do_sample=True, top_k=1, seed=3)
+    assert torch.equal(one, greedy)
+    a = ours.generate(source, attention_mask=source_mask, max_new_tokens=6, do_sample=True, temperature=2.0, seed=9)
+    b = ours.generate(source, attention_mask=source_mask, max_new_tokens=6, do_sample=True, temperature=2.0, seed=9)
+    c = ours.generate(source, attention_mask=source_mask, max_new_tokens=6, do_sample=True, temperature=2.0, seed=10)
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -114,3 +114,12 @@ def test_what_an_encoder_decoder_run_cannot_take_is_refused(tmp_path, toy, trans
     assert not (tmp_path / "r").exists()
     with pytest.raises(InputError, match="sequence must be"):
         translation_run.tokens(0, "both")
+
+
+def test_probe_patch_on_the_run_patches_cross_attention_heads(translation_run):
+    r = run_cli("patch", "--run", str(translation_run.path))
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(translation_run.path / "analyses" / "patch_heads_cross.csv")
+    assert len(table) == 8 and set(table.direction) == {"denoise"}
+    best = table.sort_values("normalized").iloc[-1]
+    assert (int(best.layer), int(best["head"])) in {(1, 1), (1, 2)}

@@ -91,6 +91,8 @@ def run_on_run(args: argparse.Namespace) -> int:
     run = open_run(args.run)
     check_results_dir(run.path)
     model = run_model(run, args.model)
+    if run.is_encoder_decoder:
+        return _cross_heads_on_run(args, run, model)
     result = run_patching(model, run, args.layer, args.query, args.direction)
     heads = result.heads
     out = [save_result(run.path, name, table, command=command_line())
@@ -100,3 +102,21 @@ def run_on_run(args: argparse.Namespace) -> int:
     print_top_heads(heads, args.top)
     print(f"wrote {out[0]} and {out[1]}")
     return 0
+
+
+def _cross_heads_on_run(args: argparse.Namespace, run, model) -> int:
+    """An encoder-decoder run: each cross-attention head patched between the run's sources and
+    the same sources shuffled among its prompts, read with the run's targets."""
+    from analyses.cross_attention import run_cross_patching
+    from analyses.results import save_result
+    from probe.cli.shared import command_line
+
+    table, name = run_cross_patching(model, run, args.direction)
+    out = save_result(run.path, name, table, command=command_line())
+    print(f"{args.direction} patches of the cross-attention heads on {run.n_prompts} prompts of {args.run} "
+          f"(corrupted: each source replaced by another prompt's), metric: the targets' mean log-likelihood "
+          f"(clean {table.clean.iloc[0]:.2f}, corrupt {table.corrupt.iloc[0]:.2f})")
+    print_top_heads(table, args.top)
+    print(f"wrote {out}")
+    return 0
+
