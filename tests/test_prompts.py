@@ -25,7 +25,7 @@ from probe.prompts import (
 )
 
 BUNDLED = ("seed", "winobias", "winobias-dev", "winobias-test", "ud-ewt-dev", "ud-ewt-test", "toy-coref-test", "ioi",
-           "winogender")
+           "winogender", "toy-translate-test")
 
 
 def write(tmp_path, name: str, content: str | bytes):
@@ -233,6 +233,18 @@ def test_bundled_sets_listed_with_descriptions():
         assert data.joinpath("winobias", name).is_file()
     for name in ("LICENSE", "ATTRIBUTION.md", "templates.tsv", "all_sentences.tsv"):
         assert data.joinpath("winogender", name).is_file()
+
+
+def test_the_toy_translation_set_carries_targets_and_gold_alignments():
+    """Each source word's translation, by the task's dictionary, is the target word the alignment points from."""
+    from models.tasks.translate import DICTIONARY
+
+    prompts = load_prompts("toy-translate-test")
+    assert len(prompts) == 512 and len({p.text for p in prompts}) > 400
+    for p in prompts[:50]:
+        source, target = p.text.split(), p.labels["target"].split()
+        assert [DICTIONARY[source[a]] for a in p.labels["alignment"]] == target
+        assert sorted(p.labels["alignment"]) == list(range(len(source)))
 
 
 def assert_spans(prompt: Prompt) -> None:
