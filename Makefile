@@ -53,7 +53,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install $(TORCH_CONSTRAINT) -e '.[test]'
+	$(BIN)/pip install $(TORCH_CONSTRAINT) -e '.[test,ray]'
 	touch $@
 
 clean:

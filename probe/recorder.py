@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
+from .errors import InputError
 from .hook_names import default_hook_names, is_attention_hook, name_matcher, sequence_of
 from .store import (
     RunWriter,
@@ -94,15 +95,18 @@ def select_hooks(model: HookedTransformer, names: Sequence[str] | None) -> list[
 def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike, names: Sequence[str] | None = None,
            batch_size: int = 16, dtype: str = "float32", compression: str = "none", resume: bool = False,
            overwrite: bool = False, truncate: bool = False, shard_mb: float = 64.0,
-           progress: bool = True, model_dtype: str = "float32") -> Run:
+           progress: bool = True, model_dtype: str = "float32", workers: int | None = None,
+           ray_address: str | None = None, _on_unit: Any = None) -> Run:
     """Record activations of ``model`` on ``prompts`` into the run directory ``path``.
 
     ``model``: a loaded model, or a name or checkpoint directory that `models.load` takes (in
     ``model_dtype``), loaded only once the output and the prompts have been checked.
     ``prompts``: a list of strings or `Prompt` objects, or anything `load_prompts` takes
-    (a .txt / .jsonl path or a bundled set name). Returns the opened run."""
-    import torch
+    (a .txt / .jsonl path or a bundled set name). Returns the opened run.
 
+    ``workers``: record with that many Ray actors, each loading ``model`` (a name or directory)
+    itself, on a local cluster or the one at ``ray_address`` (`probe.distributed`); the run is
+    the same as a single-process one. ``_on_unit`` is the tests' hook into it."""
     from .prompts import load_prompts, prompt_set_fingerprint
     from .reader import open_run
 
@@ -116,6 +120,13 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         raise StoreError(f"--shard-mb must be a positive number of MiB, got {shard_mb!r}; it bounds the memory "
                          "buffered before a shard is published")
     compression_options(compression)  # refuses an unknown compression
+    model_name = model if isinstance(model, str) else None
+    if workers is not None:
+        from .distributed import check_workers
+
+        check_workers(workers)
+        if model_name is None:
+            raise InputError("with workers, give the model by name or checkpoint directory: each worker loads its own copy")
     prompts = load_prompts(str(prompts) if isinstance(prompts, Path) else prompts)  # every item checked
     path = Path(path)
     if isinstance(model, str):  # the one place probe loads a model: by name, for `probe record`
@@ -141,6 +152,11 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     }
     if target_rows is not None:
         settings["n_target_tokens"] = sum(len(r) for r in target_rows)
+    ray = None
+    if workers is not None:  # reach the cluster before the run directory is touched
+        from .distributed import connect
+
+        ray = connect(ray_address, workers)
     try:
         # a directory killed before its first manifest holds nothing published: resume starts it anew
         if resume and path.exists() and run_state(path) != "unstarted":
@@ -167,29 +183,22 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     bar = Progress(len(prompts), n_tokens, f"recording {path.name}", done_prompts=start,
                    done_tokens=sum(len(r) for r in token_rows[:start])) if progress else None
     budget = shard_mb * 2**20
-    n_heads = model.cfg.n_heads
     shard = None
     try:
-        for b0 in range(start, len(prompts), batch_size):
-            rows = token_rows[b0:b0 + batch_size]
-            targets = target_rows[b0:b0 + batch_size] if target_rows is not None else None
-            acts = run_batch(model, rows, hooks, dtype, torch, targets)
+        if ray is not None:
+            from .distributed import record_on_ray
+
+            record_on_ray(ray, writer, model_name, model_dtype, prompts, token_rows, target_rows, hooks, hook_info,
+                          dtype, compression, batch_size, budget, workers, bar, _on_unit)
+        for b0 in range(writer.next_prompt, len(prompts), batch_size):
             if shard is None:
                 shard = writer.open_shard(hook_info, dtype, compression)
-            ids = np.concatenate([np.asarray(r) for r in rows])
-            strs = [s for r in rows for s in model.to_str_tokens(r)]
-            spans = np.concatenate([char_spans(model, prompts[i].text, len(token_rows[i]))
-                                    for i in range(b0, b0 + len(rows))])
-            target = None
-            if targets is not None:
-                target = ([len(r) for r in targets], np.concatenate([np.asarray(r) for r in targets]),
-                          [s for r in targets for s in model.to_str_tokens(r)])
-            shard.add([len(r) for r in rows], n_heads, ids, strs, acts, spans, target)
+            n_batch_tokens = add_batch(shard, model, prompts, token_rows, target_rows, b0, batch_size, hooks, dtype)
             if shard.nbytes >= budget:
                 writer.publish(shard)
                 shard = None
             if bar:
-                bar.advance(len(rows), int(ids.size))
+                bar.advance(min(batch_size, len(prompts) - b0), n_batch_tokens)
         if shard is not None:
             writer.publish(shard)
             shard = None
@@ -209,6 +218,27 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
         if bar:
             bar.close()
     return open_run(path)
+
+
+def add_batch(shard: Any, model: Any, prompts: list, token_rows: list[list[int]], target_rows: list[list[int]] | None,
+              b0: int, batch_size: int, hooks: list[str], dtype: str) -> int:
+    """Run prompts ``b0 .. b0 + batch_size`` through the model and add them to ``shard`` (what
+    every recorder does per batch, the single process and each Ray worker alike); returns the
+    batch's token count."""
+    import torch
+
+    rows = token_rows[b0:b0 + batch_size]
+    targets = target_rows[b0:b0 + batch_size] if target_rows is not None else None
+    acts = run_batch(model, rows, hooks, dtype, torch, targets)
+    ids = np.concatenate([np.asarray(r) for r in rows])
+    strs = [s for r in rows for s in model.to_str_tokens(r)]
+    spans = np.concatenate([char_spans(model, prompts[i].text, len(token_rows[i])) for i in range(b0, b0 + len(rows))])
+    target = None
+    if targets is not None:
+        target = ([len(r) for r in targets], np.concatenate([np.asarray(r) for r in targets]),
+                  [s for r in targets for s in model.to_str_tokens(r)])
+    shard.add([len(r) for r in rows], model.cfg.n_heads, ids, strs, acts, spans, target)
+    return int(ids.size)
 
 
 def published_prompts(path: Path) -> int:

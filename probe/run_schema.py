@@ -17,7 +17,8 @@ from .errors import StoreError
 
 # A shard's file name as the writer makes it: inside shards/, so a crafted manifest can
 # never make a reader open a file outside the run.
-SHARD_FILE = re.compile(r"shards/\d{5}\.h5")
+# NNNNN.h5 numbered by the single-process recorder; pNNNNNNNNN.h5 named by first prompt by Ray workers
+SHARD_FILE = re.compile(r"shards/(\d{5}|p\d{9})\.h5")
 HOOK_KINDS = ("token", "attention")
 
 
@@ -70,7 +71,8 @@ def _check_shards(manifest: dict[str, Any], bad) -> None:
         if not isinstance(s, dict):
             raise bad(f"shard {k} is a JSON {type(s).__name__}, not an object")
         if not (isinstance(s.get("file"), str) and SHARD_FILE.fullmatch(s["file"])):
-            raise bad(f"shard {k} has file {s.get('file')!r}; shard files are named shards/NNNNN.h5")
+            raise bad(f"shard {k} has file {s.get('file')!r}; shard files are named shards/NNNNN.h5 (or "
+                      "shards/pNNNNNNNNN.h5, by first prompt, from Ray workers)")
         for key in ("first_prompt", "n_prompts", "n_tokens"):
             if not _whole(s.get(key)):
                 raise bad(f"shard {k} has {key} {s.get(key)!r}, not a whole number")

@@ -102,8 +102,10 @@ class ShardWriter:
     """
 
     def __init__(self, run_dir: Path, index: int, first_prompt: int, hooks: dict[str, dict], dtype: str,
-                 compression: str):
-        self.final = run_dir / SHARD_DIR / shard_name(index)
+                 compression: str, name: str | None = None):
+        # ``name``: a Ray worker's shards are named by their first prompt, so that workers writing at
+        # once, and a later single-process resume (which numbers by count), can never collide
+        self.final = run_dir / SHARD_DIR / (name or shard_name(index))
         # a name of this writer's own: a second process can never write into the same file
         self.tmp = self.final.with_name(f"{self.final.name}.{os.getpid()}.tmp")
         self.index, self.first_prompt = index, first_prompt

@@ -33,6 +33,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "works with the same N and seed")
     p.add_argument("--sample-seed", type=nonnegative_int, metavar="S",
                    help="seed of --sample's draw (default 0)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="record with N Ray workers, each with its own copy of the model, on disjoint slices of the "
+                        "prompts (the same run as one process; needs the ray extra)")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --workers: an existing Ray cluster's head (default: start a local cluster)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue an interrupted run")
     existing.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -48,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
         from probe.errors import InputError
 
         raise InputError("--sample-seed only seeds --sample; add --sample N or drop --sample-seed")
+    if args.ray_address and args.workers is None:
+        from probe.errors import InputError
+
+        raise InputError("--ray-address names the cluster for --workers; add --workers N or drop --ray-address")
     prompts = _sampled(args) if args.sample is not None else args.prompts
     # the model is loaded only once the output and the prompts have been checked
     run = record(args.model, prompts, args.output, names=args.names, batch_size=args.batch_size,
                  dtype=args.dtype, compression=args.compression, resume=args.resume, overwrite=args.overwrite,
-                 truncate=args.truncate, shard_mb=args.shard_mb, model_dtype=args.model_dtype)
+                 truncate=args.truncate, shard_mb=args.shard_mb, model_dtype=args.model_dtype, workers=args.workers,
+                 ray_address=args.ray_address)
     size = sum(f.stat().st_size for f in Path(args.output).rglob("*") if f.is_file())
     print(f"recorded {run.n_prompts} prompts, {run.n_tokens} tokens, {len(run.hooks)} hooks "
           f"({size / 2**20:.1f} MiB) to {args.output}")

@@ -1,0 +1,205 @@
+"""Recording one run with many workers on Ray (`probe record --workers N`).
+
+The driver (the `probe record` process) does what a single-process recording does first: it
+checks every argument, tokenizes every prompt, takes the run's writer lock and writes the
+manifest. It then splits the prompts still to record into units of whole batches and hands them
+to N Ray actors, each with its own copy of the model. A worker records its unit batch by batch
+exactly as the single-process recorder does (`probe.recorder.add_batch`) and writes each shard
+the same way (a temp name, fsync, rename), named by its first prompt so no two workers' files
+can collide; it never touches the manifest. The driver lists a unit's shards in the manifest as
+soon as every unit before it is listed too, so the manifest always describes a gap-free prefix
+of the prompts, which is what every reader (and the dashboard, while the run grows) relies on.
+
+Faults: a worker that dies (its process killed, its node lost) has its unit given to a new
+worker; a unit whose workers die three times stops the run with a clear error. A shard renamed
+into place but not yet listed when the driver dies is debris that `--resume` deletes, as for the
+single-process recorder, and `--resume` (with or without workers) records what is missing.
+A worker that cannot load the model stops the run before any unit is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .store import RunWriter, ShardWriter, StoreError
+
+MAX_TRIES = 3  # a unit is given to a fresh worker this many times before the run stops
+UNITS_PER_WORKER = 4  # enough units that a slow or restarted worker does not hold the others up
+
+
+def check_workers(workers: Any) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers must be a whole number of at least 1, not {workers!r}")
+    return workers
+
+
+def connect(address: str | None, workers: int) -> Any:
+    """The `ray` module, connected: to the cluster at ``address``, or to a local cluster started
+    for this recording with one CPU per worker. One line naming the problem when Ray is missing
+    or the cluster cannot be reached."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--workers needs Ray: pip install 'probe-workbench[ray]' (make test installs it)") from None
+    if ray.is_initialized():
+        return ray
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise InputError(f"cannot reach {where}: {str(e).strip().splitlines()[0][:200]}; check --ray-address "
+                         "(host:port of a running cluster's head, or leave it out to start one here)") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse, within seconds, an address nothing listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray-address must be HOST:PORT (a Ray head, e.g. 10.0.0.5:6379), not {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); check --ray-address, or "
+                         "leave it out to start a local cluster") from None
+
+
+def units_of(start: int, n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """[first, end) ranges of whole batches covering prompts start..n, about UNITS_PER_WORKER per worker."""
+    batches = -(-(n - start) // batch_size)
+    per_unit = max(1, -(-batches // (workers * UNITS_PER_WORKER)))
+    size = per_unit * batch_size
+    return [(b0, min(b0 + size, n)) for b0 in range(start, n, size)]
+
+
+class Worker:
+    """One Ray actor: a model, and the recording settings of the run."""
+
+    def __init__(self, model_name: str, model_dtype: str, threads: int, settings: dict[str, Any]):
+        import torch
+
+        import models
+
+        torch.set_num_threads(threads)  # as the driver's: the same arithmetic, so the same bits
+        self.model = models.load(model_name, dtype=model_dtype)
+        self.settings = settings
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def record_unit(self, path: str, first: int, end: int, prompts: list, token_rows: list[list[int]],
+                    target_rows: list[list[int]] | None) -> list[dict[str, Any]]:
+        """Record prompts first..end-1 (``prompts`` and the rows are that slice) into shards of at
+        most the run's shard budget; returns their manifest entries, in prompt order."""
+        from .recorder import add_batch
+
+        s = self.settings
+        entries, shard = [], None
+        for b0 in range(0, end - first, s["batch_size"]):
+            if shard is None:
+                shard = ShardWriter(Path(path), 0, first + b0, s["hooks"], s["dtype"], s["compression"],
+                                    name=f"p{first + b0:09d}.h5")
+            add_batch(shard, self.model, prompts, token_rows, target_rows, b0, s["batch_size"], s["hook_names"],
+                      s["dtype"])
+            if shard.nbytes >= s["budget"]:
+                entries.append(shard.publish())
+                shard = None
+        if shard is not None:
+            entries.append(shard.publish())
+        return entries
+
+
+def record_on_ray(ray: Any, writer: RunWriter, model_name: str, model_dtype: str, prompts: list,
+                  token_rows: list[list[int]], target_rows: list[list[int]] | None, hooks: list[str],
+                  hook_info: dict, dtype: str, compression: str, batch_size: int, budget: float, workers: int,
+                  bar: Any = None, on_unit: Any = None) -> None:
+    """Record prompts writer.next_prompt.. with ``workers`` Ray actors and list their shards in
+    order (see the module). ``on_unit(unit index, actors)`` is called after each unit is listed
+    (the tests kill a worker there)."""
+    import torch
+
+    settings = {"batch_size": batch_size, "hooks": hook_info, "hook_names": hooks, "dtype": dtype,
+                "compression": compression, "budget": budget}
+    actor_class = ray.remote(num_cpus=1, max_restarts=0)(Worker)
+
+    def new_actor():
+        return actor_class.remote(model_name, model_dtype, torch.get_num_threads(), settings)
+
+    actors = [new_actor() for _ in range(workers)]
+    try:
+        _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, target_rows, batch_size, workers,
+                   bar, on_unit)
+    finally:  # also when the driver stops: a worker left running would hold its CPU
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, target_rows, batch_size, workers,
+               bar, on_unit) -> None:
+    try:
+        ray.get([a.pid.remote() for a in actors])  # every worker has loaded the model
+    except ray.exceptions.RayError as e:
+        raise StoreError(f"a Ray worker could not load the model {model_name!r}: {_first_line(e)}") from None
+    start, n = writer.next_prompt, len(prompts)
+    units = units_of(start, n, batch_size, workers)
+    pending = deque(range(len(units)))
+    tries = [0] * len(units)
+    running: dict[Any, tuple[Any, int]] = {}
+    finished: dict[int, list[dict[str, Any]]] = {}
+    listed = 0
+    idle = list(actors)
+    while pending or running:
+        while pending and idle:
+            actor, u = idle.pop(), pending.popleft()
+            a, b = units[u]
+            tries[u] += 1
+            rows = target_rows[a:b] if target_rows is not None else None
+            running[actor.record_unit.remote(str(writer.path), a, b, prompts[a:b], token_rows[a:b], rows)] = (actor, u)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        actor, u = running.pop(ready[0])
+        try:
+            entries = ray.get(ready[0])
+        except ray.exceptions.RayActorError as e:  # the worker died: its unit goes to a new one
+            if tries[u] >= MAX_TRIES:
+                raise StoreError(f"prompts {units[u][0]}-{units[u][1] - 1}: {MAX_TRIES} workers died recording them "
+                                 f"(last: {_first_line(e)}); the prompts before them are published, "
+                                 "--resume continues") from None
+            print(f"note: a Ray worker died on prompts {units[u][0]}-{units[u][1] - 1}; giving them to a new worker",
+                  file=sys.stderr)
+            actors[actors.index(actor)] = actor = new_actor()
+            pending.appendleft(u)
+            idle.append(actor)
+            continue
+        except ray.exceptions.RayTaskError as e:  # the recording raised: a full disk, a bug
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
+        idle.append(actor)
+        finished[u] = entries
+        while listed in finished:  # list the gap-free prefix, in prompt order
+            writer.manifest["shards"] += finished.pop(listed)
+            writer.write_manifest()
+            a, b = units[listed]
+            if bar:
+                bar.advance(b - a, sum(len(r) for r in token_rows[a:b]))
+            listed += 1
+            if on_unit is not None:
+                on_unit(listed - 1, actors)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]

@@ -1,0 +1,132 @@
+"""probe/distributed.py: one run recorded by several Ray workers on a local 2-worker cluster
+equals the single-process run of the same prompts bit for bit; a worker killed mid-run has its
+unit re-queued; a driver stopped mid-run leaves a run that --resume completes; an unreachable
+cluster is refused before anything is written."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import ray
+
+from probe.errors import InputError
+from probe.recorder import record
+from probe.store import read_manifest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPTS = [f"the {a} {b} sat on the mat and ran to the house" [: 20 + 3 * i] for i, (a, b) in
+           enumerate([(a, b) for a in ("big", "small", "red") for b in ("cat", "dog", "man", "woman")])]
+NAMES = ["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post", "blocks.*.attn.hook_z"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_cluster():
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(hf_checkpoints):
+    return str(hf_checkpoints["gpt2"][0])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, gpt2_dir):
+    return record(gpt2_dir, PROMPTS, tmp_path_factory.mktemp("one") / "run", names=NAMES, batch_size=1,
+                  progress=False)
+
+
+def assert_same_run(a, b) -> None:
+    """Every token and every recorded value of every prompt, bit for bit."""
+    assert a.complete and b.complete and a.n_prompts == b.n_prompts == len(PROMPTS)
+    assert a.hooks == b.hooks
+    for i in range(a.n_prompts):
+        assert np.array_equal(a.tokens(i), b.tokens(i)) and a.str_tokens(i) == b.str_tokens(i)
+        for name in a.hooks:
+            assert np.array_equal(a.prompt_activation(name, i), b.prompt_activation(name, i)), (name, i)
+
+
+def test_an_unreachable_cluster_is_refused_before_the_run_is_made(tmp_path, gpt2_dir):
+    with pytest.raises(InputError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        record(gpt2_dir, PROMPTS, tmp_path / "run", names=NAMES, workers=2, ray_address="127.0.0.1:1",
+               progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="give the model by name"):
+        record(object(), PROMPTS, tmp_path / "run", workers=2, progress=False)
+    with pytest.raises(InputError, match="--workers must be"):
+        record(gpt2_dir, PROMPTS, tmp_path / "run", workers=0, progress=False)
+
+
+def test_two_workers_record_the_single_process_run_bit_for_bit(tmp_path, gpt2_dir, single):
+    two = record(gpt2_dir, PROMPTS, tmp_path / "run", names=NAMES, batch_size=1, workers=2, progress=False)
+    assert_same_run(single, two)
+    files = [s["file"] for s in read_manifest(two.path)["shards"]]
+    assert len(files) > 2 and all(f.startswith("shards/p") for f in files)  # one per unit, named by first prompt
+    firsts = [s["first_prompt"] for s in read_manifest(two.path)["shards"]]
+    assert firsts == sorted(firsts) and firsts[0] == 0  # listed in prompt order, no gap
+
+
+def test_a_killed_worker_has_its_unit_recorded_by_a_new_one(tmp_path, gpt2_dir, single, capfd):
+    killed = []
+
+    def kill_one(unit, actors):
+        if not killed:  # after the first unit is listed, SIGKILL a worker's process
+            pid = ray.get(actors[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    run = record(gpt2_dir, PROMPTS, tmp_path / "run", names=NAMES, batch_size=1, workers=2, progress=False,
+                 _on_unit=kill_one)
+    assert killed
+    assert "a Ray worker died" in capfd.readouterr().err
+    assert_same_run(single, run)
+
+
+def test_a_driver_stopped_mid_run_leaves_a_run_that_resume_completes(tmp_path, gpt2_dir, single):
+    class Stop(Exception):
+        pass
+
+    def stop(unit, actors):
+        if unit == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        record(gpt2_dir, PROMPTS, tmp_path / "run", names=NAMES, batch_size=1, workers=2, progress=False,
+               _on_unit=stop)
+    manifest = read_manifest(tmp_path / "run")
+    assert not manifest["complete"] and 0 < sum(s["n_prompts"] for s in manifest["shards"]) < len(PROMPTS)
+    run = record(gpt2_dir, PROMPTS, tmp_path / "run", names=NAMES, batch_size=1, workers=2, resume=True,
+                 progress=False)
+    assert_same_run(single, run)
+    # and a single process resumes a run the workers began
+    with pytest.raises(Stop):
+        record(gpt2_dir, PROMPTS, tmp_path / "mixed", names=NAMES, batch_size=1, workers=2, progress=False,
+               _on_unit=stop)
+    assert_same_run(single, record(gpt2_dir, PROMPTS, tmp_path / "mixed", names=NAMES, batch_size=1, resume=True,
+                                   progress=False))
+
+
+def test_probe_record_workers_from_the_command_line(tmp_path, gpt2_dir):
+    from helpers import run_cli
+
+    from probe.reader import open_run
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "run"
+    r = run_cli("record", "--model", gpt2_dir, "--prompts", str(prompts), "-o", str(out), "--batch-size", "1",
+                "--workers", "2", "--names", *NAMES, timeout=600)
+    assert r.returncode == 0, r.stderr
+    # the reference from the command line too: the same thread count as the workers, so the same bits
+    r = run_cli("record", "--model", gpt2_dir, "--prompts", str(prompts), "-o", str(tmp_path / "one"),
+                "--batch-size", "1", "--names", *NAMES, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert_same_run(open_run(tmp_path / "one"), open_run(out))
+    r = run_cli("record", "--model", gpt2_dir, "--prompts", str(prompts), "-o", str(tmp_path / "x"),
+                "--ray-address", "127.0.0.1:1")
+    assert r.returncode == 2 and "add --workers N" in r.stderr and not (tmp_path / "x").exists()
