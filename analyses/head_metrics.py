@@ -176,10 +176,12 @@ def random_repeat_scores(model, n: int = 16, half: int = 20, seed: int = 0,
     return scores
 
 
-def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFrame:
+def head_metrics(run, prompts: list[int] | None = None, model=None, workers: int | None = None,
+                 ray_address: str | None = None) -> pd.DataFrame:
     """A tidy table, one row per (layer, head), one column per metric, over the run's
     published prompts (or the given ones); with ``model`` (the run's) also the scores on
-    repeated random tokens (``induction_random``, ``prev_token_random``)."""
+    repeated random tokens (``induction_random``, ``prev_token_random``). ``workers``: read the
+    run's shards in parallel on that many Ray workers (`probe.distributed.map_over_shards`)."""
     if run.is_encoder_decoder:  # encoder, decoder and cross-attention heads, with the alignment score
         from .cross_attention import encoder_decoder_head_metrics
 
@@ -188,14 +190,17 @@ def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFr
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     require_layer_hooks(run, "attn.hook_pattern", "head metrics")
     prompts = list(range(run.n_prompts)) if prompts is None else prompts
+    # Sums per shard, added in shard order: the same arithmetic whether the shards are read here
+    # or by Ray workers (``workers``), so both give the same numbers to the bit.
+    from probe.distributed import map_over_shards
+
+    parts = map_over_shards(run, prompts, _pattern_sums, workers, ray_address)
     sums = {m: np.zeros((n_layers, n_heads)) for m in METRICS}
     counts = {m: np.zeros(n_layers) for m in METRICS}
-    for i in prompts:
-        tokens = np.asarray(run.tokens(i))
-        for layer in range(n_layers):
-            for m, (s, c) in pattern_metrics(run.pattern(i, layer), tokens).items():
-                sums[m][layer] += s
-                counts[m][layer] += c
+    for part_sums, part_counts in parts:
+        for m in METRICS:
+            sums[m] += part_sums[m]
+            counts[m] += part_counts[m]
     antecedent = antecedent_scores(run, prompts)
     on_random = random_repeat_scores(model) if model is not None else {}
     rows = []
@@ -210,6 +215,20 @@ def head_metrics(run, prompts: list[int] | None = None, model=None) -> pd.DataFr
                 row["antecedent"] = antecedent[layer, head]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pattern_sums(run, prompts: list[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-head sums and per-layer counts of every pattern metric over ``prompts``."""
+    n_layers, n_heads = run.config["n_layers"], run.config["n_heads"]
+    sums = {m: np.zeros((n_layers, n_heads)) for m in METRICS}
+    counts = {m: np.zeros(n_layers) for m in METRICS}
+    for i in prompts:
+        tokens = np.asarray(run.tokens(i))
+        for layer in range(n_layers):
+            for m, (s, c) in pattern_metrics(run.pattern(i, layer), tokens).items():
+                sums[m][layer] += s
+                counts[m][layer] += c
+    return sums, counts
 
 
 def antecedent_scores(run, prompts: list[int] | None = None) -> np.ndarray | None:

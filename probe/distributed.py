@@ -203,3 +203,36 @@ def _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, 
 def _first_line(e: BaseException) -> str:
     lines = [line for line in str(e).splitlines() if line.strip()]
     return (lines[-1] if lines else type(e).__name__)[:300]
+
+
+# ------------------------------------------------------------------ analyses over shards
+def shard_groups(run: Any, prompts: list[int]) -> list[list[int]]:
+    """``prompts`` grouped by the shard holding them, in shard order (each group one file's reads)."""
+    starts = [s["first_prompt"] for s in run.manifest["shards"]]
+    groups: dict[int, list[int]] = {}
+    import bisect
+
+    for p in prompts:
+        groups.setdefault(bisect.bisect_right(starts, p) - 1, []).append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _on_shard(fn: Any, path: str, prompts: list[int]) -> Any:
+    from .reader import open_run
+
+    with open_run(path) as run:
+        return fn(run, prompts)
+
+
+def map_over_shards(run: Any, prompts: list[int], fn: Any, workers: int | None = None,
+                    ray_address: str | None = None) -> list[Any]:
+    """``fn(run, prompts_of_one_shard)`` for each shard's share of ``prompts``, in shard order:
+    here, or with ``workers`` as Ray tasks that each open the run themselves (the run's directory
+    must be where the workers can read it: this machine, or a shared file system)."""
+    groups = shard_groups(run, prompts)
+    if workers is None:
+        return [fn(run, g) for g in groups]
+    ray = connect(ray_address, check_workers(workers))
+    task = ray.remote(num_cpus=1)(_on_shard)
+    return ray.get([task.remote(fn, str(run.path), g) for g in groups])
+

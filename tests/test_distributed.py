@@ -38,7 +38,7 @@ def gpt2_dir(hf_checkpoints):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, gpt2_dir):
     return record(gpt2_dir, PROMPTS, tmp_path_factory.mktemp("one") / "run", names=NAMES, batch_size=1,
-                  progress=False)
+                  progress=False, shard_mb=0.01)  # several shards, for the analyses mapped over them
 
 
 def assert_same_run(a, b) -> None:
@@ -130,3 +130,17 @@ def test_probe_record_workers_from_the_command_line(tmp_path, gpt2_dir):
     r = run_cli("record", "--model", gpt2_dir, "--prompts", str(prompts), "-o", str(tmp_path / "x"),
                 "--ray-address", "127.0.0.1:1")
     assert r.returncode == 2 and "add --workers N" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_head_metrics_over_shards_on_workers_equal_the_single_process_ones(single):
+    import pandas as pd
+
+    from analyses.head_metrics import head_metrics
+
+    assert len(single.manifest["shards"]) >= 2
+    here = head_metrics(single)
+    there = head_metrics(single, workers=2)
+    pd.testing.assert_frame_equal(here, there, check_exact=True)
+    some = [0, 5, 11]
+    pd.testing.assert_frame_equal(head_metrics(single, some), head_metrics(single, some, workers=2), check_exact=True)
+

@@ -19,6 +19,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="leave out induction_random and prev_token_random (the induction and previous-token "
                             "scores on repeated random tokens, as TransformerLens's induction mosaic), which run "
                             "the model")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="read the run's shards on N Ray workers in parallel (the same numbers; needs the ray extra)")
+    p.add_argument("--ray-address", metavar="HOST:PORT", help="with --workers: an existing Ray cluster's head")
     return p
 
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"note: induction_random and prev_token_random left out: the run's model {run.model_name!r} "
                   f"cannot provide them ({why})", file=sys.stderr)
-    table = head_metrics(run, model=model)
+    table = head_metrics(run, model=model, workers=args.workers, ray_address=args.ray_address)
     out = save_result(args.run, "head_metrics", table, kind="head_metrics", command=command_line())
     print(f"head metrics over {run.n_prompts} prompts -> {out}")
     if run.is_encoder_decoder:
