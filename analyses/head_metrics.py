@@ -194,7 +194,7 @@ def head_metrics(run, prompts: list[int] | None = None, model=None, workers: int
     # or by Ray workers (``workers``), so both give the same numbers to the bit.
     from probe.distributed import map_over_shards
 
-    parts = map_over_shards(run, prompts, _pattern_sums, workers, ray_address)
+    parts = map_over_shards(run, prompts, _pattern_sums, workers, ray_address, by_shard=True)
     sums = {m: np.zeros((n_layers, n_heads)) for m in METRICS}
     counts = {m: np.zeros(n_layers) for m in METRICS}
     for part_sums, part_counts in parts:

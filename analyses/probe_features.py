@@ -115,7 +115,7 @@ def _shown(value) -> str:
 
 def span_features(run, layers: Sequence[int], span_field: str, label_field: str, hook: str = "hook_resid_post",
                   pool: str = "first", out: FeatureRows | None = None, prompts: Sequence[int] | None = None,
-                  span_fix: str = LABEL_FIX):
+                  span_fix: str = LABEL_FIX, workers: int | None = None, ray_address: str | None = None):
     """One row per labelled span of each prompt: features [layers, rows, d] (the span's first
     token, or the mean over its tokens), labels [rows], prompt_of [rows] and types (the
     lower-cased span text). ``span_field`` holds one [start, end] character span per prompt
@@ -124,13 +124,45 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
     skipped; any other span that does not align with the text's tokens is refused
     (``aligned_tokens``), never silently dropped, and so is a label that is no span
     (``label_span``; ``span_fix`` says how to fix it). With ``out`` the rows go to disk and
-    ``out`` is returned in place of the array."""
+    ``out`` is returned in place of the array. ``workers``: the shards are read by that many
+    Ray workers (`probe.distributed.map_over_shards`), their rows joined in prompt order: the
+    same features to the bit."""
+    from functools import partial
+
+    from probe.distributed import map_over_shards
+
     layers = list(layers)
     require_layer_hooks(run, hook, "span features", layers)
     feats: list[list[np.ndarray]] = [[] for _ in layers]
     labels, prompt_of, types = [], [], []
+    todo = list(range(run.n_prompts) if prompts is None else prompts)
+    read = partial(_span_rows, layers=layers, span_field=span_field, label_field=label_field, hook=hook, pool=pool,
+                   span_fix=span_fix)
+    found = {i: (rows, tags, spans_text) for part in map_over_shards(run, todo, read, workers, ray_address)
+             for i, rows, tags, spans_text in part}
+    for i in (i for i in todo if i in found):  # in the order asked, whoever read them
+        rows, tags, spans_text = found[i]
+        if out is not None:
+            out.append(rows)
+        else:
+            for j in range(len(layers)):
+                feats[j].extend(rows[j])
+        labels += tags
+        prompt_of += [i] * len(tags)
+        types += spans_text
+    if not labels:
+        raise InputError(f"no prompt of {run.path} carries the labels {span_field!r} and {label_field!r}")
+    data = out.close() if out is not None else np.stack([np.stack(f) for f in feats]).astype(np.float32)
+    return data, np.asarray(labels), np.asarray(prompt_of), types
+
+
+def _span_rows(run, prompts: Sequence[int], layers: list[int], span_field: str, label_field: str, hook: str,
+               pool: str, span_fix: str) -> list[tuple[int, np.ndarray, list, list[str]]]:
+    """(prompt, rows [layers, spans, d], labels, span texts) of each of ``prompts`` with the
+    labels and at least one aligned span."""
     truncated = set(run.manifest.get("truncated_prompts", []))
-    for i in range(run.n_prompts) if prompts is None else prompts:
+    out = []
+    for i in prompts:
         lab = run.labels(i)
         if span_field not in lab or label_field not in lab:
             continue
@@ -146,25 +178,18 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
                              f"{label_field!r} labels; each span needs exactly one label (fix the prompt file)")
         acts = [run.prompt_activation(f"blocks.{layer}.{hook}", i) for layer in layers]
         rows: list[list[np.ndarray]] = [[] for _ in layers]
+        kept, texts = [], []
         for (start, end), tag in zip(spans, tags):
             toks = aligned_tokens(run, i, text, start, end, span_field, i in truncated)
             if not toks:
                 continue
             for j, a in enumerate(acts):
                 rows[j].append(a[toks[0]] if pool == "first" else a[toks].mean(0))
-            labels.append(tag)
-            prompt_of.append(i)
-            types.append(text[start:end].lower())
-        if rows[0]:
-            if out is not None:
-                out.append(np.stack([np.stack(r) for r in rows]))
-            else:
-                for j, r in enumerate(rows):
-                    feats[j].extend(r)
-    if not labels:
-        raise InputError(f"no prompt of {run.path} carries the labels {span_field!r} and {label_field!r}")
-    data = out.close() if out is not None else np.stack([np.stack(f) for f in feats]).astype(np.float32)
-    return data, np.asarray(labels), np.asarray(prompt_of), types
+            kept.append(tag)
+            texts.append(text[start:end].lower())
+        if kept:
+            out.append((i, np.stack([np.stack(r) for r in rows]), kept, texts))
+    return out
 
 
 def aligned_tokens(run, i: int, text: str, start, end, field: str, truncated: bool) -> list[int]:
@@ -191,21 +216,23 @@ def aligned_tokens(run, i: int, text: str, start, end, field: str, truncated: bo
 
 
 def word_features(run, layers: Sequence[int], spans_field: str = "words", label_field: str = "upos",
-                  hook: str = "hook_resid_post", pool: str = "first", out: FeatureRows | None = None):
+                  hook: str = "hook_resid_post", pool: str = "first", out: FeatureRows | None = None,
+                  workers: int | None = None, ray_address: str | None = None):
     """Word-level data for a token-level probe (part of speech by default): each word's
     first subword token, aligned by the character spans the store keeps."""
-    return span_features(run, layers, spans_field, label_field, hook, pool, out)
+    return span_features(run, layers, spans_field, label_field, hook, pool, out, workers=workers,
+                         ray_address=ray_address)
 
 
 def antecedent_features(run, layers: Sequence[int], query: str = "pronoun_span", hook: str = "hook_resid_post",
-                        out: FeatureRows | None = None):
+                        out: FeatureRows | None = None, workers: int | None = None, ray_address: str | None = None):
     """Antecedent identification: from the pronoun's representation (mean over its tokens),
     which candidate mention is the antecedent (label ``answer``: 0 = the first mention, 1 =
     the second). The third value is the split unit (``split_groups``), not the prompt. The control task's type is the pronoun with the two candidate words
     ("he|physician|secretary"): a probe that only memorises which words are in the sentence
     learns the control task as well as the real one (selectivity ~0)."""
     feats, labels, prompt_of, spans = span_features(run, layers, query, "answer", hook, "mean", out,
-                                                    span_fix=QUERY_FIX)
+                                                    span_fix=QUERY_FIX, workers=workers, ray_address=ray_address)
     types = []
     for i, pronoun in zip(prompt_of, spans):
         lab, text = run.labels(int(i)), run.prompt_records[int(i)]["text"]
@@ -236,18 +263,37 @@ def control_types(run, prompts: Sequence[int], field: str) -> list[str]:
 
 
 def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", pool: str = "mean",
-                    prompts: Sequence[int] | None = None, out: FeatureRows | None = None):
+                    prompts: Sequence[int] | None = None, out: FeatureRows | None = None,
+                    workers: int | None = None, ray_address: str | None = None):
     """[layers, prompts, d] one vector per prompt: the mean over its tokens, or its first /
-    last token (or ``out``, filled, when streaming to disk)."""
+    last token (or ``out``, filled, when streaming to disk); ``workers`` as for `span_features`
+    (prompts given out of order are read shard by shard and put back in the order given)."""
+    from functools import partial
+
+    from probe.distributed import map_over_shards
+
     layers = list(layers)
+    todo = list(range(run.n_prompts) if prompts is None else prompts)
+    read = partial(_prompt_vectors, layers=layers, hook=hook, pool=pool)
+    vectors: dict[int, np.ndarray] = {}
+    for part in map_over_shards(run, todo, read, workers, ray_address):
+        vectors.update(part)
     rows = []
-    for i in range(run.n_prompts) if prompts is None else prompts:
+    for i in todo:
+        if out is not None:
+            out.append(vectors[i][:, None])
+        else:
+            rows.append(vectors[i])
+    return out.close() if out is not None else np.stack(rows, 1).astype(np.float32)
+
+
+def _prompt_vectors(run, prompts: Sequence[int], layers: list[int], hook: str, pool: str) -> dict[int, np.ndarray]:
+    """{prompt: [layers, d]} pooled vectors of ``prompts``."""
+    out = {}
+    for i in prompts:
         vec = []
         for layer in layers:
             x = run.prompt_activation(f"blocks.{layer}.{hook}", i)
             vec.append(x.mean(0) if pool == "mean" else x[0] if pool == "first" else x[-1])
-        if out is not None:
-            out.append(np.stack(vec)[:, None])
-        else:
-            rows.append(np.stack(vec))
-    return out.close() if out is not None else np.stack(rows, 1).astype(np.float32)
+        out[i] = np.stack(vec)
+    return out

@@ -71,9 +71,12 @@ def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecede
                 control: str | None = None, target: Literal["auto", "class", "real"] = "auto",
                 query: str = "pronoun_span", mdl: bool = False, stream: bool = False,
                 hook: str = "hook_resid_post", pool: str = "mean", seed: int = 0,
-                on_stream: Callable[[int, int], None] | None = None) -> ProbeStudy:
+                on_stream: Callable[[int, int], None] | None = None, workers: int | None = None,
+                ray_address: str | None = None) -> ProbeStudy:
     """One probe per layer of ``run`` for a prompt-level ``label`` field or a ``task``.
-    ``on_stream(rows, bytes)`` is told, before the fit, when the rows stream from disk."""
+    ``on_stream(rows, bytes)`` is told, before the fit, when the rows stream from disk.
+    ``workers``: the features are read from the run's shards by that many Ray workers (the same
+    rows; the fits run here)."""
     if task and target == "real":
         raise InputError(f"--task {task} probes classes; --target real is for a numeric --label field")
     if not task and not label:
@@ -95,13 +98,15 @@ def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecede
     if task == "pos":
         if "upos" not in fields:
             raise InputError(f"{run.path} has no part-of-speech labels; record the bundled 'ud-ewt-dev' set")
-        feats, labels, units, types = word_features(run, layers, hook=hook, out=out)
+        feats, labels, units, types = word_features(run, layers, hook=hook, out=out, workers=workers,
+                                                    ray_address=ray_address)
         name, what = "probes_pos", f"UPOS of {len(labels)} words (first subword token)"
     elif task == "antecedent":
         if "answer" not in fields or query not in fields:
             raise InputError(f"{run.path} has no antecedent labels ('answer', {query!r}); record a set with "
                              "gold antecedents: seed, winobias-dev, toy-coref-test")
-        feats, labels, units, types = antecedent_features(run, layers, query=query, hook=hook, out=out)
+        feats, labels, units, types = antecedent_features(run, layers, query=query, hook=hook, out=out,
+                                                          workers=workers, ray_address=ray_address)
         name = antecedent_probes_name(query)
         what = f"the antecedent (first or second mention) from {query}"
     else:
@@ -116,7 +121,8 @@ def probe_study(run, *, label: str | None = None, task: Literal["pos", "antecede
                              "(a ridge probe): leave out --mdl, or give --target class")
         if control:
             types = control_types(run, keep, control)
-        feats = prompt_features(run, layers, hook, pool, prompts=keep, out=out)
+        feats = prompt_features(run, layers, hook, pool, prompts=keep, out=out, workers=workers,
+                                ray_address=ray_address)
         # twin prompts differ in a word or two: one split unit, so a probe is never tested on
         # the twin of a train prompt
         labels, units = np.array([str(values[i]) for i in keep]), split_groups(run, keep)

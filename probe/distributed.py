@@ -225,10 +225,14 @@ def _on_shard(fn: Any, path: str, prompts: list[int]) -> Any:
 
 
 def map_over_shards(run: Any, prompts: list[int], fn: Any, workers: int | None = None,
-                    ray_address: str | None = None) -> list[Any]:
-    """``fn(run, prompts_of_one_shard)`` for each shard's share of ``prompts``, in shard order:
-    here, or with ``workers`` as Ray tasks that each open the run themselves (the run's directory
-    must be where the workers can read it: this machine, or a shared file system)."""
+                    ray_address: str | None = None, by_shard: bool = False) -> list[Any]:
+    """``fn(run, prompts_of_one_shard)`` for each shard's share of ``prompts``, in shard order,
+    as Ray tasks on ``workers`` that each open the run themselves (the run's directory must be
+    where the workers can read it: this machine, or a shared file system). Without workers,
+    ``[fn(run, prompts)]`` here, or with ``by_shard`` the same per-shard calls here (for sums
+    that must add up in the same order either way)."""
+    if workers is None and not by_shard:
+        return [fn(run, list(prompts))]
     groups = shard_groups(run, prompts)
     if workers is None:
         return [fn(run, g) for g in groups]

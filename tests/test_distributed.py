@@ -144,3 +144,21 @@ def test_head_metrics_over_shards_on_workers_equal_the_single_process_ones(singl
     some = [0, 5, 11]
     pd.testing.assert_frame_equal(head_metrics(single, some), head_metrics(single, some, workers=2), check_exact=True)
 
+
+
+def test_probe_features_read_on_workers_equal_the_ones_read_here(tmp_path, single):
+    """Prompt vectors from the gpt2 run, and the antecedent features of a toy-coref run, with
+    and without workers: the same rows, in the order asked."""
+    from analyses.probe_features import antecedent_features, prompt_features
+    from probe.prompts import load_prompts
+
+    order = [11, 0, 5, 3, 7]
+    for prompts in (None, order):
+        here = prompt_features(single, range(2), prompts=prompts)
+        assert np.array_equal(here, prompt_features(single, range(2), prompts=prompts, workers=2))
+    coref = record("toy-coref", load_prompts("toy-coref-test")[:24], tmp_path / "coref", names=["blocks.*.hook_resid_post"],
+                   batch_size=4, shard_mb=0.02, progress=False)
+    assert len(coref.manifest["shards"]) >= 2
+    here, there = antecedent_features(coref, range(2)), antecedent_features(coref, range(2), workers=2)
+    assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
+    assert np.array_equal(here[2], there[2]) and here[3] == there[3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from probe.cli.shared import nonnegative_int
+from probe.cli.shared import nonnegative_int, positive_int
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hook", default="hook_resid_post", help="per-layer hook to probe (default hook_resid_post)")
     p.add_argument("--pool", choices=["mean", "first", "last"], default="mean")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="read the features from the run's shards on N Ray workers (the same rows; needs the ray extra)")
+    p.add_argument("--ray-address", metavar="HOST:PORT", help="with --workers: an existing Ray cluster's head")
     return p
 
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     check_results_dir(args.run)  # where save_result writes
     study = probe_study(run, label=args.label, task=args.task, control=args.control, target=args.target,
                         query=args.query, mdl=args.mdl, stream=args.stream, hook=args.hook, pool=args.pool,
-                        seed=args.seed, on_stream=print_streaming)
+                        seed=args.seed, on_stream=print_streaming, workers=args.workers, ray_address=args.ray_address)
     out_path = save_result(args.run, study.name, study.table, command=command_line())
     kind = "ridge probe (real-valued target; --target class to probe classes)" if study.ridge else "probe"
     print(f"{kind} for {study.what}, {run.n_prompts} prompts -> {out_path}")
