@@ -21,7 +21,7 @@ position bias is shift-invariant anyway.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -60,7 +60,6 @@ class Seq2SeqCache:
     source_valid: torch.Tensor | None  # [b, s] bool; None when nothing is padded
     self_attn: KVCache
     cross_attn: KVCache
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the batch rows ``rows`` (in that order): beam search's reordering of its beams."""

@@ -39,7 +39,9 @@ class Run:
         self.manifest = read_manifest(self.path)
         shards = self.manifest["shards"]
         self._first_prompt = [s["first_prompt"] for s in shards]
-        self._first_token = list(np.cumsum([0] + [s["n_tokens"] for s in shards[:-1]])) if shards else []
+        # each shard's tokens on the run's flat token axis, per sequence (the target: encoder-decoder runs)
+        self._shard_tokens = {"source": [s["n_tokens"] for s in shards],
+                              "target": [s.get("n_target_tokens", 0) for s in shards]}
         self.__dict__.pop("prompt_records", None)  # the cached_property; re-read on next use
         self._close_stale_shards(old)
         return self
@@ -348,8 +350,11 @@ class TokenView:
     def __init__(self, run: Run, name: str):
         self.run, self.name = run, name
         # a decoder hook of an encoder-decoder run lies on the target tokens' axis
-        self.count = "n_target_tokens" if run.sequence(name) == "target" else "n_tokens"
-        self.n = sum(s.get(self.count, 0) for s in run.manifest["shards"])
+        self.sequence = "target" if run.sequence(name) == "target" else "source"
+
+    @property
+    def n(self) -> int:  # read from the run each time: it grows with Run.refresh while being recorded
+        return sum(self.run._shard_tokens[self.sequence])
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -379,7 +384,7 @@ class TokenView:
         """The rows at ``rows`` (sorted, distinct) of the flat token axis, shard by shard;
         only the shards holding some of them are opened."""
         run, parts = self.run, []
-        sizes = [shard.get(self.count, 0) for shard in run.manifest["shards"]]
+        sizes = run._shard_tokens[self.sequence]
         starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
         for s, first in enumerate(starts):
             lo, hi = np.searchsorted(rows, [first, first + sizes[s]])
