@@ -18,7 +18,9 @@ Larger than RAM: features may be a ``FeatureRows`` file (``analyses.probe_featur
 optimisation is still full-batch L-BFGS, with every loss evaluation streaming the rows in
 chunks and accumulating the gradient, so it reaches the same optimum as in memory while
 holding one chunk at a time (L-BFGS needs ~1 pass over the data per evaluation; the OS page
-cache makes the passes cheap when the file fits there).
+cache makes the passes cheap when the file fits there). The rows are standardised and rotated
+into the preconditioner's basis once, into a second scratch file of the same size, so a pass
+is the two products of the loss and its gradient, not the rotation again.
 """
 
 from __future__ import annotations
@@ -102,10 +104,18 @@ def fit_logistic_streamed(batches: Batches, L: int, n: int, d: int, n_classes: i
         QT = Q.transpose(1, 2).contiguous() if keep else Q.transpose(1, 2)
         return Q, QT, torch.nn.functional.one_hot(yc, C).to(Q.dtype)
 
+    # Rotated once, not once per evaluation (the d x d rotation costs more than the loss itself):
+    # kept in memory, or else written chunk by chunk to a scratch file read back on every pass.
+    scratch = None if in_memory else RotatedChunks(L, d)
     rotated = [rotate(Xc, yc, True) for Xc, yc in batches()] if in_memory else None
+    if scratch is not None:
+        for Xc, yc in batches():
+            scratch.append(torch.einsum("lnd,lde->lne", Xc, U), yc)
 
     def rotated_batches():
-        return rotated if rotated is not None else (rotate(Xc, yc, False) for Xc, yc in batches())
+        if rotated is not None:
+            return rotated
+        return ((Q, Q.transpose(1, 2), torch.nn.functional.one_hot(yc, C).to(Q.dtype)) for Q, yc in scratch)
 
     W_out = torch.zeros(L, len(lambdas), d, C)
     b_out = torch.zeros(L, len(lambdas), C)
@@ -134,7 +144,43 @@ def fit_logistic_streamed(batches: Batches, L: int, n: int, d: int, n_classes: i
         x, _ = batched_lbfgs(objective, x0, max_iter=max_iter, gtol=gtol)
         G, b = scale[:, :, None] * x[:, :d * C].view(L, d, C), x[:, d * C:]
         W_out[:, k], b_out[:, k] = U @ G, b
+    if scratch is not None:
+        scratch.close()
     return W_out, b_out
+
+
+class RotatedChunks:
+    """Rotated feature chunks ([L, r, d] float32 each, contiguous) and their labels, in an
+    unnamed scratch file (gone when closed or when the process ends); iterating reads them back
+    one chunk at a time with plain reads, so memory holds one chunk."""
+
+    def __init__(self, n_layers: int, d: int):
+        import tempfile
+
+        self.n_layers, self.d = n_layers, d
+        self._file = tempfile.TemporaryFile(prefix="probe-rotated-")  # noqa: SIM115 - closed by close()
+        self._chunks: list[tuple[int, int, torch.Tensor]] = []  # (offset, rows, labels)
+
+    def append(self, Q: torch.Tensor, y: torch.Tensor) -> None:
+        self._file.seek(0, 2)
+        offset = self._file.tell()
+        self._file.write(np.ascontiguousarray(Q.numpy(), dtype=np.float32).tobytes())
+        self._chunks.append((offset, Q.shape[1], y))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each chunk in turn, read into one reused buffer (a fresh allocation per read would
+        cost page faults on every pass): a chunk is valid until the next one is read."""
+        self._file.flush()
+        buffer = np.empty(self.n_layers * max((r for _, r, _ in self._chunks), default=0) * self.d, np.float32)
+        for offset, r, y in self._chunks:
+            self._file.seek(offset)
+            flat = buffer[:self.n_layers * r * self.d]
+            if self._file.readinto(memoryview(flat).cast("B")) != flat.nbytes:
+                raise OSError(f"the probe's scratch file {self._file.name} was cut short")
+            yield torch.from_numpy(flat.reshape(self.n_layers, r, self.d)), y
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def predict(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
