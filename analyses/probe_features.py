@@ -70,7 +70,10 @@ def chunks(features: np.ndarray | FeatureRows, rows: int | None = None) -> Itera
         yield start, (features[:, start:stop] if isinstance(features, np.ndarray) else features.read(start, stop))
 
 
-def default_chunk_rows(n_layers: int, d: int, budget_bytes: int = 128 * 2**20) -> int:
+def default_chunk_rows(n_layers: int, d: int, budget_bytes: int = 32 * 2**20) -> int:
+    # A streamed fit holds a few arrays of a chunk's size at once (the rows, their float64 sums,
+    # the rotated rows and the products): 32 MiB of rows keeps that to a few hundred MiB, and a
+    # chunk (~500 rows of 30 x 576) still makes matrix products large enough to run at full speed.
     return max(1, budget_bytes // (n_layers * d * 4))
 
 
@@ -129,7 +132,7 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
     same features to the bit."""
     from functools import partial
 
-    from probe.distributed import map_over_shards
+    from probe.distributed import in_prompt_order
 
     layers = list(layers)
     require_layer_hooks(run, hook, "span features", layers)
@@ -138,10 +141,10 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
     todo = list(range(run.n_prompts) if prompts is None else prompts)
     read = partial(_span_rows, layers=layers, span_field=span_field, label_field=label_field, hook=hook, pool=pool,
                    span_fix=span_fix)
-    found = {i: (rows, tags, spans_text) for part in map_over_shards(run, todo, read, workers, ray_address)
-             for i, rows, tags, spans_text in part}
-    for i in (i for i in todo if i in found):  # in the order asked, whoever read them
-        rows, tags, spans_text = found[i]
+    for i, entry in in_prompt_order(run, todo, read, workers, ray_address):  # one shard's rows held at a time
+        if entry is None:  # no labelled span in this prompt
+            continue
+        rows, tags, spans_text = entry
         if out is not None:
             out.append(rows)
         else:
@@ -157,11 +160,11 @@ def span_features(run, layers: Sequence[int], span_field: str, label_field: str,
 
 
 def _span_rows(run, prompts: Sequence[int], layers: list[int], span_field: str, label_field: str, hook: str,
-               pool: str, span_fix: str) -> list[tuple[int, np.ndarray, list, list[str]]]:
-    """(prompt, rows [layers, spans, d], labels, span texts) of each of ``prompts`` with the
+               pool: str, span_fix: str) -> dict[int, tuple[np.ndarray, list, list[str]]]:
+    """{prompt: (rows [layers, spans, d], labels, span texts)} of each of ``prompts`` with the
     labels and at least one aligned span."""
     truncated = set(run.manifest.get("truncated_prompts", []))
-    out = []
+    out = {}
     for i in prompts:
         lab = run.labels(i)
         if span_field not in lab or label_field not in lab:
@@ -188,7 +191,7 @@ def _span_rows(run, prompts: Sequence[int], layers: list[int], span_field: str, 
             kept.append(tag)
             texts.append(text[start:end].lower())
         if kept:
-            out.append((i, np.stack([np.stack(r) for r in rows]), kept, texts))
+            out[i] = (np.stack([np.stack(r) for r in rows]), kept, texts)
     return out
 
 
@@ -270,20 +273,17 @@ def prompt_features(run, layers: Sequence[int], hook: str = "hook_resid_post", p
     (prompts given out of order are read shard by shard and put back in the order given)."""
     from functools import partial
 
-    from probe.distributed import map_over_shards
+    from probe.distributed import in_prompt_order
 
     layers = list(layers)
     todo = list(range(run.n_prompts) if prompts is None else prompts)
     read = partial(_prompt_vectors, layers=layers, hook=hook, pool=pool)
-    vectors: dict[int, np.ndarray] = {}
-    for part in map_over_shards(run, todo, read, workers, ray_address):
-        vectors.update(part)
     rows = []
-    for i in todo:
+    for _, vector in in_prompt_order(run, todo, read, workers, ray_address):
         if out is not None:
-            out.append(vectors[i][:, None])
+            out.append(vector[:, None])
         else:
-            rows.append(vectors[i])
+            rows.append(vector)
     return out.close() if out is not None else np.stack(rows, 1).astype(np.float32)
 
 

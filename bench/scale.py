@@ -47,9 +47,14 @@ def peak_mib() -> float:
 
 
 def prompts_for_bench():
+    """The sentences, the BATCH longest (by characters) first: both runs then hold the run's
+    largest batch, which sets the recorder's peak (a batch's activations are buffered whole),
+    so the two peaks differ only by what the run's size adds."""
     import probe
 
-    return [p for name in PROMPT_SETS for p in probe.load_prompts(name)]
+    prompts = [p for name in PROMPT_SETS for p in probe.load_prompts(name)]
+    longest = set(sorted(range(len(prompts)), key=lambda i: -len(prompts[i].text))[:BATCH])
+    return [prompts[i] for i in sorted(longest)] + [p for i, p in enumerate(prompts) if i not in longest]
 
 
 # ------------------------------------------------------------------ the steps, each in its own process
@@ -68,6 +73,8 @@ def step_plan(targets: list[float]) -> dict:
     info = hook_shapes(model, hooks, rows[0])
     per_token = sum(int(np.prod(v["shape"])) for v in info.values() if v["kind"] == "token")
     per_pair = sum(v["shape"][0] for v in info.values() if v["kind"] == "attention")
+    if max(len(r) for r in rows[:BATCH]) < max(len(r) for r in rows):
+        raise RuntimeError("the longest prompt in tokens is not in the first batch; order by tokens instead")
     sizes = np.cumsum([4 * (len(r) * per_token + len(r) ** 2 * per_pair) for r in rows])
     tokens = np.cumsum([len(r) for r in rows])
     counts = [int(np.searchsorted(sizes, t * 1e9)) + 1 for t in targets]

@@ -14,7 +14,10 @@ Faults: a worker that dies (its process killed, its node lost) has its unit give
 worker; a unit whose workers die three times stops the run with a clear error. A shard renamed
 into place but not yet listed when the driver dies is debris that `--resume` deletes, as for the
 single-process recorder, and `--resume` (with or without workers) records what is missing.
-A worker that cannot load the model stops the run before any unit is recorded.
+A worker that cannot load the model, or loads other weights than the driver's, stops the run
+before its directory is touched. A full disk on a worker stops the run with the recorder's
+one-line error; every worker is stopped before the driver removes whatever shard the manifest
+does not list, so what is published is exactly what `shards/` holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +91,21 @@ def units_of(start: int, n: int, batch_size: int, workers: int) -> list[tuple[in
 class Worker:
     """One Ray actor: a model, and the recording settings of the run."""
 
-    def __init__(self, model_name: str, model_dtype: str, threads: int, settings: dict[str, Any]):
+    def __init__(self, model_name: str, model_dtype: str, threads: int, settings: dict[str, Any],
+                 weights_sha256: str):
         import torch
 
         import models
 
+        from .recorder import weights_digest
+
         torch.set_num_threads(threads)  # as the driver's: the same arithmetic, so the same bits
         self.model = models.load(model_name, dtype=model_dtype)
+        # The same name or path can hold other weights on another machine (or changed since the
+        # driver loaded it): such a worker would write shards of another model into the run.
+        if weights_digest(self.model) != weights_sha256:
+            raise ValueError(f"the model {model_name!r} on this worker's machine has other weights than the "
+                             "driver's; give every worker the same checkpoint")
         self.settings = settings
 
     def pid(self) -> int:
@@ -121,45 +133,68 @@ class Worker:
         return entries
 
 
-def record_on_ray(ray: Any, writer: RunWriter, model_name: str, model_dtype: str, prompts: list,
-                  token_rows: list[list[int]], target_rows: list[list[int]] | None, hooks: list[str],
-                  hook_info: dict, dtype: str, compression: str, batch_size: int, budget: float, workers: int,
-                  bar: Any = None, on_unit: Any = None) -> None:
-    """Record prompts writer.next_prompt.. with ``workers`` Ray actors and list their shards in
-    order (see the module). ``on_unit(unit index, actors)`` is called after each unit is listed
-    (the tests kill a worker there)."""
-    import torch
+class WorkerPool:
+    """``workers`` Ray actors, each with the model loaded and checked against the driver's weights,
+    and fresh ones for those that die. Started before the run's directory is touched, so a worker
+    that cannot load the model stops the recording with nothing written."""
 
-    settings = {"batch_size": batch_size, "hooks": hook_info, "hook_names": hooks, "dtype": dtype,
-                "compression": compression, "budget": budget}
-    actor_class = ray.remote(num_cpus=1, max_restarts=0)(Worker)
+    def __init__(self, ray: Any, model_name: str, model_dtype: str, weights_sha256: str, workers: int,
+                 settings: dict[str, Any]):
+        import torch
 
-    def new_actor():
-        return actor_class.remote(model_name, model_dtype, torch.get_num_threads(), settings)
+        self.ray, self.model_name = ray, model_name
+        actor_class = ray.remote(num_cpus=1, max_restarts=0)(Worker)
+        self._new = lambda: actor_class.remote(model_name, model_dtype, torch.get_num_threads(), settings,
+                                               weights_sha256)
+        self.actors = [self._new() for _ in range(workers)]
+        try:
+            ray.get([a.pid.remote() for a in self.actors])  # every worker has loaded the model
+        except ray.exceptions.RayError as e:
+            self.close()
+            raise StoreError(f"a Ray worker could not load the model {model_name!r}: {_first_line(e)}") from None
 
-    actors = [new_actor() for _ in range(workers)]
+    def replace(self, actor: Any) -> Any:
+        """A new worker in place of ``actor`` (which died)."""
+        new = self._new()
+        self.actors[self.actors.index(actor)] = new
+        return new
+
+    def close(self) -> None:
+        """Kill every worker and wait until each is gone, so none is still writing a shard (a
+        worker left running would also hold its CPU)."""
+        for actor in self.actors:
+            self.ray.kill(actor)
+        for actor in self.actors:
+            try:
+                self.ray.get(actor.pid.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - dead, as asked (ActorDiedError), or unreachable
+                pass
+
+
+def record_on_ray(pool: WorkerPool, writer: RunWriter, prompts: list, token_rows: list[list[int]],
+                  target_rows: list[list[int]] | None, batch_size: int, bar: Any = None, on_unit: Any = None) -> None:
+    """Record prompts writer.next_prompt.. on the pool's workers and list their shards in order
+    (see the module). ``on_unit(unit index, actors)`` is called after each unit is listed (the
+    tests kill a worker there). However it ends, the workers are stopped and any shard they
+    wrote that the manifest does not list is removed (a unit recorded past a gap, a temp file of
+    a worker stopped mid-write): what the manifest lists is what is in ``shards/``."""
     try:
-        _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, target_rows, batch_size, workers,
-                   bar, on_unit)
-    finally:  # also when the driver stops: a worker left running would hold its CPU
-        for actor in actors:
-            ray.kill(actor)
+        _run_units(pool, writer, prompts, token_rows, target_rows, batch_size, bar, on_unit)
+    finally:
+        pool.close()
+        writer.remove_unlisted()
 
 
-def _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, target_rows, batch_size, workers,
-               bar, on_unit) -> None:
-    try:
-        ray.get([a.pid.remote() for a in actors])  # every worker has loaded the model
-    except ray.exceptions.RayError as e:
-        raise StoreError(f"a Ray worker could not load the model {model_name!r}: {_first_line(e)}") from None
+def _run_units(pool, writer, prompts, token_rows, target_rows, batch_size, bar, on_unit) -> None:
+    ray = pool.ray
     start, n = writer.next_prompt, len(prompts)
-    units = units_of(start, n, batch_size, workers)
+    units = units_of(start, n, batch_size, len(pool.actors))
     pending = deque(range(len(units)))
     tries = [0] * len(units)
     running: dict[Any, tuple[Any, int]] = {}
     finished: dict[int, list[dict[str, Any]]] = {}
     listed = 0
-    idle = list(actors)
+    idle = list(pool.actors)
     while pending or running:
         while pending and idle:
             actor, u = idle.pop(), pending.popleft()
@@ -178,9 +213,8 @@ def _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, 
                                  "--resume continues") from None
             print(f"note: a Ray worker died on prompts {units[u][0]}-{units[u][1] - 1}; giving them to a new worker",
                   file=sys.stderr)
-            actors[actors.index(actor)] = actor = new_actor()
             pending.appendleft(u)
-            idle.append(actor)
+            idle.append(pool.replace(actor))
             continue
         except ray.exceptions.RayTaskError as e:  # the recording raised: a full disk, a bug
             cause = getattr(e, "cause", None)
@@ -197,7 +231,7 @@ def _run_units(ray, writer, actors, new_actor, model_name, prompts, token_rows, 
                 bar.advance(b - a, sum(len(r) for r in token_rows[a:b]))
             listed += 1
             if on_unit is not None:
-                on_unit(listed - 1, actors)
+                on_unit(listed - 1, pool.actors)
 
 
 def _first_line(e: BaseException) -> str:
@@ -225,18 +259,48 @@ def _on_shard(fn: Any, path: str, prompts: list[int]) -> Any:
 
 
 def map_over_shards(run: Any, prompts: list[int], fn: Any, workers: int | None = None,
-                    ray_address: str | None = None, by_shard: bool = False) -> list[Any]:
+                    ray_address: str | None = None, by_shard: bool = False) -> Iterator[Any]:
     """``fn(run, prompts_of_one_shard)`` for each shard's share of ``prompts``, in shard order,
     as Ray tasks on ``workers`` that each open the run themselves (the run's directory must be
     where the workers can read it: this machine, or a shared file system). Without workers,
-    ``[fn(run, prompts)]`` here, or with ``by_shard`` the same per-shard calls here (for sums
-    that must add up in the same order either way)."""
+    ``fn(run, prompts)`` once here, or with ``by_shard`` the same per-shard calls here (for sums
+    that must add up in the same order either way, and for reads that must not hold the whole
+    run). Results are yielded one at a time, so a caller that consumes them as they come holds
+    one shard's."""
     if workers is None and not by_shard:
-        return [fn(run, list(prompts))]
+        yield fn(run, list(prompts))
+        return
     groups = shard_groups(run, prompts)
     if workers is None:
-        return [fn(run, g) for g in groups]
+        for g in groups:
+            yield fn(run, g)
+        return
     ray = connect(ray_address, check_workers(workers))
     task = ray.remote(num_cpus=1)(_on_shard)
-    return ray.get([task.remote(fn, str(run.path), g) for g in groups])
+    refs = [task.remote(fn, str(run.path), g) for g in groups]
+    for k in range(len(refs)):
+        yield ray.get(refs[k])
+        refs[k] = None  # let Ray free the result once it is here
 
+
+def in_prompt_order(run: Any, prompts: list[int], fn: Any, workers: int | None = None,
+                    ray_address: str | None = None) -> Iterator[tuple[int, Any]]:
+    """(prompt, ``fn``'s entry for it, or None when it gave none) for each of ``prompts`` in the
+    order given, ``fn(run, prompts_of_one_shard)`` returning {prompt: entry}. Read shard by shard
+    (here or on ``workers``); only entries that arrive ahead of their turn are held, so for
+    prompts in ascending order memory holds one shard's entries, whatever the run's size."""
+    from collections import Counter
+
+    left = Counter(prompts)  # a prompt asked twice is held until its last turn
+    held: dict[int, Any] = {}
+    done: set[int] = set()
+    at = 0
+    for group, part in zip(shard_groups(run, prompts), map_over_shards(run, prompts, fn, workers, ray_address,
+                                                                         by_shard=True)):
+        held.update(part)
+        done.update(group)
+        while at < len(prompts) and prompts[at] in done:
+            p = prompts[at]
+            left[p] -= 1
+            yield p, (held.pop(p, None) if not left[p] else held.get(p))
+            at += 1

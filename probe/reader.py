@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,19 @@ from .hook_names import is_attention_hook
 from .run_schema import read_prompt_records
 from .store import PROMPTS, SCHEMA_VERSION, read_manifest
 
+# Shards kept open at once. Each open shard holds HDF5 metadata for the datasets read through it
+# (about 0.2-0.7 MiB for a SmolLM2 shard of every hook), so a reader of every shard of a large
+# run would grow with the run; the least recently used are let go beyond this many. A shard is
+# dropped, not closed: h5py closes a file only once no dataset of it is still in use, so a
+# thread reading through it (the dashboard's views) is not cut off.
+MAX_OPEN_SHARDS = 32
+
 
 class Run:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._files: dict[str, Any] = {}
+        self._files: OrderedDict[str, Any] = OrderedDict()  # most recently used last
+        self._files_lock = threading.Lock()
         self.refresh()
 
     # ------------------------------------------------------------------ metadata
@@ -147,7 +157,10 @@ class Run:
         import h5py
 
         entry = self.manifest["shards"][shard]
-        f = self._files.get(entry["file"])
+        with self._files_lock:
+            f = self._files.get(entry["file"])
+            if f is not None:
+                self._files.move_to_end(entry["file"])
         if f is None:
             try:
                 import hdf5plugin  # noqa: F401  (registers the lz4 filter if a run uses it)
@@ -159,7 +172,10 @@ class Run:
                 raise StoreError(f"{self.path / entry['file']} cannot be read ({e}); the run is damaged") from None
             if f.attrs.get("schema_version", 0) > SCHEMA_VERSION:
                 raise StoreError(f"{entry['file']} uses a newer cache schema; upgrade probe")
-            self._files[entry["file"]] = f
+            with self._files_lock:
+                self._files[entry["file"]] = f
+                while len(self._files) > MAX_OPEN_SHARDS:
+                    self._files.popitem(last=False)  # dropped, closed by h5py once unused (see MAX_OPEN_SHARDS)
         return f
 
     def _locate(self, prompt: int) -> tuple[int, int]:

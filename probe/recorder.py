@@ -152,17 +152,22 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     }
     if target_rows is not None:
         settings["n_target_tokens"] = sum(len(r) for r in target_rows)
-    ray = None
-    if workers is not None:  # reach the cluster before the run directory is touched
-        from .distributed import connect
+    pool = None
+    if workers is not None:  # reach the cluster and load the workers' models before the run directory is touched
+        from .distributed import WorkerPool, connect
 
-        ray = connect(ray_address, workers)
+        worker_settings = {"batch_size": batch_size, "hooks": hook_info, "hook_names": hooks, "dtype": dtype,
+                           "compression": compression, "budget": shard_mb * 2**20}
+        pool = WorkerPool(connect(ray_address, workers), model_name, model_dtype,
+                          settings["model"]["weights_sha256"], workers, worker_settings)
     try:
         # a directory killed before its first manifest holds nothing published: resume starts it anew
         if resume and path.exists() and run_state(path) != "unstarted":
             writer = RunWriter.resume(path, settings)
             if writer.manifest["complete"]:
                 writer.close()
+                if pool is not None:
+                    pool.close()
                 print(f"{path} is already complete", file=sys.stderr)
                 return open_run(path)
         else:
@@ -170,13 +175,19 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
             manifest = {**settings, "package_version": __version__, "label_fields": labels}
             jsonl = "".join(json.dumps({"text": p.text, **p.labels}, ensure_ascii=False) + "\n" for p in prompts)
             writer = RunWriter.create(path, manifest, jsonl, overwrite=overwrite or resume)
-    except OSError as e:  # a full disk, a quota, permissions: before this call published anything
-        raise write_failure(path, e, published_prompts(path)) from None
+    except BaseException as e:
+        if pool is not None:
+            pool.close()
+        if isinstance(e, OSError):  # a full disk, a quota, permissions: before this call published anything
+            raise write_failure(path, e, published_prompts(path)) from None
+        raise
 
     keep_freed_memory()
     start = writer.next_prompt
     if start % batch_size and start != len(prompts):
         writer.close()
+        if pool is not None:
+            pool.close()
         raise StoreError(f"{path}: published prompts ({start}) do not end on a batch boundary; cannot resume")
     from .progress import Progress
 
@@ -185,11 +196,10 @@ def record(model: HookedTransformer | str, prompts: Any, path: str | os.PathLike
     budget = shard_mb * 2**20
     shard = None
     try:
-        if ray is not None:
+        if pool is not None:
             from .distributed import record_on_ray
 
-            record_on_ray(ray, writer, model_name, model_dtype, prompts, token_rows, target_rows, hooks, hook_info,
-                          dtype, compression, batch_size, budget, workers, bar, _on_unit)
+            record_on_ray(pool, writer, prompts, token_rows, target_rows, batch_size, bar, _on_unit)
         for b0 in range(writer.next_prompt, len(prompts), batch_size):
             if shard is None:
                 shard = writer.open_shard(hook_info, dtype, compression)

@@ -555,16 +555,23 @@ class RunWriter:
             # Anything not named by the manifest is debris from a crash: a half-written .tmp,
             # or a shard renamed into place just before the manifest could list it. (Under
             # the lock no other writer can be writing one.)
-            listed = {s["file"] for s in manifest["shards"]}
-            for f in (path / SHARD_DIR).iterdir():
-                if f"{SHARD_DIR}/{f.name}" not in listed:
-                    f.unlink()
+            writer = cls(path, manifest, lock)
+            writer.remove_unlisted()
             with contextlib.suppress(FileNotFoundError):
                 (path / (MANIFEST + ".tmp")).unlink()
         except BaseException:
             lock.release()
             raise
-        return cls(path, manifest, lock)
+        return writer
+
+    def remove_unlisted(self) -> None:
+        """Delete what ``shards/`` holds that the manifest does not list: debris of a crash (a
+        half-written .tmp, or a shard renamed into place just before the manifest could list it).
+        Only the writer may: under the lock no one else is writing one."""
+        listed = {s["file"] for s in self.manifest["shards"]}
+        for f in (self.path / SHARD_DIR).iterdir():
+            if f"{SHARD_DIR}/{f.name}" not in listed:
+                f.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Let other writers in (the OS does it too if this process dies)."""

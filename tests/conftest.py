@@ -27,6 +27,8 @@ share the session's conversion."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -127,3 +129,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (a real small disk: test_store_full_disk, test_distributed), unmounted however the test ends."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux to mount a tmpfs")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs this test as root)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); a container without "
+                    "CAP_SYS_ADMIN refuses it")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # still busy: detach it now

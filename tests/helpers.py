@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import subprocess
 import sys
@@ -452,3 +453,15 @@ def hooks_left(model) -> list[str]:
     or one PyTorch registered on the module. Empty after every temporary run."""
     return [name for name, hp in model.hook_dict.items()
             if hp.fwd_hooks or hp.bwd_hooks or hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks]
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A filler file that leaves ``leave`` bytes free on ``disk``; removing it frees the space."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize - leave)
+    finally:
+        os.close(fd)
+    return filler

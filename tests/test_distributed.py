@@ -1,20 +1,25 @@
 """probe/distributed.py: one run recorded by several Ray workers on a local 2-worker cluster
 equals the single-process run of the same prompts bit for bit; a worker killed mid-run has its
 unit re-queued; a driver stopped mid-run leaves a run that --resume completes; an unreachable
-cluster is refused before anything is written."""
+cluster, a worker that cannot load the model (or loads other weights) are refused before anything
+is written; a disk that fills under the workers stops the run with every published shard intact
+and nothing else in shards/, and --resume then completes it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import numpy as np
 import pytest
 import ray
 
-from probe.errors import InputError
+from probe.errors import InputError, StoreError
 from probe.recorder import record
 from probe.store import read_manifest
+
+HUB_NAME = "probe-tests/tiny-gpt2"  # a hub name, found offline in a Hugging Face cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,3 +167,86 @@ def test_probe_features_read_on_workers_equal_the_ones_read_here(tmp_path, singl
     here, there = antecedent_features(coref, range(2)), antecedent_features(coref, range(2), workers=2)
     assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
     assert np.array_equal(here[2], there[2]) and here[3] == there[3]
+
+
+# ------------------------------------------------------------------ faults
+def hub_cache(root, checkpoint) -> str:
+    """A Hugging Face cache holding ``checkpoint`` as the hub model HUB_NAME, where
+    ``snapshot_download`` finds it offline."""
+    org, name = HUB_NAME.split("/")
+    repo, commit = root / f"models--{org}--{name}", "0" * 40
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return str(root)
+
+
+@pytest.fixture
+def workers_hub(tmp_path):
+    """A local 2-worker cluster whose workers look for hub models in their own cache
+    (tmp_path/worker-hub, empty until the test fills it): a machine that lacks the driver's."""
+    cache = tmp_path / "worker-hub"
+    cache.mkdir()
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}})
+    yield cache
+    ray.shutdown()  # the next test starts a plain cluster
+
+
+def test_a_worker_that_cannot_load_the_model_or_loads_other_weights_stops_the_run_before_it_is_made(
+        tmp_path, gpt2_dir, workers_hub, monkeypatch):
+    import huggingface_hub.constants
+    import safetensors.torch
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", hub_cache(tmp_path / "driver-hub", gpt2_dir))
+    with pytest.raises(StoreError, match=f"a Ray worker could not load the model '{HUB_NAME}': .*not a zoo name"):
+        record(HUB_NAME, PROMPTS, tmp_path / "run", names=NAMES, batch_size=1, workers=2, progress=False)
+    assert not (tmp_path / "run").exists()
+    # the workers' machine holds a checkpoint of that name with other weights: refused, not mixed into the run
+    other = tmp_path / "other"
+    shutil.copytree(gpt2_dir, other)
+    weights = safetensors.torch.load_file(other / "model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1.0
+    safetensors.torch.save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    hub_cache(workers_hub, other)
+    with pytest.raises(StoreError, match="other weights than the driver's; give every worker the same checkpoint"):
+        record(HUB_NAME, PROMPTS, tmp_path / "run", names=NAMES, batch_size=1, workers=2, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_disk_that_fills_under_the_workers_stops_the_run_cleanly_and_resume_completes_it(
+        tmp_path, small_disk, gpt2_dir, single):
+    from helpers import fill
+
+    # how big a worker's shards are: the same recording on an ordinary disk
+    ref = record(gpt2_dir, PROMPTS, tmp_path / "ref", names=NAMES, batch_size=1, workers=2, progress=False)
+    shards = [ref.path / s["file"] for s in ref.manifest["shards"]]
+    small = sum(p.stat().st_size for p in ref.path.iterdir() if p.is_file())  # prompts, manifest, lock
+    run = small_disk / "run"
+
+    def fails(leave: int) -> tuple[str, dict]:
+        filler = fill(small_disk, leave=leave)
+        with pytest.raises(StoreError) as failed:
+            record(gpt2_dir, PROMPTS, run, names=NAMES, batch_size=1, workers=2, progress=False, resume=run.exists())
+        message, manifest = str(failed.value), read_manifest(run)
+        assert message.startswith(f"writing {run} failed: no space left on device ("), message
+        assert "--resume" in message and "free space" in message
+        assert not manifest["complete"] and len(manifest["shards"]) < len(shards)
+        assert set((run / "shards").iterdir()) == {run / s["file"] for s in manifest["shards"]}  # nothing partial
+        published = sum(s["n_prompts"] for s in manifest["shards"])
+        assert (f"prompts 0..{published - 1} are published intact" if published else "no prompt was published yet") \
+            in message
+        assert manifest["shards"] == ref.manifest["shards"][:len(manifest["shards"])]  # what the full run lists first
+        filler.unlink()
+        return message, manifest
+
+    # room for the small files but for no shard: the workers' first writes fail, each in its worker
+    message, manifest = fails(leave=2 * small + 8 * 1024)
+    assert "(shards/p" in message and not manifest["shards"], message
+    # room for about two of the six shards: whichever write comes next (a worker's shard or the
+    # driver's manifest) fails, and what was listed before stays intact
+    fails(leave=2 * small + 8 * 1024 + sum(p.stat().st_size for p in shards[:2]) + shards[2].stat().st_size // 2)
+    assert_same_run(single, record(gpt2_dir, PROMPTS, run, names=NAMES, batch_size=1, workers=2, resume=True,
+                                   progress=False))

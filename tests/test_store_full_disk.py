@@ -13,15 +13,13 @@ chunk flush failed). The EFBIG case with compression is here too, as it needs no
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import fill, run_cli
 
 import probe
 from probe.store import RunWriter, ShardWriter, read_manifest, write_failure
@@ -32,26 +30,6 @@ COMPRESSIONS = ["none", "gzip"]  # gzip: chunked shards, where the crash was
 
 
 # ------------------------------------------------------------------ fixtures and helpers
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 MiB tmpfs, unmounted however the test ends."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("needs Linux to mount a tmpfs")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs this test as root)")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); a container without "
-                    "CAP_SYS_ADMIN refuses it")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # still busy: detach it now
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The first prompts of toy-coref-test as a JSONL file, and the uninterrupted reference
@@ -71,18 +49,6 @@ def setup(tmp_path_factory):
 def record(prompts: Path, out: Path, compression: str, *extra: str, env_code: str = ""):
     return run_cli("record", *SETTINGS, "--prompts", prompts, "-o", out, "--compression", compression, *extra,
                    timeout=300, env_code=env_code)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """A filler file that leaves ``leave`` bytes free on ``disk``; removing it frees the space."""
-    st = os.statvfs(disk)
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize - leave)
-    finally:
-        os.close(fd)
-    return filler
 
 
 def shard_contents(path: Path) -> dict:
