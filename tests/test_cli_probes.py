@@ -131,7 +131,7 @@ def test_span_covering_no_token_is_refused(tmp_path):
 
     class FakeRun:  # the reader's span interface, with a gap between the tokens
         path, n_prompts, hooks = "RUN", 1, {"blocks.0.hook_resid_post"}
-        manifest: dict = {}
+        manifest: dict = {"shards": [{"first_prompt": 0}]}  # one shard (features are read shard by shard)
         prompt_records = [{"text": "a x b", "words": [[0, 1], [2, 3], [4, 5]], "upos": ["X", "X", "X"]}]
 
         def labels(self, i):
