@@ -27,7 +27,10 @@ def browser_installed():
 
 
 def tick_labels(dash_duo, graph_id: str, axis: str = "x") -> list[str]:
-    return [e.text for e in dash_duo.find_elements(f"#{graph_id} .{axis}tick text")]
+    # read in one script, inside the browser: element handles go stale when Plotly redraws the axis
+    # between finding the ticks and reading their text
+    script = "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent);"
+    return dash_duo.driver.execute_script(script, f"#{graph_id} .{axis}tick text")
 
 
 def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
@@ -56,7 +59,7 @@ def test_click_head_change_prompt_and_share_url(dash_duo, coref_run):
     dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "L0H0 on prompt 0")
     tokens0 = run.str_tokens(0)
     wait_until(lambda: tick_labels(dash_duo, "head-heatmap") == tokens0, what="prompt 0's tokens on the key axis")
-    assert tick_labels(dash_duo, "head-heatmap", "y") == tokens0
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap", "y") == tokens0, what="prompt 0's tokens on the query axis")
 
     # click the cell of layer 1, head 2 in the all-heads grid
     n_layers, n_heads = run.config["n_layers"], run.config["n_heads"]
@@ -180,7 +183,7 @@ def test_the_attention_switch_of_an_encoder_decoder_run(dash_duo, tmp_path):
     dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "cross-attention L0H0 on prompt 0", timeout=15)
     wait_until(lambda: tick_labels(dash_duo, "head-heatmap", "y") == run.str_tokens(0, "target"),
                what="the target's tokens on the query axis")
-    assert tick_labels(dash_duo, "head-heatmap") == run.str_tokens(0)
+    wait_until(lambda: tick_labels(dash_duo, "head-heatmap") == run.str_tokens(0), what="the source's tokens on the key axis")
     dash_duo.find_element("#attention input[value='encoder']").click()
     dash_duo.wait_for_contains_text("#head-heatmap .gtitle", "encoder L0H0 on prompt 0")
     wait_until(lambda: tick_labels(dash_duo, "head-heatmap", "y") == run.str_tokens(0), what="the source on both axes")
